@@ -1,0 +1,411 @@
+r"""One training loop for every family.
+
+A family hands the loop a :class:`Task`: how to initialise parameters from a batch, and a pure
+loss ``loss(params, key, batch) -> (loss, metrics)``. The loop owns everything else:
+
+* the optax optimiser built from :class:`TrainConfig` (Adam or AdamW, linear warm-up then cosine
+  decay, global-norm gradient clipping);
+* one jitted, state-donating update; ``jax.lax.scan`` runs ``log_every`` updates per dispatch;
+* an exponential moving average (EMA) of the parameters,
+  :math:`\bar\theta_t = \delta\,\bar\theta_{t-1} + (1-\delta)\,\theta_t`;
+* a guard that stops with the step number and the offending metric when any metric is NaN/inf;
+* progress through tqdm, ``metrics.jsonl``, and orbax checkpoints written atomically, from which a
+  run resumes bit for bit (every step's key and batch are functions of the step number alone).
+
+Families whose update is not "one optimiser on one loss" (a GAN's alternating players, batch
+statistics) supply ``Task.update`` instead of relying on :func:`standard_update`; they still get
+the scan, the guard, EMA, logging and checkpoints.
+
+Derivation: ``derivations/00-reading-guide.md`` (the loop's contract).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from genjax import checkpoints, parallel
+from genjax import data as data_lib
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run's numbers. Written to ``config.json`` by :func:`fit`.
+
+    Attributes:
+      steps: number of optimiser updates.
+      batch_size: examples per update (global, across devices).
+      lr: peak learning rate.
+      optimizer: ``"adam"`` or ``"adamw"``.
+      weight_decay: decoupled weight decay (AdamW only).
+      b1, b2: Adam moment decays.
+      warmup_steps: linear warm-up from 0 to ``lr``.
+      schedule: ``"constant"`` or ``"cosine"`` (decays to ``lr * final_lr_fraction``).
+      final_lr_fraction: the cosine schedule's floor as a fraction of ``lr``.
+      clip_norm: global gradient-norm clip; ``None`` disables it.
+      ema_decay: EMA decay :math:`\delta`; ``None`` disables the EMA.
+      log_every: updates per scan dispatch, per log line and per checkpoint opportunity.
+      checkpoint_every: save every this many steps (a multiple of ``log_every``); ``None``
+        saves only at the end.
+      seed: the run's single source of randomness.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    final_lr_fraction: float = 0.05
+    clip_norm: float | None = 1.0
+    ema_decay: float | None = 0.999
+    log_every: int = 100
+    checkpoint_every: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive_int("steps", self.steps)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("log_every", self.log_every)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite float, got {self.lr}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
+        if self.steps % self.log_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of log_every ({self.log_every})"
+            )
+        if self.checkpoint_every is not None and (
+            self.checkpoint_every <= 0 or self.checkpoint_every % self.log_every
+        ):
+            raise ValueError(
+                "checkpoint_every must be a positive multiple of log_every "
+                f"({self.log_every}), got {self.checkpoint_every}"
+            )
+
+
+def _positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+    r"""Linear warm-up to ``lr`` over ``warmup_steps``, then constant or cosine decay.
+
+    .. math::
+       \eta_t = \eta\,\frac{t}{W}\ (t < W), \qquad
+       \eta_t = \eta\Big(f + (1-f)\tfrac12\big(1+\cos\tfrac{\pi (t-W)}{T-W}\big)\Big)\ (t \ge W)
+
+    with :math:`W` = ``warmup_steps``, :math:`T` = ``steps``, :math:`f` = ``final_lr_fraction``.
+
+    References:
+      Loshchilov & Hutter, *SGDR: Stochastic Gradient Descent with Warm Restarts*, 2016,
+      https://arxiv.org/abs/1608.03983
+    """
+    warmup = min(config.warmup_steps, config.steps - 1)
+    if config.schedule == "constant":
+        after = optax.constant_schedule(config.lr)
+    else:
+        after = optax.cosine_decay_schedule(
+            config.lr, max(config.steps - warmup, 1), alpha=config.final_lr_fraction
+        )
+    if warmup == 0:
+        return after
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.lr, warmup), after], boundaries=[warmup]
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optax chain described by ``config``: clip, then Adam/AdamW on the schedule."""
+    schedule = learning_rate_schedule(config)
+    if config.optimizer == "adamw":
+        opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    else:
+        opt = optax.adam(schedule, b1=config.b1, b2=config.b2)
+    if config.clip_norm is None:
+        return opt
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """The whole of a run's mutable state; a checkpoint is exactly this pytree.
+
+    Attributes:
+      step: updates done so far, int32 scalar.
+      params: the trained parameters.
+      opt_state: the optimiser's state.
+      ema_params: EMA of ``params`` (equal to ``params`` when the EMA is off).
+      extra: anything else a custom update carries (batch statistics, power-iteration vectors,
+        a second optimiser's state); ``{}`` by default.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    ema_params: PyTree
+    extra: PyTree = dataclasses.field(default_factory=dict)
+
+
+UpdateFn = Callable[[TrainState, jax.Array, Batch], tuple[TrainState, Metrics]]
+
+
+class Task(NamedTuple):
+    """What a family hands the loop.
+
+    Attributes:
+      init: ``init(key, batch) -> params``, or ``-> (params, extra)`` when ``update`` needs
+        extra state.
+      loss: ``loss(params, key, batch) -> (scalar_loss, metrics_dict)``; pure and jittable.
+      sample: optional ``sample(params, key, n) -> array`` (images NHWC in [0, 1] for image
+        families), used by ``genjax sample`` and the tour.
+      update: optional ``update(state, key, batch, tx, ema_decay) -> (state, metrics)`` replacing
+        :func:`standard_update`, for families with several players or mutable state.
+    """
+
+    init: Callable[..., Any]
+    loss: Callable[[PyTree, jax.Array, Batch], tuple[jax.Array, Metrics]]
+    sample: Callable[[PyTree, jax.Array, int], jax.Array] | None = None
+    update: Callable[..., tuple[TrainState, Metrics]] | None = None
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float | None) -> PyTree:
+    r""":math:`\bar\theta \leftarrow \delta\bar\theta + (1-\delta)\theta`; ``None`` copies ``params``."""
+    if decay is None:
+        return params
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def standard_update(
+    loss_fn: Callable[[PyTree, jax.Array, Batch], tuple[jax.Array, Metrics]],
+    state: TrainState,
+    key: jax.Array,
+    batch: Batch,
+    tx: optax.GradientTransformation,
+    ema_decay: float | None,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step on ``loss_fn``; adds ``loss`` and ``grad_norm`` to the metrics."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema_update(state.ema_params, params, ema_decay),
+    )
+    return new_state, metrics
+
+
+class TrainingDiverged(FloatingPointError):
+    """A metric became NaN or infinite; the message names the step and the metric."""
+
+
+def init_state(
+    task: Task, config: TrainConfig, arrays: Mapping[str, np.ndarray]
+) -> tuple[TrainState, optax.GradientTransformation]:
+    """Initialise parameters on the first batch and the optimiser; returns (state, tx)."""
+    init_key, _ = jax.random.split(jax.random.key(config.seed))
+    first = {k: jnp.asarray(v[: config.batch_size]) for k, v in arrays.items()}
+    out = task.init(init_key, first)
+    params, extra = out if isinstance(out, tuple) else (out, {})
+    tx = make_optimizer(config)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.array, params),
+        extra=extra,
+    )
+    return state, tx
+
+
+def make_train_chunk(
+    task: Task,
+    config: TrainConfig,
+    tx: optax.GradientTransformation,
+    arrays: Mapping[str, jax.Array],
+    *,
+    shard_batch: Callable[[Batch], Batch] = lambda b: b,
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """A jitted function running ``config.log_every`` updates with ``jax.lax.scan``.
+
+    Step :math:`t` uses the key ``fold_in(run_key, t)`` and the batch
+    :func:`genjax.data.batch_indices` gives for ``t``; so the numbers a step produces depend on
+    the step number alone, which is what makes resuming exact. ``arrays`` stay on the device and
+    batches are gathered inside the scan. ``shard_batch`` lays each batch out over devices
+    (:func:`genjax.parallel.batch_sharder`). Returns ``chunk(state) -> (state, metrics)`` where
+    every metric has a leading axis of length ``log_every``.
+    """
+    _, step_root = jax.random.split(jax.random.key(config.seed))
+    data_key, step_key = jax.random.split(step_root)
+    num_examples = data_lib.num_examples(arrays)
+    if num_examples < config.batch_size:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) exceeds the number of training examples "
+            f"({num_examples})"
+        )
+
+    def update(state, key, batch):
+        if task.update is not None:
+            return task.update(state, key, batch, tx, config.ema_decay)
+        return standard_update(task.loss, state, key, batch, tx, config.ema_decay)
+
+    def body(state, _):
+        idx = data_lib.batch_indices(data_key, state.step, num_examples, config.batch_size)
+        batch = shard_batch({k: v[idx] for k, v in arrays.items()})
+        state, metrics = update(state, jax.random.fold_in(step_key, state.step), batch)
+        return state, metrics
+
+    def chunk(state):
+        return jax.lax.scan(body, state, length=config.log_every)
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def check_finite(metrics: Mapping[str, np.ndarray], first_step: int) -> None:
+    """Raise :class:`TrainingDiverged` naming the first step and metric that is NaN/inf."""
+    bad = [(int(np.argmax(~np.isfinite(v))), name) for name, v in metrics.items()
+           if not np.all(np.isfinite(v))]
+    if bad:
+        offset, name = min(bad)
+        value = float(np.asarray(metrics[name])[offset])
+        raise TrainingDiverged(
+            f"metric '{name}' became {value} at step {first_step + offset + 1}; "
+            "lower the learning rate, tighten clip_norm or check the data"
+        )
+
+
+def _summarise(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in metrics.items()}
+
+
+def fit(
+    task: Task,
+    arrays: Mapping[str, np.ndarray],
+    config: TrainConfig,
+    *,
+    run_dir: str | Path | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainState:
+    """Train ``task`` on ``arrays`` (a dict of equally long numpy arrays) as ``config`` says.
+
+    Args:
+      task: the family's :class:`Task`.
+      arrays: training data, e.g. ``{"x": images, "y": labels}``; batches are dicts of the same
+        keys with a leading ``batch_size`` axis.
+      config: the run's :class:`TrainConfig`.
+      run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go. If it already
+        holds a checkpoint, training resumes from the latest one.
+      run_info: extra JSON-able facts stored in ``config.json`` (the recipe, data set, options).
+      mesh: a device mesh from :func:`genjax.parallel.make_mesh`; batches are sharded over its
+        ``"batch"`` axis and parameters replicated. ``None`` runs on the default device.
+      progress: show a tqdm bar with the live loss.
+      stop_after: stop (and checkpoint) after this many steps in total, as if interrupted;
+        ``fit`` called again on the same ``run_dir`` carries on.
+
+    Returns:
+      The final :class:`TrainState`.
+
+    Raises:
+      TrainingDiverged: a metric became NaN/inf; the message names the step and the metric.
+    """
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    state, tx = init_state(task, config, arrays)
+    shard_batch = lambda b: b
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
+        shard_batch = parallel.batch_sharder(mesh, config.batch_size)
+    device_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+    if mesh is not None:
+        device_arrays = parallel.replicate(device_arrays, mesh)
+    chunk = make_train_chunk(task, config, tx, device_arrays, shard_batch=shard_batch)
+
+    manager = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, config, run_info)
+        manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
+        state = manager.restore_latest(state)
+        if mesh is not None:
+            state = parallel.replicate(state, mesh)
+
+    start = int(state.step)
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    if start % config.log_every:
+        raise ValueError(
+            f"checkpoint at step {start} is not a multiple of log_every={config.log_every}"
+        )
+    bar = tqdm(total=end, initial=start, disable=not progress, desc="train", unit="step")
+    tic = time.perf_counter()
+    try:
+        while int(state.step) + config.log_every <= end:
+            first = int(state.step)
+            state, metrics = chunk(state)
+            metrics = jax.device_get(metrics)
+            check_finite(metrics, first)
+            summary = _summarise(metrics)
+            step = int(state.step)
+            bar.update(config.log_every)
+            bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4g}")
+            if run_dir is not None:
+                record = {"step": step, "time": time.perf_counter() - tic, **summary}
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                every = config.checkpoint_every
+                if step == end or (every is not None and step % every == 0):
+                    manager.save(step, state)
+    finally:
+        bar.close()
+    if manager is not None:
+        manager.wait()
+    return state
+
+
+def _write_config(run_dir: Path, config: TrainConfig, run_info: Mapping[str, Any] | None):
+    record = {"train": dataclasses.asdict(config), **(run_info or {})}
+    tmp = run_dir / "config.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.replace(run_dir / "config.json")
+
+
+def read_config(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """Read back ``config.json``: the :class:`TrainConfig` and the ``run_info`` facts."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a genjax run folder?")
+    record = json.loads(path.read_text())
+    return TrainConfig(**record.pop("train")), record
