@@ -81,6 +81,61 @@ def padding_mask(lengths: Int[Array, " batch"], max_length: int) -> Bool[Array, 
     return (jnp.arange(max_length)[None, :] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, K]
 
 
+def attention_scores(
+    query: Float[Array, "batch q_len heads head_dim"],
+    key: Float[Array, "batch k_len heads head_dim"],
+    *,
+    bias: Float[Array, "..."] | None = None,
+    scale: float | None = None,
+) -> Float[Array, "batch heads q_len k_len"]:
+    r"""The attention logits: scaled query–key dot products plus an optional bias.
+
+    .. math::
+       s_{b h i j} = \tau \sum_{c} q_{b i h c}\, k_{b j h c} + \beta_{b h i j}
+
+    with :math:`q` = ``query``, :math:`k` = ``key``, :math:`\tau` = ``scale`` (default
+    :math:`1/\sqrt{d_k}`, :math:`d_k` = ``head_dim``, which makes :math:`\operatorname{Var}s = 1`
+    for unit-variance independent :math:`q, k`) and :math:`\beta` = ``bias``.
+
+    Args:
+      query: ``[batch, q_len, heads, head_dim]``.
+      key: ``[batch, k_len, heads, head_dim]``.
+      bias: additive float bias broadcastable to ``[batch, heads, q_len, k_len]`` (e.g.
+        :class:`genjax.nn.positional.RelativePositionBias`).
+      scale: :math:`\tau`, positive; ``None`` means :math:`1/\sqrt{d_k}`.
+
+    Returns:
+      float32 ``[batch, heads, q_len, k_len]`` (accumulated in float32 whatever the input dtype).
+
+    Raises:
+      ValueError: wrong ranks, mismatched batch/heads/head_dim, a bias that does not broadcast,
+        a non-positive scale.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> q = k = jnp.ones((1, 1, 1, 4))
+      >>> attention_scores(q, k).tolist()  # 4 / sqrt(4)
+      [[[[2.0]]]]
+
+    References:
+      Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
+
+    Derivation: derivations/03-attention.md
+    """
+    _check_qkv(query, key, None)
+    batch, q_len, heads, head_dim = query.shape
+    bias = _as_rank4("bias", bias, (batch, heads, q_len, key.shape[1]))
+    tau = _scale(scale, head_dim)
+    # scaling q (L·d products) is cheaper than scaling the scores (L² products)
+    query = query * jnp.asarray(tau, query.dtype)
+    scores = jnp.einsum(
+        "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+    )  # [B, H, Lq, Lk]
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)  # [B, H, Lq, Lk]
+    return scores
+
+
 def attention_weights(
     query: Float[Array, "batch q_len heads head_dim"],
     key: Float[Array, "batch k_len heads head_dim"],
@@ -89,31 +144,28 @@ def attention_weights(
     bias: Float[Array, "..."] | None = None,
     scale: float | None = None,
 ) -> Float[Array, "batch heads q_len k_len"]:
-    r"""Attention weights: a softmax over keys of the scaled query–key scores.
+    r"""Attention weights: a softmax over the unmasked keys of the attention scores.
 
     .. math::
-       s_{b h i j} = \tau\, q_{b i h} \cdot k_{b j h} + \beta_{b h i j}, \qquad
        A_{b h i j} = \frac{M_{b h i j}\, e^{s_{b h i j}}}{\sum_{j'} M_{b h i j'}\, e^{s_{b h i j'}}}
 
-    with :math:`q` = ``query``, :math:`k` = ``key``, :math:`\tau` = ``scale`` (default
-    :math:`1/\sqrt{d_k}`, :math:`d_k` = ``head_dim``), :math:`\beta` = ``bias`` (0 if ``None``)
-    and :math:`M` = ``mask`` (all ones if ``None``). A row whose keys are all masked is 0 (the
+    with :math:`s` the scores of :func:`attention_scores` (same ``bias``, ``scale``) and
+    :math:`M` = ``mask`` (all ones if ``None``). A row whose keys are all masked is 0 (the
     :math:`0/0` above is defined as 0), and a masked key gets weight exactly 0.
 
     Args:
       query: ``[batch, q_len, heads, head_dim]``.
       key: ``[batch, k_len, heads, head_dim]``.
       mask: boolean, ``True`` = attend, broadcastable to ``[batch, heads, q_len, k_len]``.
-      bias: additive float bias broadcastable to ``[batch, heads, q_len, k_len]`` (e.g.
-        :class:`genjax.nn.positional.RelativePositionBias`); finite values.
+      bias: additive float bias broadcastable to ``[batch, heads, q_len, k_len]``; finite values
+        (exclude keys with ``mask``, not with an infinite bias).
       scale: :math:`\tau`, positive; ``None`` means :math:`1/\sqrt{d_k}`.
 
     Returns:
       float32 ``[batch, heads, q_len, k_len]``; each row sums to 1 (or is all 0).
 
     Raises:
-      ValueError: wrong ranks, mismatched batch/heads/head_dim, a mask or bias that does not
-        broadcast, a non-positive scale.
+      ValueError: as :func:`attention_scores`, or a mask that does not broadcast.
       TypeError: a non-boolean mask.
 
     Example:
@@ -123,9 +175,9 @@ def attention_weights(
       [[1.0, 0.0], [0.5, 0.5]]
 
     Note:
-      The scores and the softmax are float32 whatever the input dtype (scores are accumulated in
-      float32 by the matmul). ``jax.nn.dot_product_attention`` gives a fully masked row uniform
-      weights (its mask is a large negative number); here it gives zeros.
+      The softmax runs in float32 whatever the input dtype. ``jax.nn.dot_product_attention``
+      gives a fully masked row uniform weights (its mask is a large negative number); here it
+      gives zeros.
 
     References:
       Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
@@ -133,20 +185,11 @@ def attention_weights(
     Derivation: derivations/03-attention.md
     """
     _check_qkv(query, key, None)
-    batch, q_len, heads, head_dim = query.shape
-    full = (batch, heads, q_len, key.shape[1])
-    mask = _as_rank4("mask", mask, full)
-    bias = _as_rank4("bias", bias, full)
+    batch, q_len, heads, _ = query.shape
+    mask = _as_rank4("mask", mask, (batch, heads, q_len, key.shape[1]))
     if mask is not None and mask.dtype != jnp.bool_:
         raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
-    tau = _scale(scale, head_dim)
-    # scaling q (L·d products) is cheaper than scaling the scores (L² products)
-    query = query * jnp.asarray(tau, query.dtype)
-    scores = jnp.einsum(
-        "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
-    )  # [B, H, Lq, Lk]
-    if bias is not None:
-        scores = scores + bias.astype(jnp.float32)  # [B, H, Lq, Lk]
+    scores = attention_scores(query, key, bias=bias, scale=scale)  # [B, H, Lq, Lk]
     return jax.nn.softmax(scores, axis=-1, where=mask)  # [B, H, Lq, Lk], zeros where masked
 
 

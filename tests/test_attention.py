@@ -1,0 +1,349 @@
+"""Attention against a naive per-query loop, jax.nn and flax; its invariants (rows sum to 1,
+masked keys get no weight and no gradient, key/value permutation invariance, the causal
+receptive field) and the variance argument of derivations/03-attention.md."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genjax.nn.attention import (
+    MultiHeadAttention,
+    attention_scores,
+    attention_weights,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+
+RTOL = 1e-5
+ATOL = 1e-5
+BF16_ATOL = 5e-2  # bfloat16 keeps 8 bits of mantissa: ~0.4% per rounding, summed over keys
+Z = 5.0  # confidence half-width in standard errors
+
+
+def reference_impl(query, key, value, mask=None, bias=None, scale=None):
+    """Per-query loop in float64 numpy; a fully masked query returns zeros."""
+    q, k, v = (np.asarray(a, np.float64) for a in (query, key, value))
+    batch, q_len, heads, d = q.shape
+    k_len = k.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    m = np.ones((1, 1, 1, 1), bool) if mask is None else np.asarray(mask)
+    m = np.broadcast_to(m.reshape((1,) * (4 - m.ndim) + m.shape), (batch, heads, q_len, k_len))
+    b = np.zeros((1, 1, 1, 1)) if bias is None else np.asarray(bias, np.float64)
+    b = np.broadcast_to(b.reshape((1,) * (4 - b.ndim) + b.shape), (batch, heads, q_len, k_len))
+    out = np.zeros((batch, q_len, heads, v.shape[-1]))
+    for bi in range(batch):
+        for h in range(heads):
+            for i in range(q_len):
+                keep = m[bi, h, i]
+                if not keep.any():
+                    continue
+                s = scale * k[bi, :, h] @ q[bi, i, h] + b[bi, h, i]  # [k_len]
+                s = np.where(keep, s, -np.inf)
+                w = np.exp(s - s.max())
+                out[bi, i, h] = (w / w.sum()) @ v[bi, :, h]
+    return out
+
+
+# jitted once per shape: eager dispatch would compile every primitive of every drawn shape
+sdpa = jax.jit(scaled_dot_product_attention)
+weights_fn = jax.jit(attention_weights)
+jax_sdpa = jax.jit(jax.nn.dot_product_attention)
+flax_sdpa = jax.jit(nn.dot_product_attention)
+
+
+@st.composite
+def attention_inputs(draw, with_bias=True):
+    """Random shapes, a mask of a random broadcast form and rank, and an optional bias.
+
+    Sizes come from small sets so that the jit cache is shared across examples and tests.
+    """
+    batch, heads = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 3]))
+    q_len, k_len = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 4, 6]))
+    d = draw(st.sampled_from([1, 8]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    q = rng.standard_normal((batch, q_len, heads, d), np.float32)
+    k = rng.standard_normal((batch, k_len, heads, d), np.float32)
+    v = rng.standard_normal((batch, k_len, heads, d), np.float32)
+    mask_shape = draw(
+        st.sampled_from(
+            [
+                None,
+                (batch, heads, q_len, k_len),
+                (batch, 1, q_len, k_len),
+                (1, 1, q_len, k_len),
+                (batch, 1, 1, k_len),
+                (q_len, k_len),
+            ]
+        )
+    )
+    mask = None if mask_shape is None else rng.random(mask_shape) < 0.7
+    bias = None
+    if with_bias and draw(st.booleans()):
+        bias = rng.standard_normal((1, heads, q_len, k_len), np.float32)
+    return q, k, v, mask, bias
+
+
+def normal(seed, shape):
+    """Seeded standard normal draws as numpy float32 (no per-shape compilation, unlike jax)."""
+    return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
+def full_mask(mask, q, k):
+    """``mask`` broadcast to [batch, heads, q_len, k_len] (all True if None), numpy."""
+    shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if mask is None:
+        return np.ones(shape, bool)
+    return np.broadcast_to(mask.reshape((1,) * (4 - mask.ndim) + mask.shape), shape)
+
+
+def attended(m):
+    """[B, Lq, H, 1]: True where a query has at least one key (m is [B, H, Lq, Lk])."""
+    return np.transpose(m.any(-1), (0, 2, 1))[..., None]
+
+
+@settings(max_examples=15)
+@given(attention_inputs())
+def test_matches_naive_per_query_loop(inputs):
+    q, k, v, mask, bias = inputs
+    out = sdpa(q, k, v, mask=mask, bias=bias)
+    np.testing.assert_allclose(out, reference_impl(q, k, v, mask, bias), rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=15)
+@given(attention_inputs())
+def test_matches_jax_nn_dot_product_attention(inputs):
+    """Same numbers as jax's XLA implementation on every query with at least one key."""
+    q, k, v, mask, bias = inputs
+    m = full_mask(mask, q, k)
+    ours = sdpa(q, k, v, mask=mask, bias=bias)
+    ref = jax_sdpa(q, k, v, bias=bias, mask=m)
+    a = attended(m)
+    np.testing.assert_allclose(np.where(a, ours, 0.0), np.where(a, ref, 0.0), rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=15)
+@given(attention_inputs(with_bias=False))
+def test_matches_flax_dot_product_attention(inputs):
+    q, k, v, mask, _ = inputs
+    m = full_mask(mask, q, k)
+    ours = sdpa(q, k, v, mask=m)
+    ref = flax_sdpa(q, k, v, mask=m)
+    a = attended(m)
+    np.testing.assert_allclose(np.where(a, ours, 0.0), np.where(a, ref, 0.0), rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=15)
+@given(attention_inputs())
+def test_weights_rows_sum_to_one_and_masked_keys_get_exactly_zero(inputs):
+    q, k, _, mask, bias = inputs
+    w = np.asarray(weights_fn(q, k, mask=mask, bias=bias))
+    m = full_mask(mask, q, k)
+    assert w.shape == m.shape
+    assert np.all(w[~m] == 0.0)  # exactly 0, not merely small
+    expected_sum = np.where(m.any(-1), 1.0, 0.0)  # a fully masked row is all zeros
+    np.testing.assert_allclose(w.sum(-1), expected_sum, rtol=RTOL, atol=ATOL)
+
+
+def test_fully_masked_row_gives_zero_output_and_finite_gradients():
+    q, k, v = normal(0, (3, 1, 4, 2, 8))
+    mask = jnp.ones((1, 1, 4, 4), bool).at[..., 2, :].set(False)  # query 2 sees no key
+
+    def f(q, k, v):
+        return scaled_dot_product_attention(q, k, v, mask=mask).sum()
+
+    out = sdpa(q, k, v, mask=mask)
+    assert jnp.all(out[:, 2] == 0.0)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+    assert jnp.all(grads[0][:, 2] == 0.0)
+
+
+def test_causal_receptive_field_via_gradients():
+    """d out_i / d (k_j, v_j) is exactly 0 for j > i and nonzero for j <= i."""
+    length = 6
+    q, k, v = normal(0, (3, 1, length, 2, 4))
+
+    def per_query(k, v):
+        return sdpa(q, k, v, mask=causal_mask(length))[0].sum((1, 2))  # [L]
+
+    jk, jv = jax.jit(jax.jacrev(per_query, argnums=(0, 1)))(k, v)  # [Lq, 1, Lk, H, D] each
+    influence = jnp.abs(jk[:, 0]).sum((2, 3)) + jnp.abs(jv[:, 0]).sum((2, 3))  # [Lq, Lk]
+    np.testing.assert_array_equal(influence > 0.0, np.tril(np.ones((length, length), bool)))
+
+
+def test_padded_keys_have_zero_gradient_and_masking_equals_slicing():
+    """Keys past each row's length neither change the output nor receive gradient."""
+    lengths = jnp.array([3, 5])
+    q = normal(0, (2, 4, 2, 8))
+    k, v = normal(1, (2, 2, 5, 2, 8))
+    mask = padding_mask(lengths, 5)
+
+    gv = jax.jit(jax.grad(lambda v: sdpa(q, k, v, mask=mask).sum()))(v)
+    assert jnp.all(gv[0, 3:] == 0.0) and jnp.all(gv[0, :3] != 0.0)
+    out = sdpa(q, k, v, mask=mask)
+    sliced = sdpa(q[:1], k[:1, :3], v[:1, :3])
+    np.testing.assert_allclose(out[:1], sliced, rtol=RTOL, atol=ATOL)
+
+
+def test_causal_and_padding_masks_closed_form():
+    np.testing.assert_array_equal(causal_mask(4)[0, 0], np.tril(np.ones((4, 4), bool)))
+    pad = padding_mask(jnp.array([0, 2, 4]), 4)
+    assert pad.shape == (3, 1, 1, 4)
+    np.testing.assert_array_equal(pad[:, 0, 0], np.arange(4)[None, :] < np.array([[0], [2], [4]]))
+    assert (causal_mask(4) & pad).shape == (3, 1, 4, 4)
+
+
+@settings(max_examples=15)
+@given(attention_inputs(with_bias=False), st.integers(0, 2**16))
+def test_permuting_keys_and_values_together_leaves_output_unchanged(inputs, seed):
+    q, k, v, mask, _ = inputs
+    m = full_mask(mask, q, k)
+    perm = np.random.default_rng(seed).permutation(k.shape[1])
+    out = sdpa(q, k, v, mask=m)
+    permuted = sdpa(q, k[:, perm], v[:, perm], mask=m[..., perm])
+    np.testing.assert_allclose(out, permuted, rtol=RTOL, atol=ATOL)
+
+
+def test_score_variance_is_d_k_unscaled_and_one_scaled():
+    """For q, k with independent unit-variance entries, Var(q·k) = d_k; dividing by sqrt(d_k)
+    gives 1. The standard error of a sample variance is σ² sqrt((κ - 1)/N) with the kurtosis
+    κ = 3 + 6/d_k of a sum of d_k products of independent standard normals."""
+    d_k, n_q, n_k = 64, 128, 128
+    q = normal(0, (1, n_q, 1, d_k))
+    k = normal(1, (1, n_k, 1, d_k))
+    n = n_q * n_k
+    # scores sharing a q (or a k) are dependent: Cov(s_ij², s_il²) = 2 d_k against
+    # Var(s²) = 2 d_k² + 6 d_k, so the variance of the mean square grows by 1 + (n_q+n_k-2)/(d_k+3)
+    inflation = 1.0 + (n_q + n_k - 2) / (d_k + 3)
+    se_unit = math.sqrt((2.0 + 6.0 / d_k) * inflation / n)
+    unscaled = np.asarray(attention_scores(q, k, scale=1.0), np.float64)
+    scaled = np.asarray(attention_scores(q, k), np.float64)
+    assert abs(unscaled.var() / d_k - 1.0) < Z * se_unit
+    assert abs(scaled.var() - 1.0) < Z * se_unit
+    np.testing.assert_allclose(scaled, unscaled / math.sqrt(d_k), rtol=RTOL, atol=ATOL)
+
+
+def test_same_output_with_and_without_jit():
+    q, k, v = normal(0, (3, 2, 7, 4, 16))
+    mask = causal_mask(7)
+    bias = normal(1, (1, 4, 7, 7))
+    f = lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=mask, bias=bias)
+    np.testing.assert_allclose(f(q, k, v), jax.jit(f)(q, k, v), rtol=RTOL, atol=ATOL)
+
+
+def test_bfloat16_input_keeps_bfloat16_output_and_float32_softmax():
+    q, k, v = normal(0, (3, 2, 7, 4, 16))
+    mask = causal_mask(7)
+    low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    out = scaled_dot_product_attention(*low, mask=mask)
+    assert out.dtype == jnp.bfloat16
+    assert attention_weights(low[0], low[1], mask=mask).dtype == jnp.float32
+    ref = reference_impl(*(np.asarray(a, np.float32) for a in low), mask=mask)
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=BF16_ATOL)
+
+
+def test_weight_dropout_zeroes_and_rescales(key):
+    """With one-hot values, the output is the (dropped-out) weight matrix itself: each weight is
+    either 0 or A/(1-p)."""
+    p, length = 0.3, 8
+    q, k = normal(0, (2, 1, length, 1, 4))
+    v = jnp.eye(length)[None, :, None, :]  # [1, L, 1, L]: out[i] = weights[i, :]
+    weights = attention_weights(q, k)[0, 0]  # [L, L]
+    out = scaled_dot_product_attention(
+        q, k, v, dropout_rate=p, dropout_key=jax.random.fold_in(key, 7)
+    )[0, :, 0]  # [L, L]
+    dropped = out == 0.0
+    assert 0 < int(dropped.sum()) < length * length
+    np.testing.assert_allclose(
+        jnp.where(dropped, 0.0, out), jnp.where(dropped, 0.0, weights / (1 - p)), rtol=RTOL
+    )
+
+
+def flax_params(params):
+    return {"params": {k: params["params"][k] for k in ("query", "key", "value", "out")}}
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_multi_head_attention_matches_flax_module(key, cross):
+    """Self- and cross-attention equal flax's MultiHeadDotProductAttention on the same params."""
+    x = normal(0, (2, 5, 16))
+    kv = normal(1, (2, 7, 12)) if cross else x
+    mask = jnp.ones((1, 1, 5, 7), bool).at[..., 3:].set(False) if cross else causal_mask(5)
+    ours = MultiHeadAttention(num_heads=4)
+    params = jax.jit(ours.init)(key, x, kv)
+    assert params["params"]["query"]["kernel"].shape == (16, 4, 4)
+    assert params["params"]["out"]["kernel"].shape == (4, 4, 16)
+    ref = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=16, out_features=16)
+    np.testing.assert_allclose(
+        jax.jit(ours.apply)(params, x, kv, mask=mask),
+        jax.jit(ref.apply)(flax_params(params), x, kv, mask=mask),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+
+
+def test_multi_head_attention_dropout_and_injected_attention_fn(key):
+    x = normal(0, (2, 5, 8))
+    calls = []
+
+    def jax_attention(q, k, v, *, mask, bias, dropout_rate, dropout_key):
+        calls.append(dropout_rate)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+
+    ours = MultiHeadAttention(num_heads=2, dropout_rate=0.5)
+    params = jax.jit(ours.init)(key, x)
+    swapped = MultiHeadAttention(num_heads=2, dropout_rate=0.5, attention_fn=jax_attention)
+    apply = jax.jit(ours.apply, static_argnames="deterministic")
+    eval_out = apply(params, x)
+    np.testing.assert_allclose(eval_out, jax.jit(swapped.apply)(params, x), rtol=RTOL, atol=ATOL)
+    assert calls == [0.0]  # traced once, without dropout
+    rngs = {"dropout": jax.random.key(3)}
+    train = apply(params, x, deterministic=False, rngs=rngs)
+    assert not np.allclose(train, eval_out)
+    np.testing.assert_allclose(train, apply(params, x, deterministic=False, rngs=rngs))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda q, k, v: scaled_dot_product_attention(q, k[..., :3], v), "head dims differ"),
+        (lambda q, k, v: scaled_dot_product_attention(q[0], k, v), "query must have shape"),
+        (lambda q, k, v: scaled_dot_product_attention(q, k, v[:, :2]), "value"),
+        (
+            lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=jnp.ones((3, 5), bool)),
+            "does not broadcast",
+        ),
+        (
+            lambda q, k, v: attention_weights(q, k, mask=jnp.ones((1, 1, 1, 1, 5), bool)),
+            "rank <= 4",
+        ),
+        (lambda q, k, v: attention_weights(q, k, bias=jnp.ones((3, 4, 4))), "does not broadcast"),
+        (lambda q, k, v: attention_weights(q, k, scale=0.0), "scale"),
+        (lambda q, k, v: scaled_dot_product_attention(q, k, v, dropout_rate=0.5), "dropout_key"),
+        (lambda q, k, v: scaled_dot_product_attention(q, k, v, dropout_rate=1.0), "dropout_rate"),
+        (lambda q, k, v: causal_mask(0), "length"),
+        (lambda q, k, v: padding_mask(jnp.array([1, 2]), -1), "max_length"),
+        (lambda q, k, v: padding_mask(jnp.ones((2, 2), int), 3), "lengths"),
+        (
+            lambda q, k, v: MultiHeadAttention(num_heads=3).init(jax.random.key(0), q[:, :, 0]),
+            "num_heads",
+        ),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    q = k = v = jnp.ones((1, 4, 2, 4))  # [batch, length, heads, head_dim]
+    with pytest.raises(ValueError, match=match):
+        call(q, k, v)
+
+
+def test_non_boolean_mask_raises_type_error():
+    q = jnp.ones((1, 4, 2, 4))
+    with pytest.raises(TypeError, match="mask must be boolean"):
+        attention_weights(q, q, mask=jnp.ones((4, 4)))
