@@ -21,8 +21,8 @@ Derivation: derivations/04-positional-encoding.md
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 
@@ -42,9 +42,13 @@ def _check_base(base: float) -> None:
         raise ValueError(f"base must be a finite float > 1, got {base}")
 
 
-def _frequencies(dim: int, base: float) -> Float[Array, " half"]:
-    r""":math:`\omega_i = \text{base}^{-2i/d}`, :math:`i = 0, \dots, d/2 - 1`."""
-    return base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [d/2]
+def _frequencies(dim: int, base: float) -> np.ndarray:
+    r""":math:`\omega_i = \text{base}^{-2i/d}`, :math:`i = 0, \dots, d/2 - 1`, float64 numpy.
+
+    The tables below are constants of ``(length, dim, base)``: they are computed in float64 numpy
+    (exact to float32 rounding, and no XLA compilation per shape) and rounded once.
+    """
+    return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # [d/2]
 
 
 def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Float[Array, "length dim"]:
@@ -84,10 +88,9 @@ def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Float[A
     _check_positive_int("length", length)
     _check_even_dim("dim", dim)
     _check_base(base)
-    positions = jnp.arange(length, dtype=jnp.float32)
-    angles = positions[:, None] * _frequencies(dim, base)[None, :]  # [L, d/2]
-    pairs = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # [L, d/2, 2]
-    return pairs.reshape(length, dim)  # [L, d]: sin, cos, sin, cos, ...
+    angles = np.arange(length)[:, None] * _frequencies(dim, base)[None, :]  # [L, d/2]
+    pairs = np.stack([np.sin(angles), np.cos(angles)], axis=-1)  # [L, d/2, 2]
+    return jnp.asarray(pairs.reshape(length, dim), jnp.float32)  # [L, d]: sin, cos, sin, ...
 
 
 def sinusoidal_shift(offset: int, dim: int, base: float = 10000.0) -> Float[Array, "dim dim"]:
@@ -122,9 +125,11 @@ def sinusoidal_shift(offset: int, dim: int, base: float = 10000.0) -> Float[Arra
     _check_even_dim("dim", dim)
     _check_base(base)
     angle = offset * _frequencies(dim, base)  # [d/2]
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    blocks = jnp.stack([jnp.stack([cos, sin], -1), jnp.stack([-sin, cos], -1)], -2)  # [d/2, 2, 2]
-    return jax.scipy.linalg.block_diag(*blocks)  # [d, d]
+    cos, sin = np.cos(angle), np.sin(angle)
+    blocks = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)  # [d/2, 2, 2]
+    # block diagonal: entry ((i, a), (j, b)) is [i == j] blocks[i, a, b]
+    shift = np.einsum("ij,iab->iajb", np.eye(dim // 2), blocks).reshape(dim, dim)  # [d, d]
+    return jnp.asarray(shift, jnp.float32)
 
 
 def interleaved_to_halves(x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
@@ -380,7 +385,7 @@ def apply_rotary(
             f"positions must have shape [length] or [batch, length] = [{batch}, {length}], "
             f"got {positions.shape}"
         )
-    omega = _frequencies(head_dim, base)[None, None, :]  # [1, 1, d/2]
+    omega = jnp.asarray(_frequencies(head_dim, base), jnp.float32)[None, None, :]  # [1, 1, d/2]
     angles = positions.astype(jnp.float32)[..., None] * omega  # [b, L, d/2]
     cos = jnp.cos(angles)[:, :, None, :]  # [b, L, 1, d/2]
     sin = jnp.sin(angles)[:, :, None, :]  # [b, L, 1, d/2]
