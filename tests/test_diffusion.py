@@ -1,0 +1,640 @@
+"""Tests for genjax.diffusion: schedules, forward process, parameterisations, losses, samplers.
+
+The samplers are checked without any training, against the exact ε of a Gaussian mixture
+(:func:`genjax.diffusion.gaussian_mixture_eps`); trained models are checked in the slow tests.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genjax import data
+from genjax import diffusion as D
+
+RTOL = 1e-5
+ATOL = 1e-5
+SAMPLER_ATOL = 1e-4  # float32 chains of up to 1000 steps accumulate rounding
+NUM_SAMPLES = 10_000
+MEANS = jnp.array(data.BIMODAL_MEANS, jnp.float32)  # [2, 1]: modes at -2 and +2
+STD = data.BIMODAL_STD
+
+
+def _schedules():
+    return st.sampled_from(["linear", "cosine", "quadratic"]).flatmap(
+        lambda kind: st.integers(1, 1200).map(lambda n: (kind, n))
+    )
+
+
+def _make(kind, n):
+    if kind == "linear":
+        return D.linear_schedule(n)
+    if kind == "cosine":
+        return D.cosine_schedule(n)
+    return D.quadratic_schedule(n)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_time_index_convention():
+    """t is 0-based: betas[0] is the paper's beta_1 and q_sample(t=0) draws the paper's x_1."""
+    s = D.linear_schedule(1000)
+    np.testing.assert_allclose(s.betas[0], 1e-4, rtol=RTOL)
+    np.testing.assert_allclose(s.betas[-1], 0.02, rtol=RTOL)
+    np.testing.assert_allclose(s.alpha_bars[0], 1 - 1e-4, rtol=RTOL)
+    np.testing.assert_allclose(s.alpha_bars_prev[0], 1.0)
+    np.testing.assert_allclose(s.alpha_bars_prev[1:], s.alpha_bars[:-1], rtol=RTOL)
+    x1 = D.q_sample(None, s, jnp.ones((1, 1)), jnp.array([0]), noise=jnp.zeros((1, 1)))
+    np.testing.assert_allclose(x1[0, 0], math.sqrt(1 - 1e-4), rtol=RTOL)
+    assert s.num_steps == 1000
+
+
+@given(_schedules())
+def test_alpha_bars_are_cumprod_and_strictly_decreasing(kind_n):
+    s = _make(*kind_n)
+    fields = {k: np.asarray(v, np.float64) for k, v in vars(s).items()}
+    betas, alpha_bars = fields["betas"], fields["alpha_bars"]
+    # float32 storage: 1 - beta for beta = 0.999 keeps ~4 significant digits, hence the atol.
+    np.testing.assert_allclose(fields["alphas"], 1 - betas, rtol=RTOL, atol=1e-7)
+    np.testing.assert_allclose(alpha_bars, np.cumprod(1 - betas), rtol=1e-4, atol=1e-7)
+    assert np.all(np.diff(alpha_bars) < 0)
+    assert np.all((alpha_bars > 0) & (alpha_bars < 1))
+    exact = np.cumprod(1 - betas)  # float64 reference for the derived fields
+    np.testing.assert_allclose(fields["snr"], exact / (1 - exact), rtol=1e-4)
+    np.testing.assert_allclose(fields["sqrt_alpha_bars"], np.sqrt(exact), rtol=1e-4)
+    np.testing.assert_allclose(fields["sqrt_one_minus_alpha_bars"], np.sqrt(1 - exact), rtol=1e-4)
+
+
+def test_linear_schedule_final_alpha_bar():
+    """prod_{t=1}^{1000} (1 - beta_t) for Ho et al.'s schedule.
+
+    Reference value: ``numpy.prod(1 - numpy.linspace(1e-4, 0.02, 1000))`` in float64.
+    """
+    s = D.linear_schedule(1000)
+    exact = 4.035829765375676e-05
+    np.testing.assert_allclose(np.prod(1 - np.linspace(1e-4, 0.02, 1000)), exact, rtol=1e-12)
+    np.testing.assert_allclose(s.alpha_bars[-1], exact, rtol=RTOL)
+
+
+def test_cosine_schedule_matches_closed_form():
+    """alpha_bars[t] = f(t+1)/f(0) wherever no beta is clipped; the last betas clip at 0.999."""
+    n, offset = 1000, 0.008
+    s = D.cosine_schedule(n, s=offset)
+    f = lambda u: np.cos((u / n + offset) / (1 + offset) * np.pi / 2) ** 2
+    expected = f(np.arange(1, n + 1)) / f(0)
+    unclipped = np.asarray(s.betas) < 0.999
+    assert unclipped[:-1].all() and not unclipped[-1]
+    np.testing.assert_allclose(s.alpha_bars[:-1], expected[:-1], rtol=1e-4)
+    np.testing.assert_allclose(s.betas[-1], 0.999, rtol=RTOL)
+
+
+def test_quadratic_schedule_roots_are_linear():
+    s = D.quadratic_schedule(100, 1e-4, 0.02)
+    np.testing.assert_allclose(np.diff(np.sqrt(np.asarray(s.betas, np.float64)), 2), 0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(s.betas)[[0, -1]], [1e-4, 0.02], rtol=RTOL)
+
+
+def test_posterior_coefficients_follow_definitions():
+    s = D.linear_schedule(50, 1e-3, 0.2)
+    b, a, ab, abp = (
+        np.asarray(v, np.float64) for v in (s.betas, s.alphas, s.alpha_bars, s.alpha_bars_prev)
+    )
+    np.testing.assert_allclose(s.posterior_variance, b * (1 - abp) / (1 - ab), rtol=1e-4)
+    np.testing.assert_allclose(s.posterior_mean_coef_x0, b * np.sqrt(abp) / (1 - ab), rtol=1e-4)
+    np.testing.assert_allclose(
+        s.posterior_mean_coef_xt, np.sqrt(a) * (1 - abp) / (1 - ab), rtol=1e-4
+    )
+    assert float(s.posterior_variance[0]) == 0.0
+    np.testing.assert_allclose(s.posterior_log_variance_clipped[0], np.log(s.posterior_variance[1]))
+    np.testing.assert_allclose(
+        s.posterior_log_variance_clipped[1:], np.log(s.posterior_variance[1:]), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("betas", "match"),
+    [
+        ([0.1, 0.05], "non-decreasing"),
+        ([0.0, 0.1], r"open interval \(0, 1\)"),
+        ([0.1, 1.0], r"open interval \(0, 1\)"),
+        ([-0.1, 0.1], r"open interval \(0, 1\)"),
+        ([[0.1, 0.2]], r"1-D array \[T\]"),
+        ([], r"1-D array \[T\]"),
+    ],
+)
+def test_schedule_rejects_bad_betas(betas, match):
+    with pytest.raises(ValueError, match=match):
+        D.schedule_from_betas(np.asarray(betas))
+
+
+def test_schedule_constructors_reject_bad_arguments():
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+        D.linear_schedule(0)
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+        D.cosine_schedule(10.0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        D.linear_schedule(10, beta_start=0.02, beta_end=1e-4)
+    with pytest.raises(ValueError, match=r"max_beta must lie in \(0, 1\)"):
+        D.cosine_schedule(10, max_beta=1.0)
+
+
+# ----------------------------------------------------------------------------- forward process
+
+
+def test_iterated_forward_steps_match_closed_form():
+    """Iterating q(x_t | x_{t-1}) gives mean sqrt(alpha_bar_t) x0 and variance 1 - alpha_bar_t."""
+    s = D.linear_schedule(60, 1e-3, 0.1)
+    # Exact moment recursion in float64: m_t = sqrt(a_t) m_{t-1}, v_t = a_t v_{t-1} + b_t.
+    m, v = 1.0, 0.0
+    means, variances = [], []
+    for a, b in zip(np.asarray(s.alphas, np.float64), np.asarray(s.betas, np.float64), strict=True):
+        m, v = math.sqrt(a) * m, a * v + b
+        means.append(m)
+        variances.append(v)
+    np.testing.assert_allclose(means, s.sqrt_alpha_bars, rtol=1e-5)
+    np.testing.assert_allclose(variances, 1 - np.asarray(s.alpha_bars, np.float64), rtol=1e-4)
+
+    # Monte Carlo through q_step: 4 standard errors on the mean and on the variance.
+    n, x0 = 20_000, 1.5
+    x = jnp.full((n, 1), x0)
+    key = jax.random.key(1)
+    for t in range(s.num_steps):
+        x = D.q_step(jax.random.fold_in(key, t), s, x, jnp.full((n,), t))
+    var = 1 - float(s.alpha_bars[-1])
+    assert abs(float(x.mean()) - x0 * float(s.sqrt_alpha_bars[-1])) < 4 * math.sqrt(var / n)
+    assert abs(float(x.var()) - var) < 4 * var * math.sqrt(2 / n)
+
+
+def test_q_sample_moments(key):
+    s = D.cosine_schedule(100)
+    n, t = 50_000, 40
+    x0 = jnp.full((n, 1), -0.7)
+    x = D.q_sample(key, s, x0, jnp.full((n,), t))
+    var = 1 - float(s.alpha_bars[t])
+    assert abs(float(x.mean()) + 0.7 * float(s.sqrt_alpha_bars[t])) < 4 * math.sqrt(var / n)
+    assert abs(float(x.var()) - var) < 4 * var * math.sqrt(2 / n)
+
+
+@given(st.integers(1, 99), st.floats(-3, 3), st.floats(-3, 3))
+def test_q_posterior_matches_bayes_rule(t, x0, xt):
+    """Condition the joint Gaussian of (x_{t-1}, x_t) given x0 (Schur complement, float64)."""
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    ab_prev = float(np.asarray(s.alpha_bars, np.float64)[t - 1])
+    a, b = float(s.alphas[t]), float(s.betas[t])
+    mean_prev, var_prev = math.sqrt(ab_prev) * x0, 1 - ab_prev
+    cov = np.array(
+        [[var_prev, math.sqrt(a) * var_prev], [math.sqrt(a) * var_prev, a * var_prev + b]]
+    )
+    mean_t = math.sqrt(a) * mean_prev
+    expected_mean = mean_prev + cov[0, 1] / cov[1, 1] * (xt - mean_t)
+    expected_var = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
+    mean, var, log_var = D.q_posterior(s, jnp.array([[x0]]), jnp.array([[xt]]), jnp.array([t]))
+    np.testing.assert_allclose(mean[0, 0], expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var[0, 0], expected_var, rtol=1e-4)
+    np.testing.assert_allclose(log_var[0, 0], np.log(expected_var), rtol=1e-4, atol=1e-5)
+
+
+def test_q_posterior_at_first_step_is_point_mass_at_x0():
+    s = D.linear_schedule(10)
+    x0, xt = jnp.array([[0.3, -1.0]]), jnp.array([[5.0, 2.0]])
+    mean, var, _ = D.q_posterior(s, x0, xt, jnp.array([0]))
+    np.testing.assert_allclose(mean, x0, rtol=RTOL)
+    assert float(var.max()) == 0.0
+
+
+# ----------------------------------------------------------------------------- parameterisations
+
+
+@given(st.sampled_from(D.PARAMETERIZATIONS), st.integers(0, 999), st.integers(0, 2**16))
+def test_parameterization_round_trip(parameterization, t, seed):
+    s = D.linear_schedule(1000)
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    x0, eps = jax.random.normal(k1, (3, 4)), jax.random.normal(k2, (3, 4))
+    tt = jnp.full((3,), t)
+    xt = D.q_sample(None, s, x0, tt, noise=eps)
+    target = D.from_x0_eps(s, tt, x0, eps, parameterization)
+    x0_back, eps_back = D.to_x0_eps(s, xt, tt, target, parameterization)
+    # x0 recovered from eps divides by sqrt(alpha_bar) (>= 6e-3): scale the tolerance.
+    scale = 1.0 / float(s.sqrt_alpha_bars[t]) if parameterization == "eps" else 1.0
+    np.testing.assert_allclose(x0_back, x0, atol=1e-5 * scale * 10)
+    np.testing.assert_allclose(eps_back, eps, atol=1e-4 / float(s.sqrt_one_minus_alpha_bars[t]))
+    again = D.from_x0_eps(s, tt, x0_back, eps_back, parameterization)
+    np.testing.assert_allclose(again, target, atol=1e-3 * scale)
+
+
+def test_v_matches_angle_form():
+    """Salimans & Ho: with phi = arctan(sigma/alpha), v = cos(phi) eps - sin(phi) x0 and
+    x0 = cos(phi) x_t - sin(phi) v."""
+    s = D.cosine_schedule(200)
+    t = jnp.arange(0, 200, 20)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x0, eps = jax.random.normal(k1, (10, 2)), jax.random.normal(k2, (10, 2))
+    phi = np.arctan2(np.asarray(s.sqrt_one_minus_alpha_bars[t]), np.asarray(s.sqrt_alpha_bars[t]))
+    phi = phi[:, None]
+    v = D.from_x0_eps(s, t, x0, eps, "v")
+    np.testing.assert_allclose(v, np.cos(phi) * eps - np.sin(phi) * x0, atol=ATOL)
+    xt = D.q_sample(None, s, x0, t, noise=eps)
+    x0_hat, _ = D.to_x0_eps(s, xt, t, v, "v")
+    np.testing.assert_allclose(x0_hat, np.cos(phi) * xt - np.sin(phi) * v, atol=ATOL)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_ddpm_loss_is_mean_squared_error_of_the_target(key):
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    k1, k2 = jax.random.split(key)
+    x0, eps = jax.random.normal(k1, (4, 3, 3, 1)), jax.random.normal(k2, (4, 3, 3, 1))
+    t = jnp.array([0, 10, 50, 99])
+    oracle = lambda xt, tt: D.to_x0_eps(s, xt, tt, eps, "eps")[1]
+    np.testing.assert_allclose(D.ddpm_loss(key, s, oracle, x0, t=t, noise=eps), 0.0, atol=1e-10)
+    zero = lambda xt, tt: jnp.zeros_like(xt)
+    loss = D.ddpm_loss(key, s, zero, x0, t=t, noise=eps)
+    np.testing.assert_allclose(loss, np.mean(np.asarray(eps) ** 2, axis=(1, 2, 3)), rtol=RTOL)
+    loss_x0 = D.ddpm_loss(key, s, zero, x0, t=t, noise=eps, parameterization="x0")
+    np.testing.assert_allclose(loss_x0, np.mean(np.asarray(x0) ** 2, axis=(1, 2, 3)), rtol=RTOL)
+    assert loss.shape == (4,)
+
+
+def test_min_snr_weighting_gives_one_objective_for_all_parameterizations(key):
+    """w_t turns every parameterisation's error into min(SNR_t, gamma) times the x0 error."""
+    s = D.cosine_schedule(100)
+    k1, k2 = jax.random.split(key)
+    x0, eps = jax.random.normal(k1, (5, 2)), jax.random.normal(k2, (5, 2))
+    t = jnp.array([1, 20, 50, 80, 99])
+    x0_guess = lambda xt: 0.5 * jnp.tanh(xt)  # any fixed denoiser, expressed three ways
+
+    def model(parameterization):
+        def fn(xt, tt):
+            guess = x0_guess(xt)
+            eps_guess = D.to_x0_eps(s, xt, tt, guess, "x0")[1]
+            return D.from_x0_eps(s, tt, guess, eps_guess, parameterization)
+
+        return fn
+
+    gamma = 5.0
+    losses = [
+        D.ddpm_loss(key, s, model(p), x0, t=t, noise=eps, parameterization=p, min_snr_gamma=gamma)
+        for p in D.PARAMETERIZATIONS
+    ]
+    xt = D.q_sample(None, s, x0, t, noise=eps)
+    expected = np.minimum(np.asarray(s.snr[t]), gamma) * np.mean(
+        (np.asarray(x0_guess(xt)) - np.asarray(x0)) ** 2, axis=1
+    )
+    for loss in losses:
+        np.testing.assert_allclose(loss, expected, rtol=1e-3)
+    np.testing.assert_allclose(D.loss_weights(s, t, "eps"), 1.0)
+
+
+def test_vlb_weights_turn_eps_error_into_posterior_kl(key):
+    """KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) with equal variances is |mu - mu_hat|^2/(2 var)
+    and equals lambda_t |eps - eps_hat|^2."""
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    k1, k2, k3 = jax.random.split(key, 3)
+    x0, eps = jax.random.normal(k1, (4, 3)), jax.random.normal(k2, (4, 3))
+    eps_hat = eps + 0.3 * jax.random.normal(k3, (4, 3))
+    t = jnp.array([1, 5, 40, 99])
+    xt = D.q_sample(None, s, x0, t, noise=eps)
+    mean, var, _ = D.q_posterior(s, x0, xt, t)
+    x0_hat, _ = D.to_x0_eps(s, xt, t, eps_hat, "eps")
+    mean_hat, _, _ = D.q_posterior(s, x0_hat, xt, t)
+    kl = np.sum((np.asarray(mean) - np.asarray(mean_hat)) ** 2 / (2 * np.asarray(var)), axis=1)
+    expected = np.asarray(D.vlb_weights(s)[t]) * np.sum((np.asarray(eps - eps_hat)) ** 2, axis=1)
+    np.testing.assert_allclose(kl, expected, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def _mixture_eps(schedule, means=MEANS, weights=None):
+    return lambda x, t: D.gaussian_mixture_eps(schedule, x, t, means, STD, weights)
+
+
+def _ho_algorithm2_reference(schedule, eps_fn, noise):
+    """Ho et al.'s Algorithm 2 as a plain Python loop in numpy, independent of ddpm_step."""
+    b = np.asarray(schedule.betas, np.float64)
+    a = 1 - b
+    ab = np.cumprod(a)
+    sigma2 = np.concatenate([[0.0], b[1:] * (1 - ab[:-1]) / (1 - ab[1:])])  # tilde beta
+    x = np.asarray(noise[0], np.float64)
+    states = [x]
+    for i, t in enumerate(range(schedule.num_steps - 1, -1, -1)):
+        eps = np.asarray(eps_fn(jnp.asarray(x, jnp.float32), jnp.full((x.shape[0],), t)))
+        z = np.asarray(noise[i + 1]) if t > 0 else 0.0
+        x = (x - b[t] / np.sqrt(1 - ab[t]) * eps) / np.sqrt(a[t]) + np.sqrt(sigma2[t]) * z
+        states.append(x)
+    return np.stack(states)
+
+
+def test_ddpm_sample_scan_equals_python_loop_step_for_step():
+    s = D.cosine_schedule(50)
+    eps_fn = _mixture_eps(s)
+    noise = jax.random.normal(jax.random.key(4), (51, 16, 1))
+    x, trajectory = D.ddpm_sample(None, s, eps_fn, (16, 1), noise=noise, return_trajectory=True)
+    expected = _ho_algorithm2_reference(s, eps_fn, noise)
+    assert trajectory.shape == (51, 16, 1)
+    np.testing.assert_allclose(trajectory, expected, atol=SAMPLER_ATOL)
+    np.testing.assert_allclose(x, trajectory[-1])
+
+
+def test_ddim_with_eta_one_over_all_steps_equals_ddpm():
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    eps_fn = _mixture_eps(s)
+    noise = jax.random.normal(jax.random.key(5), (101, 32, 1))
+    ddpm = D.ddpm_sample(None, s, eps_fn, (32, 1), noise=noise, return_trajectory=True)[1]
+    ddim = D.ddim_sample(None, s, eps_fn, (32, 1), eta=1.0, noise=noise, return_trajectory=True)[1]
+    np.testing.assert_allclose(ddim, ddpm, atol=SAMPLER_ATOL)
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_the_start():
+    s = D.linear_schedule(1000)
+    eps_fn = _mixture_eps(s)
+    start = jax.random.normal(jax.random.key(6), (1, 8, 1))
+    draws = [jax.random.normal(jax.random.key(k), (20, 8, 1)) for k in (7, 8)]
+    a, b = (
+        D.ddim_sample(None, s, eps_fn, (8, 1), num_steps=20, noise=jnp.concatenate([start, d]))
+        for d in draws
+    )
+    np.testing.assert_allclose(a, b)
+    c = D.ddim_sample(
+        None, s, eps_fn, (8, 1), num_steps=20, eta=1.0, noise=jnp.concatenate([start, draws[0]])
+    )
+    assert not np.allclose(a, c)
+
+
+def test_ddim_timesteps():
+    steps = D.ddim_timesteps(1000, 50)
+    assert steps[0] == 0 and steps[-1] == 999 and len(np.unique(steps)) == 50
+    np.testing.assert_array_equal(D.ddim_timesteps(30, 30), np.arange(30))
+    np.testing.assert_array_equal(D.ddim_timesteps(30, 1), [29])
+    with pytest.raises(ValueError, match="at most the schedule's 30 steps"):
+        D.ddim_timesteps(30, 31)
+
+
+def test_gaussian_mixture_eps_is_scaled_score_of_noised_mixture():
+    """eps* = -sqrt(1 - alpha_bar) grad log q(x_t); q(x_t) via data.gaussian_mixture_log_prob."""
+    s = D.cosine_schedule(100)
+    means = jnp.array([[-2.0, 0.5], [1.0, 1.0], [0.0, -3.0]])
+    x = jax.random.normal(jax.random.key(9), (6, 2)) * 2
+    t = jnp.array([0, 5, 30, 60, 90, 99])
+    eps = D.gaussian_mixture_eps(s, x, t, means, 0.3)
+
+    @jax.jit
+    @jax.vmap
+    def reference(xi, ti):
+        ab = s.alpha_bars[ti]
+        log_q = lambda z: data.gaussian_mixture_log_prob(
+            z, jnp.sqrt(ab) * means, jnp.sqrt(ab * 0.3**2 + 1 - ab)
+        )
+        return -jnp.sqrt(1 - ab) * jax.grad(log_q)(xi)
+
+    np.testing.assert_allclose(eps, reference(x, t), rtol=1e-4, atol=1e-5)
+
+
+def test_gaussian_mixture_eps_weights_match_hand_formula():
+    s = D.linear_schedule(10, 0.05, 0.3)
+    x, t, w = jnp.array([[0.4]]), jnp.array([6]), np.array([0.2, 0.8])
+    ab = float(s.alpha_bars[6])
+    var = ab * STD**2 + 1 - ab
+    mu = math.sqrt(ab) * np.array([-2.0, 2.0])
+    dens = w * np.exp(-((0.4 - mu) ** 2) / (2 * var))
+    score = np.sum(dens * -(0.4 - mu) / var) / np.sum(dens)
+    eps = D.gaussian_mixture_eps(s, x, t, MEANS, STD, jnp.asarray(w))
+    np.testing.assert_allclose(eps[0, 0], -math.sqrt(1 - ab) * score, rtol=1e-5)
+
+
+def _mode_fraction(x):
+    return float(np.mean(np.asarray(x)[:, 0] > 0))
+
+
+def _within(fraction, p, n=NUM_SAMPLES):
+    return abs(fraction - p) <= 3 * math.sqrt(p * (1 - p) / n)
+
+
+# With the exact eps the only error left is the discretisation of the reverse chain, so a
+# 200-step cosine chain (DDPM) and 50 strided steps of the 1000-step linear schedule (DDIM)
+# already carry the data's mass split; the unequal-weight test rules out a split that is right
+# only by the symmetry of the two modes, and the moment checks a chain that lands off the modes.
+SAMPLERS = {
+    "ddpm": (
+        lambda: D.cosine_schedule(200),
+        lambda key, s, fn: D.ddpm_sample(key, s, fn, (NUM_SAMPLES, 1)),
+    ),
+    "ddim": (
+        lambda: D.linear_schedule(1000),
+        lambda key, s, fn: D.ddim_sample(key, s, fn, (NUM_SAMPLES, 1), num_steps=50),
+    ),
+}
+
+
+@functools.cache
+def _analytic_sampler(name):
+    """A jitted ``run(key, weights, mode, scale)``: guided sampling of the bimodal mixture with
+    unconditional eps = the mixture with ``weights`` and conditional eps = component ``mode``
+    alone; ``scale = 0`` is plain unconditional sampling. One compilation per sampler."""
+    make_schedule, sample = SAMPLERS[name]
+    s = make_schedule()
+
+    def run(key, weights, mode, scale):
+        cond_means = jax.lax.dynamic_slice(MEANS, (mode, 0), (1, 1))  # [1, 1]
+        eps_cond, eps_uncond = _mixture_eps(s, cond_means), _mixture_eps(s, weights=weights)
+        guided = lambda x, t: D.classifier_free_guidance(eps_cond(x, t), eps_uncond(x, t), scale)
+        return sample(key, s, guided)
+
+    return jax.jit(run)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_analytic_sampler_splits_modes_evenly(sampler):
+    x = _analytic_sampler(sampler)(jax.random.key(10), jnp.array([0.5, 0.5]), 0, 0.0)
+    assert _within(_mode_fraction(x), 0.5), _mode_fraction(x)
+    upper = np.asarray(x)[np.asarray(x)[:, 0] > 0, 0]
+    assert abs(upper.mean() - 2.0) < 0.05 and abs(upper.std() - STD) < 0.03
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_analytic_sampler_reproduces_unequal_weights(sampler):
+    x = _analytic_sampler(sampler)(jax.random.key(11), jnp.array([0.3, 0.7]), 0, 0.0)
+    assert _within(_mode_fraction(x), 0.7), _mode_fraction(x)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize(("mode", "scale"), [(0, 1.0), (1, 1.0), (0, 3.0)])
+def test_guided_analytic_sampler_lands_on_requested_mode(sampler, mode, scale):
+    """Conditional eps = the requested component's eps; unconditional = the mixture's."""
+    x = _analytic_sampler(sampler)(jax.random.key(12), jnp.array([0.5, 0.5]), mode, scale)
+    on_mode = np.mean((np.asarray(x)[:, 0] > 0) == bool(mode))
+    assert on_mode >= 0.99, on_mode
+
+
+def test_classifier_guidance_with_exact_classifier_equals_cfg():
+    """grad log p(y | x_t) = grad log q(x_t | y) - grad log q(x_t), so both guidances agree."""
+    s = D.cosine_schedule(100)
+    x = jnp.linspace(-3, 3, 7)[:, None]
+    t = jnp.array([0, 10, 30, 50, 70, 90, 99])
+    eps_u = D.gaussian_mixture_eps(s, x, t, MEANS, STD)
+    eps_c = D.gaussian_mixture_eps(s, x, t, MEANS[1:], STD)
+
+    def log_p_y(xi, ti):  # log posterior of component 1 under the noised mixture
+        ab = s.alpha_bars[ti]
+        var = ab * STD**2 + 1 - ab
+        logits = -((xi[0] - jnp.sqrt(ab) * MEANS[:, 0]) ** 2) / (2 * var)
+        return jax.nn.log_softmax(logits)[1]
+
+    grad = jax.jit(jax.vmap(jax.grad(log_p_y)))(x, t)
+    for w in (1.0, 2.5):
+        np.testing.assert_allclose(
+            D.classifier_guidance(s, eps_u, t, grad, w),
+            D.classifier_free_guidance(eps_c, eps_u, w),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_guidance_scale_conventions():
+    ec, eu = jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0])
+    np.testing.assert_allclose(D.classifier_free_guidance(ec, eu, 0.0), eu)
+    np.testing.assert_allclose(D.classifier_free_guidance(ec, eu, 1.0), ec)
+    w_paper = 2.0  # Ho & Salimans: (1 + w) eps_c - w eps_u
+    np.testing.assert_allclose(
+        D.classifier_free_guidance(ec, eu, D.guidance_scale_from_ho_salimans(w_paper)),
+        (1 + w_paper) * ec - w_paper * eu,
+        rtol=RTOL,
+    )
+    with pytest.raises(ValueError, match="guidance_scale must be a scalar"):
+        D.classifier_free_guidance(ec, eu, jnp.ones(2))
+
+
+def test_guided_model_fn_matches_separate_calls():
+    calls = []
+
+    def model(x, t, y):
+        calls.append(x.shape[0])
+        return x * (y[:, None] + 1.0) + t[:, None]
+
+    x, t, y = jnp.array([[1.0], [2.0]]), jnp.array([3, 4]), jnp.array([0, 1])
+    out = D.guided_model_fn(model, y, null_label=5, guidance_scale=2.0)(x, t)
+    expected = D.classifier_free_guidance(model(x, t, y), model(x, t, jnp.full((2,), 5)), 2.0)
+    np.testing.assert_allclose(out, expected, rtol=RTOL)
+    assert calls[0] == 4  # one network call on the doubled batch
+
+
+def test_drop_labels(key):
+    labels = jnp.arange(10_000) % 10
+    dropped = D.drop_labels(key, labels, 0.2, null_label=10)
+    fraction = float(np.mean(np.asarray(dropped) == 10))
+    assert abs(fraction - 0.2) < 3 * math.sqrt(0.2 * 0.8 / 10_000)
+    kept = np.asarray(dropped) != 10
+    np.testing.assert_array_equal(np.asarray(dropped)[kept], np.asarray(labels)[kept])
+    fixed = D.drop_labels(None, jnp.array([1, 2, 3]), 0.5, 9, noise=jnp.array([0.1, 0.6, 0.49]))
+    np.testing.assert_array_equal(fixed, [9, 2, 9])
+    with pytest.raises(ValueError, match=r"drop_prob must lie in \[0, 1\]"):
+        D.drop_labels(key, labels, 1.5, 10)
+
+
+def test_clip_x0_bounds_the_last_step():
+    s = D.linear_schedule(20, 1e-3, 0.3)
+    far = lambda x, t: jnp.full_like(x, 5.0)  # an x0-predictor far outside the data range
+    for sample in (D.ddpm_sample, D.ddim_sample):
+        x = sample(jax.random.key(0), s, far, (6, 2), parameterization="x0", clip_x0=(-1.0, 1.0))
+        np.testing.assert_allclose(x, 1.0, atol=1e-5)
+
+
+def test_samplers_same_with_and_without_jit():
+    s = D.cosine_schedule(30)
+    eps_fn = _mixture_eps(s)
+    key = jax.random.key(13)
+    for sample in (
+        lambda k: D.ddpm_sample(k, s, eps_fn, (8, 1)),
+        lambda k: D.ddim_sample(k, s, eps_fn, (8, 1), num_steps=10, eta=0.5),
+        lambda k: D.ddpm_loss(k, s, eps_fn, jnp.ones((8, 1))),
+        lambda k: D.q_sample(k, s, jnp.ones((8, 1)), jnp.arange(8)),
+    ):
+        np.testing.assert_allclose(jax.jit(sample)(key), sample(key), atol=SAMPLER_ATOL)
+
+
+def test_schedule_is_a_pytree_usable_under_jit():
+    s = D.linear_schedule(10)
+    leaves = jax.tree.leaves(s)
+    assert len(leaves) == 11 and all(leaf.shape == (10,) for leaf in leaves)
+    x = jax.jit(D.q_sample)(jax.random.key(0), s, jnp.ones((2, 1)), jnp.array([0, 9]))
+    assert x.shape == (2, 1)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_time_steps_raise():
+    s = D.linear_schedule(10)
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 9\]"):
+        D.q_sample(None, s, x, jnp.array([0, 10]), noise=x)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 9\]"):
+        D.q_posterior(s, x, x, jnp.array([-1, 0]))
+    with pytest.raises(TypeError, match="t must hold integer time steps"):
+        D.q_sample(None, s, x, jnp.array([0.0, 1.0]), noise=x)
+    with pytest.raises(ValueError, match=r"t must have shape \[batch\] = \(2,\)"):
+        D.q_sample(None, s, x, jnp.array([0, 1, 2]), noise=x)
+
+
+def test_mismatched_shapes_raise():
+    s = D.linear_schedule(10)
+    x, t = jnp.zeros((2, 3)), jnp.array([0, 1])
+    with pytest.raises(ValueError, match="shapes must match"):
+        D.q_sample(None, s, x, t, noise=jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="shapes must match"):
+        D.q_posterior(s, x, jnp.zeros((2, 2)), t)
+    with pytest.raises(ValueError, match="shapes must match"):
+        D.ddpm_loss(jax.random.key(0), s, lambda xt, tt: xt[:, :1], x)
+    with pytest.raises(ValueError, match="x0 must be batched"):
+        D.q_sample(None, s, jnp.float32(1.0), t)
+    with pytest.raises(ValueError, match=r"xt must be \[batch, dim\] and means \[K, dim\]"):
+        D.gaussian_mixture_eps(s, x, t, MEANS, STD)
+
+
+def test_bad_sampler_arguments_raise():
+    s = D.linear_schedule(10)
+    fn = lambda x, t: x
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        D.ddpm_sample(jax.random.key(0), s, fn, (2, 1), parameterization="score")
+    with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
+        D.ddpm_sample(jax.random.key(0), s, fn, (0, 1))
+    with pytest.raises(ValueError, match=r"noise must have shape \[steps \+ 1, \*shape\]"):
+        D.ddpm_sample(None, s, fn, (2, 1), noise=jnp.zeros((10, 2, 1)))
+    with pytest.raises(ValueError, match="variance must be one of"):
+        D.ddpm_sample(jax.random.key(0), s, fn, (2, 1), variance="learned")
+    with pytest.raises(ValueError, match="clip_x0 must be None or a pair"):
+        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), clip_x0=(1.0, -1.0))
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), eta=-0.1)
+    with pytest.raises(ValueError, match="at most the schedule's 10 steps"):
+        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), num_steps=11)
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        D.loss_weights(s, jnp.array([0]), "eps", min_snr_gamma=0.0)
+
+
+# ----------------------------------------------------------------------------- MLP denoiser
+
+
+def test_mlp_denoiser_shapes_and_conditioning(key):
+    model = D.MLPDenoiser(num_steps=50, features=16, depth=2, num_classes=2)
+    x, t, y = jnp.ones((5, 3)), jnp.arange(5), jnp.array([0, 1, 2, 0, 1])
+    params = model.init(key, x, t, y)
+    out = model.apply(params, x, t, y)
+    assert out.shape == (5, 3)
+    # The zero-initialised output layer makes the initial prediction exactly zero.
+    np.testing.assert_allclose(out, 0.0)
+    params = jax.tree.map(lambda p: p + 0.1, params)
+    changed = model.apply(params, x, t, jnp.array([1, 1, 1, 1, 1]))
+    assert not np.allclose(model.apply(params, x, t, y), changed)
+    with pytest.raises(ValueError, match="needs labels y"):
+        model.apply(params, x, t)
+    with pytest.raises(ValueError, match=r"x must be \[batch, dim\]"):
+        nn.Module.apply(model, params, jnp.ones((5,)), t, y)
