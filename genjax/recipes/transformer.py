@@ -116,6 +116,8 @@ def ngram_bits_per_char(train: np.ndarray, test: np.ndarray, vocab_size: int):
     unigram = unigram_log_probs(train, vocab_size)
     split = int(len(train) * (1 - VALIDATION_FRACTION))
     fit, val = train[:split], train[split:]
+    if len(val) < 2:
+        raise ValueError(f"train is too short to hold out a validation bigram: {len(train)} ids")
     val_nll = {
         a: -bigram_log_probs(fit, vocab_size, a)[val[:-1], val[1:]].mean() for a in BIGRAM_ALPHAS
     }
