@@ -40,7 +40,7 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Float, Int
 
-from genjax.nn.unet import TimeEmbedding
+from genjax.nn.layers import TimeEmbedding
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 PARAMETERIZATIONS = ("eps", "x0", "v")

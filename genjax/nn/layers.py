@@ -11,16 +11,22 @@ r"""Layers shared by the families: strided and transposed convolutions, spectral
   :func:`spectral_normalize` divides the kernel by it, :func:`spectral_norm_exact` is the SVD
   reference, and :class:`SpectralDense` / :class:`SpectralConv` keep :math:`u` in the mutable
   ``"spectral"`` collection and advance it by one power-iteration step per training call.
+* Conditioning blocks of the diffusion networks: :class:`TimeEmbedding` (sinusoidal encoding of
+  an integer step, then an MLP) and :class:`ResBlock` (GroupNorm, SiLU, :class:`Conv`, plus a
+  projection of the embedding, residual).
 
 Derivation: derivations/09-wgan.md (spectral norm as a Lipschitz bound)
 """
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from genjax.nn.positional import sinusoidal_encoding
 
 SPECTRAL = "spectral"  #: the Flax collection holding the power-iteration vectors ``u``
 EPS = 1e-12  #: added under the square root of vector norms in the power iteration
@@ -451,3 +457,88 @@ class SpectralConv(nn.Module):
         w_bar = _spectral_kernel(self, kernel, update_stats, self.num_iters)
         y = strided_conv(x, w_bar, self.stride, self.padding)
         return _add_bias(self, y)
+
+
+# ----------------------------------------------------------------------------- diffusion blocks
+
+
+class TimeEmbedding(nn.Module):
+    r"""Embed integer diffusion steps: sinusoidal encoding, then Dense → SiLU → Dense.
+
+    .. math:: e(t) = W_2\,\mathrm{SiLU}(W_1\,\mathrm{PE}(t) + b_1) + b_2
+
+    where :math:`\mathrm{PE}(t)` is row ``t`` of
+    ``sinusoidal_encoding(num_steps, features)`` (the Transformer's position encoding, with the
+    step as the position).
+
+    Attributes:
+      num_steps: number of steps :math:`T` (rows of the encoding table).
+      features: width of the encoding and of the output (even).
+
+    Returns (``__call__(t)``):
+      ``[batch, features]`` for ``t`` ``[batch]`` int.
+
+    References:
+      Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B),
+      https://arxiv.org/abs/2006.11239
+
+    Derivation: derivations/11-ddpm.md
+    """
+
+    num_steps: int
+    features: int
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        t = jnp.asarray(t)
+        if t.ndim != 1 or not jnp.issubdtype(t.dtype, jnp.integer):
+            raise ValueError(f"t must be [batch] integer steps, got {t.shape} {t.dtype}")
+        table = sinusoidal_encoding(self.num_steps, self.features)  # [T, features]
+        h = nn.Dense(self.features)(table[t])  # [batch, features]
+        return nn.Dense(self.features)(nn.silu(h))
+
+
+def group_count(num_groups: int, channels: int) -> int:
+    """The largest number of GroupNorm groups that divides ``channels`` and is at most
+    ``num_groups`` (their greatest common divisor)."""
+    return math.gcd(num_groups, channels)
+
+
+class ResBlock(nn.Module):
+    r"""A residual block conditioned on an embedding (time, and label if any).
+
+    .. math:: h = \mathrm{Conv}\big(\mathrm{Drop}(\mathrm{SiLU}(\mathrm{GN}(
+       \mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + W e))))\big),\qquad y = \mathrm{skip}(x) + h
+
+    with 3x3 :class:`Conv` layers; the second is zero-initialised, so at initialisation the
+    block is ``skip(x)`` (the identity, or a 1x1 projection when the width changes).
+
+    Attributes:
+      features: output channels.
+      num_groups: GroupNorm groups (reduced by :func:`group_count` to divide the channels).
+      dropout: dropout rate (uses the ``"dropout"`` RNG stream when ``train``).
+
+    Returns (``__call__(x, emb, train=False)``):
+      ``[b, H, W, features]`` for ``x`` ``[b, H, W, C]`` and ``emb`` ``[b, E]``.
+
+    References:
+      He et al., *Identity Mappings in Deep Residual Networks*, 2016,
+      https://arxiv.org/abs/1603.05027
+
+    Derivation: derivations/11-ddpm.md
+    """
+
+    features: int
+    num_groups: int = 8
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+        h = nn.silu(nn.GroupNorm(group_count(self.num_groups, x.shape[-1]))(x))
+        h = Conv(self.features)(h)  # [b, H, W, features]
+        h = h + nn.Dense(self.features)(nn.silu(emb))[:, None, None, :]  # [b, H, W, features]
+        h = nn.silu(nn.GroupNorm(group_count(self.num_groups, self.features))(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Conv(self.features, kernel_init=nn.initializers.zeros)(h)
+        skip = x if x.shape[-1] == self.features else nn.Dense(self.features)(x)  # 1x1 conv
+        return skip + h

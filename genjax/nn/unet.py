@@ -3,16 +3,17 @@ r"""The diffusion U-Net: time embedding, residual blocks with group norm, skips,
 The network maps a noisy image and its time step (and optionally a label) to a prediction of
 the same shape (ε, :math:`x_0` or v; see :mod:`genjax.diffusion`). Its parts:
 
-* :class:`TimeEmbedding`: the sinusoidal encoding of the integer step
-  (:func:`genjax.nn.positional.sinusoidal_encoding`) followed by a two-layer MLP;
-* :class:`ResBlock`: GroupNorm → SiLU → 3x3 conv, plus a projection of the time embedding,
-  → GroupNorm → SiLU → dropout → 3x3 conv (zero-initialised), with a 1x1-conv skip when the
-  width changes, so every block starts as the identity;
+* :class:`genjax.nn.layers.TimeEmbedding`: the sinusoidal encoding of the integer step
+  followed by a two-layer MLP;
+* :class:`genjax.nn.layers.ResBlock`: GroupNorm → SiLU → 3x3 conv, plus a projection of the
+  time embedding, → GroupNorm → SiLU → dropout → 3x3 conv (zero-initialised), with a 1x1 skip
+  when the width changes, so every block starts as the identity; convolutions are
+  :class:`genjax.nn.layers.Conv` (slices and a matmul, fast to differentiate inside a scan);
 * :class:`AttentionBlock`: GroupNorm, then multi-head self-attention over the :math:`H W`
   positions (:func:`genjax.nn.attention.scaled_dot_product_attention`), residual;
-* :class:`UNet`: a stride-2 conv down path and a nearest-upsample + conv up path; each up block
-  concatenates the matching down activation (the skip connection); the middle, at the lowest
-  resolution, is ResBlock → AttentionBlock → ResBlock.
+* :class:`UNet`: a down path of stride-2 3x3 convs and an up path of nearest upsampling and a
+  3x3 conv; each up block concatenates the matching down activation (the skip connection); the
+  middle, at the lowest resolution, is ResBlock → AttentionBlock → ResBlock.
 
 :func:`unet_for` picks the widths and depths for 8x8 digits, 28x28 MNIST and 32x32 CIFAR.
 
@@ -26,7 +27,6 @@ References:
 Derivation: derivations/11-ddpm.md (the network's place in the loss)
 """
 
-import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -34,78 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from genjax.nn.attention import scaled_dot_product_attention
-from genjax.nn.positional import sinusoidal_encoding
-
-
-class TimeEmbedding(nn.Module):
-    r"""Embed integer diffusion steps: sinusoidal encoding, then Dense → SiLU → Dense.
-
-    .. math:: e(t) = W_2\,\mathrm{SiLU}(W_1\,\mathrm{PE}(t) + b_1) + b_2
-
-    where :math:`\mathrm{PE}(t)` is row ``t`` of
-    ``sinusoidal_encoding(num_steps, features)`` (the Transformer's position encoding, with the
-    step as the position).
-
-    Attributes:
-      num_steps: number of steps :math:`T` (rows of the encoding table).
-      features: width of the encoding and of the output.
-
-    Returns (``__call__(t)``):
-      ``[batch, features]`` for ``t`` ``[batch]`` int.
-
-    References:
-      Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
-    """
-
-    num_steps: int
-    features: int
-
-    @nn.compact
-    def __call__(self, t: jax.Array) -> jax.Array:
-        t = jnp.asarray(t)
-        if t.ndim != 1 or not jnp.issubdtype(t.dtype, jnp.integer):
-            raise ValueError(f"t must be [batch] integer steps, got {t.shape} {t.dtype}")
-        table = sinusoidal_encoding(self.num_steps, self.features)  # [T, features]
-        h = nn.Dense(self.features)(table[t])  # [batch, features]
-        return nn.Dense(self.features)(nn.silu(h))
-
-
-def _groups(num_groups: int, channels: int) -> int:
-    """The largest group count dividing ``channels`` that is at most ``num_groups``."""
-    return math.gcd(num_groups, channels)
-
-
-class ResBlock(nn.Module):
-    r"""A residual block conditioned on an embedding (time, and label if any).
-
-    .. math:: h = \mathrm{Conv}\big(\mathrm{Drop}(\mathrm{SiLU}(\mathrm{GN}(
-       \mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + W e))))\big),\qquad y = \mathrm{skip}(x) + h
-
-    The last conv is zero-initialised, so at initialisation the block is ``skip(x)``.
-
-    Attributes:
-      features: output channels.
-      num_groups: GroupNorm groups (reduced to a divisor of the channel count).
-      dropout: dropout rate (uses the ``"dropout"`` RNG stream when ``train``).
-
-    Returns (``__call__(x, emb, train=False)``):
-      ``[b, H, W, features]`` for ``x`` ``[b, H, W, C]`` and ``emb`` ``[b, E]``.
-    """
-
-    features: int
-    num_groups: int = 8
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(nn.GroupNorm(_groups(self.num_groups, x.shape[-1]))(x))
-        h = nn.Conv(self.features, (3, 3))(h)  # [b, H, W, features]
-        h = h + nn.Dense(self.features)(nn.silu(emb))[:, None, None, :]  # [b, H, W, features]
-        h = nn.silu(nn.GroupNorm(_groups(self.num_groups, self.features))(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.features, (3, 3), kernel_init=nn.initializers.zeros)(h)
-        skip = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1))(x)
-        return skip + h
+from genjax.nn.layers import Conv, ResBlock, TimeEmbedding, group_count
 
 
 class AttentionBlock(nn.Module):
@@ -130,7 +59,7 @@ class AttentionBlock(nn.Module):
         b, height, width, c = x.shape
         if c % self.num_heads:
             raise ValueError(f"channels ({c}) must be divisible by num_heads ({self.num_heads})")
-        h = nn.GroupNorm(_groups(self.num_groups, c))(x)
+        h = nn.GroupNorm(group_count(self.num_groups, c))(x)
         h = h.reshape(b, height * width, c)  # [b, HW, C]
         qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads))(h)  # [b, HW, 3, n, d]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [b, HW, heads, head_dim]
@@ -199,7 +128,7 @@ class UNet(nn.Module):
         def block(features, h):
             return ResBlock(features, self.num_groups, self.dropout)(h, emb, train)
 
-        h = nn.Conv(self.base_features, (3, 3))(x)  # [b, H, W, base]
+        h = Conv(self.base_features)(x)  # [b, H, W, base]
         skips = [h]
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
@@ -207,7 +136,7 @@ class UNet(nn.Module):
                 h = block(self.base_features * mult, h)
                 skips.append(h)
             if level != last:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)  # [b, H/2, W/2, C]
+                h = Conv(h.shape[-1], stride=2)(h)  # [b, H/2, W/2, C]
                 skips.append(h)
 
         h = block(h.shape[-1], h)
@@ -222,9 +151,9 @@ class UNet(nn.Module):
                 b, height, width, c = h.shape
                 h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
                 # h: [b, 2H', 2W', C]
-                h = nn.Conv(c, (3, 3))(h)
-        h = nn.silu(nn.GroupNorm(_groups(self.num_groups, h.shape[-1]))(h))
-        return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+                h = Conv(c)(h)
+        h = nn.silu(nn.GroupNorm(group_count(self.num_groups, h.shape[-1]))(h))
+        return Conv(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
 
 
 def unet_for(
