@@ -239,10 +239,11 @@ def gaussian_mixture(key, n: int, means, std: float):
 def gaussian_mixture_log_prob(x, means, std: float):
     r"""Exact :math:`\log \frac1K\sum_k N(x; \mu_k, s^2 I)` for ``x [..., d]``, via logsumexp."""
     means = jnp.asarray(means, jnp.float32)
-    d = means.shape[1]
+    num_modes, d = means.shape
+    means = jnp.reshape(means, (1,) * (x.ndim - 1) + means.shape)  # [1.., K, d]
     sq = jnp.sum((x[..., None, :] - means) ** 2, axis=-1)  # [..., K]
     log_norm = -0.5 * d * jnp.log(2 * jnp.pi * std**2)
-    return jax.nn.logsumexp(-0.5 * sq / std**2, axis=-1) + log_norm - jnp.log(means.shape[0])
+    return jax.nn.logsumexp(-0.5 * sq / std**2, axis=-1) + log_norm - jnp.log(num_modes)
 
 
 def ring_means(num_modes: int = 8, radius: float = 2.0) -> np.ndarray:
@@ -259,7 +260,10 @@ def grid_means(size: int = 5, spacing: float = 2.0) -> np.ndarray:
 
 
 def eight_gaussians(key, n: int, radius: float = 2.0, std: float = 0.02):
-    """Eight Gaussians on a ring (Metz et al. 2017, *Unrolled GANs*); see :func:`gaussian_mixture`."""
+    """Eight Gaussians on a ring (Metz et al. 2017, *Unrolled GANs*).
+
+    See :func:`gaussian_mixture`; exact density by :func:`gaussian_mixture_log_prob`.
+    """
     return gaussian_mixture(key, n, ring_means(8, radius), std)
 
 
@@ -286,7 +290,8 @@ def checkerboard(key, n: int):
     r"""Uniform on the 8 dark cells of a 4x4 board covering :math:`[-2, 2]^2`.
 
     Cell :math:`(i, j)` (lower-left corner :math:`(i-2, j-2)`) is dark when :math:`i + j` is even.
-    Returns ``(x [n, 2], cell [n])``; the density is 1/8 on dark cells (:func:`checkerboard_log_prob`).
+    Returns ``(x [n, 2], cell [n])``; the density is 1/8 on dark cells
+    (:func:`checkerboard_log_prob`).
     """
     cells = jnp.asarray([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
     k_cell, k_u = jax.random.split(key)

@@ -46,7 +46,7 @@ Metrics = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a run's numbers. Written to ``config.json`` by :func:`fit`.
+    r"""Everything that decides a run's numbers. Written to ``config.json`` by :func:`fit`.
 
     Attributes:
       steps: number of optimiser updates.
@@ -189,16 +189,21 @@ class Task(NamedTuple):
         families), used by ``genjax sample`` and the tour.
       update: optional ``update(state, key, batch, tx, ema_decay) -> (state, metrics)`` replacing
         :func:`standard_update`, for families with several players or mutable state.
+      model: optional handle on the family's model (e.g. its Flax module) for evaluation code.
     """
 
     init: Callable[..., Any]
     loss: Callable[[PyTree, jax.Array, Batch], tuple[jax.Array, Metrics]]
     sample: Callable[[PyTree, jax.Array, int], jax.Array] | None = None
     update: Callable[..., tuple[TrainState, Metrics]] | None = None
+    model: Any = None
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float | None) -> PyTree:
-    r""":math:`\bar\theta \leftarrow \delta\bar\theta + (1-\delta)\theta`; ``None`` copies ``params``."""
+    r"""EMA step :math:`\bar\theta \leftarrow \delta\bar\theta + (1-\delta)\theta`.
+
+    ``decay=None`` turns the EMA off: the result is ``params`` itself.
+    """
     if decay is None:
         return params
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
@@ -216,7 +221,7 @@ def standard_update(
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(
         step=state.step + 1,
         params=params,
@@ -294,8 +299,11 @@ def make_train_chunk(
 
 def check_finite(metrics: Mapping[str, np.ndarray], first_step: int) -> None:
     """Raise :class:`TrainingDiverged` naming the first step and metric that is NaN/inf."""
-    bad = [(int(np.argmax(~np.isfinite(v))), name) for name, v in metrics.items()
-           if not np.all(np.isfinite(v))]
+    bad = [
+        (int(np.argmax(~np.isfinite(v))), name)
+        for name, v in metrics.items()
+        if not np.all(np.isfinite(v))
+    ]
     if bad:
         offset, name = min(bad)
         value = float(np.asarray(metrics[name])[offset])

@@ -1,0 +1,180 @@
+"""One harness for every benchmark suite.
+
+A suite is a module ``benchmarks/bench_<name>.py`` with ``run(h: Harness, quick: bool)``. It
+calls :meth:`Harness.measure` for each thing it times; rows sharing a ``group`` are one
+side-by-side comparison (genjax beside the reference it replaces). The harness
+
+* compiles and runs each function once (warm-up), then times ``repeats`` calls, each ended by
+  ``jax.block_until_ready``, and reports the median;
+* measures this machine's matmul peak itself (a large jitted float32 matmul, best of several),
+  and reports every row's achieved GFLOP/s as a fraction of it;
+* writes ``benchmarks/results/<suite>.json`` and a Markdown table ``<suite>.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclasses.dataclass
+class Row:
+    """One timed function: median seconds per call and what follows from it."""
+
+    group: str
+    name: str
+    median_s: float
+    items: float | None
+    unit: str
+    flops: float | None
+    peak_gflops: float
+
+    @property
+    def throughput(self) -> float | None:
+        return None if self.items is None else self.items / self.median_s
+
+    @property
+    def gflops(self) -> float | None:
+        return None if self.flops is None else self.flops / self.median_s / 1e9
+
+    @property
+    def peak_fraction(self) -> float | None:
+        return None if self.gflops is None else self.gflops / self.peak_gflops
+
+
+def time_call(fn: Callable, *args, repeats: int = 10, warmup: int = 1) -> list[float]:
+    """Seconds for each of ``repeats`` calls of ``fn(*args)``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - tic)
+    return times
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate in GFLOP/s: best of ``repeats`` ``n x n`` products."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / min(time_call(f, a, repeats=repeats)) / 1e9
+
+
+def flops_of(fn: Callable, *args) -> float | None:
+    """FLOPs of the compiled ``fn(*args)`` by XLA's cost analysis, or ``None`` if unknown."""
+    try:
+        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    except Exception:  # cost analysis is best-effort and backend-dependent
+        return None
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    value = (cost or {}).get("flops")
+    return float(value) if value else None
+
+
+class Harness:
+    """Collects rows for one suite; see the module docstring."""
+
+    def __init__(self, suite: str, quick: bool = False):
+        self.suite = suite
+        self.quick = quick
+        self.repeats = 3 if quick else 10
+        self.peak_gflops = measure_matmul_peak(1024 if quick else 2048)
+        self.rows: list[Row] = []
+
+    def measure(
+        self,
+        group: str,
+        name: str,
+        fn: Callable,
+        *args,
+        items: float | None = None,
+        unit: str = "items",
+        flops: float | None = None,
+        repeats: int | None = None,
+    ) -> Row:
+        """Time ``fn(*args)`` (already jitted, or it will be timed as it is).
+
+        Args:
+          group: comparison this row belongs to (e.g. ``"attention fwd L=512"``).
+          name: what is timed (e.g. ``"genjax"``, ``"jax.nn.dot_product_attention"``).
+          fn: the function; its first call (warm-up) includes compilation.
+          items: work items per call (examples, tokens ...) for the throughput column.
+          unit: the name of an item.
+          flops: FLOPs per call; ``None`` asks XLA's cost analysis.
+          repeats: timed calls (default 10, quick 3).
+        """
+        if flops is None:
+            flops = flops_of(fn, *args)
+        times = time_call(fn, *args, repeats=repeats or self.repeats)
+        row = Row(group, name, statistics.median(times), items, unit, flops, self.peak_gflops)
+        self.rows.append(row)
+        return row
+
+    def markdown(self) -> str:
+        """The suite's table; ``vs best`` is time relative to the fastest row of its group."""
+        best = {}
+        for r in self.rows:
+            best[r.group] = min(best.get(r.group, r.median_s), r.median_s)
+        lines = [
+            f"### {self.suite}",
+            "",
+            f"Machine: {machine()}; measured matmul peak {self.peak_gflops:.1f} GFLOP/s "
+            f"(float32). Median of {self.repeats} timed calls after warm-up.",
+            "",
+            "| group | implementation | median ms | vs best | throughput | GFLOP/s | of peak |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            thr = "" if r.throughput is None else f"{r.throughput:,.0f} {r.unit}/s"
+            gf = "" if r.gflops is None else f"{r.gflops:.1f}"
+            pk = "" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f} %"
+            lines.append(
+                f"| {r.group} | {r.name} | {1e3 * r.median_s:.3f} | "
+                f"{r.median_s / best[r.group]:.2f}x | {thr} | {gf} | {pk} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: Path = RESULTS) -> Path:
+        """Write ``<suite>.json`` and ``<suite>.md`` under ``directory``; returns the .md path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {
+            "suite": self.suite,
+            "machine": machine(),
+            "quick": self.quick,
+            "peak_gflops": self.peak_gflops,
+            "rows": [
+                {
+                    **dataclasses.asdict(r),
+                    "throughput": r.throughput,
+                    "gflops": r.gflops,
+                    "peak_fraction": r.peak_fraction,
+                }
+                for r in self.rows
+            ],
+        }
+        (directory / f"{self.suite}.json").write_text(json.dumps(record, indent=2))
+        md = directory / f"{self.suite}.md"
+        md.write_text(self.markdown())
+        return md
+
+
+def machine() -> str:
+    """A one-line description of the machine and the JAX backend."""
+    import os
+
+    return (
+        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"jax {jax.__version__} on {jax.default_backend()}"
+    ).replace("  ", " ")

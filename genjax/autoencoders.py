@@ -1,0 +1,200 @@
+r"""Autoencoders: plain, denoising and sparse (L1 and top-k codes).
+
+An encoder :math:`z = f_\phi(x)` and a decoder :math:`\hat x = g_\theta(z)` are trained to
+reconstruct their input through a code narrower than it. The maths is three pure functions —
+:func:`squared_error`, :func:`corrupt` and the sparsity pair :func:`l1_penalty` /
+:func:`top_k_code` — and :func:`autoencoder_loss` combines them; the Flax modules only own the
+weights.
+
+Derivation: ``derivations/01-autoencoders.md``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NOISE_KINDS = ("gaussian", "masking")
+
+
+def squared_error(x, x_hat):
+    r"""Per-example squared reconstruction error :math:`\lVert x - \hat x\rVert_2^2`.
+
+    Minimising it is maximum likelihood under a fixed-variance Gaussian decoder
+    :math:`p(x\mid z) = N(\hat x, \sigma^2 I)` (``derivations/01-autoencoders.md``).
+
+    Args:
+      x: ``[batch, ...]`` inputs.
+      x_hat: reconstructions, same shape.
+
+    Returns:
+      ``[batch]`` errors summed over every non-batch axis.
+    """
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}")
+    return jnp.sum(jnp.reshape((x - x_hat) ** 2, (x.shape[0], -1)), axis=1)
+
+
+def corrupt(key, x, kind: str = "gaussian", level: float = 0.3):
+    r"""The denoising autoencoder's corruption :math:`\tilde x \sim q(\tilde x \mid x)`.
+
+    * ``"gaussian"``: :math:`\tilde x = x + \sigma\epsilon`, :math:`\epsilon \sim N(0, I)`,
+      :math:`\sigma` = ``level``;
+    * ``"masking"``: each entry is zeroed independently with probability ``level``.
+
+    Args:
+      key: PRNG key; the corruption is a pure function of it.
+      x: ``[batch, ...]`` inputs.
+      kind: ``"gaussian"`` or ``"masking"``.
+      level: noise standard deviation, or masking probability in [0, 1).
+
+    Returns:
+      The corrupted ``x``, same shape and dtype.
+
+    References:
+      Vincent et al., *Extracting and composing robust features with denoising autoencoders*,
+      ICML 2008.
+    """
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
+    if kind == "masking":
+        if not 0.0 <= level < 1.0:
+            raise ValueError(f"masking level must be in [0, 1), got {level}")
+        keep = jax.random.bernoulli(key, 1.0 - level, x.shape)
+        return jnp.where(keep, x, jnp.zeros_like(x))
+    if level < 0:
+        raise ValueError(f"gaussian level must be >= 0, got {level}")
+    return x + level * jax.random.normal(key, x.shape, x.dtype)
+
+
+def l1_penalty(code):
+    r"""Per-example :math:`\lVert z\rVert_1`, the Laplace-prior sparsity penalty. ``[batch]``."""
+    return jnp.sum(jnp.abs(code), axis=-1)
+
+
+def top_k_code(code, k: int):
+    r"""Keep the ``k`` largest entries of each code, zero the rest (k-sparse autoencoder).
+
+    :math:`\mathrm{topk}(z)_i = z_i` if :math:`z_i` is among the ``k`` largest of :math:`z`, else
+    0. Gradients flow only through the kept entries.
+
+    Args:
+      code: ``[batch, code_dim]``.
+      k: entries kept per example, ``1 <= k <= code_dim``.
+
+    References:
+      Makhzani & Frey, *k-Sparse Autoencoders*, 2013, https://arxiv.org/abs/1312.5663
+    """
+    if not 1 <= k <= code.shape[-1]:
+        raise ValueError(f"k must be in [1, {code.shape[-1]}] (code_dim), got {k}")
+    kth = jax.lax.top_k(code, k)[0][..., -1:]  # [batch, 1] the k-th largest value
+    return jnp.where(code >= kth, code, jnp.zeros_like(code))
+
+
+class Autoencoder(nn.Module):
+    """MLP or convolutional autoencoder for NHWC images.
+
+    Attributes:
+      shape: one example's shape ``(H, W, C)``.
+      code_dim: size of the code :math:`z`.
+      hidden: width of the MLP's hidden layers / channels of the first conv layer.
+      arch: ``"mlp"`` or ``"conv"`` (conv needs H and W divisible by 4).
+      top_k: if set, codes pass through :func:`top_k_code` (sparse autoencoder).
+    """
+
+    shape: tuple[int, ...]
+    code_dim: int = 8
+    hidden: int = 128
+    arch: str = "mlp"
+    top_k: int | None = None
+
+    def setup(self):
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"arch must be 'mlp' or 'conv', got {self.arch!r}")
+        h, w, c = self.shape
+        if self.arch == "conv" and (h % 4 or w % 4):
+            raise ValueError(f"arch='conv' needs H and W divisible by 4, got shape {self.shape}")
+        dense = nn.Dense
+        if self.arch == "mlp":
+            self.enc = [dense(self.hidden), dense(self.hidden), dense(self.code_dim)]
+            self.dec = [dense(self.hidden), dense(self.hidden), dense(h * w * c)]
+        else:
+            ch = self.hidden // 4
+            self.enc = [
+                nn.Conv(ch, (3, 3), strides=2),
+                nn.Conv(2 * ch, (3, 3), strides=2),
+                dense(self.code_dim),
+            ]
+            self.dec = [
+                dense((h // 4) * (w // 4) * 2 * ch),
+                nn.ConvTranspose(ch, (3, 3), strides=(2, 2)),
+                nn.ConvTranspose(c, (3, 3), strides=(2, 2)),
+            ]
+
+    def encode(self, x):
+        """``[batch, H, W, C]`` -> codes ``[batch, code_dim]``."""
+        b = x.shape[0]
+        if self.arch == "mlp":
+            h = jnp.reshape(x, (b, -1))  # [batch, H*W*C]
+            h = nn.gelu(self.enc[0](h))
+            h = nn.gelu(self.enc[1](h))
+        else:
+            h = nn.gelu(self.enc[0](x))
+            h = nn.gelu(self.enc[1](h))
+            h = jnp.reshape(h, (b, -1))  # [batch, H/4*W/4*2ch]
+        z = self.enc[2](h)
+        return z if self.top_k is None else top_k_code(z, self.top_k)
+
+    def decode(self, z):
+        """Codes ``[batch, code_dim]`` -> reconstructions ``[batch, H, W, C]`` in (0, 1)."""
+        b = z.shape[0]
+        h, w, _ = self.shape
+        if self.arch == "mlp":
+            out = nn.gelu(self.dec[0](z))
+            out = nn.gelu(self.dec[1](out))
+            out = self.dec[2](out)
+        else:
+            out = nn.gelu(self.dec[0](z))
+            out = jnp.reshape(out, (b, h // 4, w // 4, -1))  # [batch, H/4, W/4, 2ch]
+            out = nn.gelu(self.dec[1](out))
+            out = self.dec[2](out)
+        return nn.sigmoid(jnp.reshape(out, (b, *self.shape)))
+
+    def __call__(self, x):
+        """``(reconstruction [batch, H, W, C], code [batch, code_dim])``."""
+        z = self.encode(x)
+        return self.decode(z), z
+
+
+def autoencoder_loss(
+    model: Autoencoder,
+    params,
+    key,
+    x,
+    *,
+    noise: str | None = None,
+    noise_level: float = 0.3,
+    l1: float = 0.0,
+):
+    r"""Per-example objective of the plain, denoising and sparse autoencoders.
+
+    .. math::
+       \ell(x) = \lVert x - g_\theta(f_\phi(\tilde x))\rVert_2^2 + \lambda \lVert f_\phi(\tilde x)
+       \rVert_1, \qquad \tilde x \sim q(\tilde x\mid x)\ \text{(denoising) or}\ \tilde x = x.
+
+    Args:
+      model: the :class:`Autoencoder`.
+      params: its parameters.
+      key: PRNG key for the corruption (unused when ``noise`` is ``None``).
+      x: ``[batch, H, W, C]`` clean inputs; the target is always the clean ``x``.
+      noise: ``None``, ``"gaussian"`` or ``"masking"`` (see :func:`corrupt`).
+      noise_level: the corruption's level.
+      l1: :math:`\lambda`, the weight of the L1 code penalty.
+
+    Returns:
+      ``(loss [batch], code [batch, code_dim])``.
+    """
+    x_in = x if noise is None else corrupt(key, x, noise, noise_level)
+    x_hat, code = model.apply(params, x_in)
+    return squared_error(x, x_hat) + l1 * l1_penalty(code), code

@@ -1,0 +1,238 @@
+"""The ``genjax`` command: train, sample, tour, bench, list.
+
+``genjax train NAME`` trains a registered recipe and writes a run folder; ``genjax sample RUN``
+draws from its latest checkpoint; ``genjax tour`` trains every recipe on ``digits`` and writes
+``runs/tour/report.md``; ``genjax bench`` runs the benchmark suites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from genjax import recipes, train, viz
+from genjax.data import load_dataset
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genjax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a registered recipe")
+    t.add_argument("recipe", help="recipe name (see `genjax list`)")
+    t.add_argument("--data", default=None, help="data set (default: the recipe's)")
+    t.add_argument("--data-dir", default=None, help="IDX folder or tfds data directory")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="run folder (default runs/RECIPE)")
+    t.add_argument(
+        "--devices",
+        choices=("one", "all"),
+        default="one",
+        help="'all' shards each batch over every device",
+    )
+    t.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe option, e.g. code_dim=16 (repeatable)",
+    )
+
+    s = sub.add_parser("sample", help="sample from a run folder's latest checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+
+    tour = sub.add_parser("tour", help="train every recipe briefly and write a report")
+    tour.add_argument("--quick", action="store_true", help="the two-minute budget")
+    tour.add_argument("--only", nargs="*", default=None, help="recipe names to include")
+    tour.add_argument("--out", default="runs/tour")
+
+    b = sub.add_parser("bench", help="run benchmark suites (python -m benchmarks)")
+    b.add_argument("suites", nargs="*")
+    b.add_argument("--quick", action="store_true")
+
+    sub.add_parser("list", help="list the registered recipes")
+    return p
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--option must be KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_train(args) -> int:
+    recipe = recipes.get(args.recipe)
+    data_name = args.data or recipe.data
+    dataset = load_dataset(data_name, args.data_dir)
+    options = _options(args.option)
+    config = recipe.config(False)
+    steps = args.steps or config.steps
+    overrides = {
+        "steps": steps,
+        "log_every": math.gcd(steps, config.log_every),
+        "seed": args.seed,
+        **({"batch_size": args.batch_size} if args.batch_size else {}),
+        **({"lr": args.lr} if args.lr else {}),
+    }
+    config = dataclasses.replace(config, checkpoint_every=None, **overrides)
+    config = dataclasses.replace(config, checkpoint_every=config.log_every)
+    run_dir = Path(args.out or f"runs/{recipe.name}")
+    info = {"recipe": recipe.name, "data": data_name, "data_dir": args.data_dir, "options": options}
+    mesh = None
+    if args.devices == "all":
+        from genjax import parallel
+
+        mesh = parallel.make_mesh()
+    task = recipe.make_task(dataset, options)
+    state = train.fit(task, dataset.train, config, run_dir=run_dir, run_info=info, mesh=mesh)
+    report = recipe.evaluate(task, state.ema_params, dataset, jax.random.key(args.seed + 1))
+    (run_dir / "report.json").write_text(json.dumps(report._asdict(), indent=2))
+    print(
+        f"{recipe.name}: {report.metric} = {report.value:.6g} "
+        f"({report.baseline}: {report.baseline_value:.6g})"
+    )
+    viz.loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return 0
+
+
+def _restore(run_dir: Path):
+    config, info = train.read_config(run_dir)
+    recipe = recipes.get(info["recipe"])
+    dataset = load_dataset(info["data"], info.get("data_dir"))
+    task = recipe.make_task(dataset, info.get("options", {}))
+    state, _ = train.init_state(task, config, dataset.train)
+    from genjax.checkpoints import CheckpointManager
+
+    manager = CheckpointManager(run_dir / "checkpoints")
+    if manager.latest_step() is None:
+        raise SystemExit(f"{run_dir}: no checkpoint to sample from")
+    return recipe, dataset, task, manager.restore_latest(state)
+
+
+def cmd_sample(args) -> int:
+    run_dir = Path(args.run_dir)
+    recipe, _, task, state = _restore(run_dir)
+    if task.sample is None:
+        raise SystemExit(f"recipe {recipe.name!r} has no sampler")
+    samples = np.asarray(task.sample(state.ema_params, jax.random.key(args.seed), args.n))
+    out = run_dir / "samples" / "samples.png"
+    if samples.ndim == 4:
+        viz.image_grid(samples, out, title=f"{recipe.name}, step {int(state.step)}")
+    else:
+        out = out.with_suffix(".npy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, samples)
+    print(out)
+    return 0
+
+
+def cmd_tour(args) -> int:
+    selected = recipes.all_recipes()
+    if args.only:
+        unknown = set(args.only) - set(selected)
+        if unknown:
+            raise SystemExit(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
+        selected = {k: v for k, v in selected.items() if k in args.only}
+    selected = {k: v for k, v in selected.items() if v.tour}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, recipe in selected.items():
+        tic = time.perf_counter()
+        dataset = load_dataset(recipe.data)
+        task = recipe.make_task(dataset, {})
+        config = recipe.config(args.quick)
+        state = train.fit(task, dataset.train, config, progress=False)
+        key = jax.random.key(1)
+        report = recipe.evaluate(task, state.ema_params, dataset, key)
+        figs = (
+            recipe.figures(task, state.ema_params, dataset, key, out / name)
+            if (recipe.figures)
+            else []
+        )
+        seconds = time.perf_counter() - tic
+        rows.append((recipe, report, seconds, figs))
+        print(
+            f"{name:28s} {report.metric} = {report.value:.5g}  "
+            f"[{report.baseline}: {report.baseline_value:.5g}]  {seconds:.1f}s",
+            flush=True,
+        )
+    (out / "report.md").write_text(_report_markdown(rows, args.quick))
+    print(out / "report.md")
+    return 0
+
+
+def _report_markdown(rows, quick: bool) -> str:
+    lines = [
+        f"# genjax tour{' (quick)' if quick else ''}",
+        "",
+        f"Each recipe trained on its data set with its {'quick ' if quick else ''}tour budget; "
+        "figures on the test split, the baseline computed on the same split.",
+        "",
+        "| recipe | data | metric | value | baseline | baseline value | beats baseline | "
+        "seconds | figure |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for recipe, report, seconds, figs in rows:
+        fig = " ".join(f"![{p.stem}]({p.parent.name}/{p.name})" for p in figs)
+        lines.append(
+            f"| {recipe.name} | {recipe.data} | {report.metric} | {report.value:.5g} | "
+            f"{report.baseline} | {report.baseline_value:.5g} | "
+            f"{'yes' if report.beats_baseline else 'no'} | {seconds:.1f} | {fig} |"
+        )
+    extras = [(r.name, rep.extra) for r, rep, _, _ in rows if rep.extra]
+    if extras:
+        lines += ["", "## Further figures", ""]
+        for name, extra in extras:
+            lines.append(f"- **{name}**: " + ", ".join(f"{k} = {v:.5g}" for k, v in extra.items()))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_bench(args) -> int:
+    if not Path("benchmarks/harness.py").is_file():
+        raise SystemExit("genjax bench runs from the repository root (benchmarks/ not found)")
+    cmd = [sys.executable, "-m", "benchmarks", *args.suites, *(["--quick"] if args.quick else [])]
+    return subprocess.call(cmd)
+
+
+def cmd_list(args) -> int:
+    for name, recipe in recipes.all_recipes().items():
+        print(f"{name:28s} {recipe.data:16s} {recipe.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "tour": cmd_tour,
+        "bench": cmd_bench,
+        "list": cmd_list,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
