@@ -13,7 +13,7 @@ import numpy as np
 
 from benchmarks.harness import flops_of
 from genjax import train
-from genjax.data import Dataset, load_dataset
+from genjax.data import Dataset, batch_indices, load_dataset
 from genjax.recipes import autoencoder as recipe
 
 STEPS = 100
@@ -28,48 +28,41 @@ def _dataset(shape) -> Dataset:
     return Dataset("uniform", {"x": x, "y": y}, {"x": x[:256], "y": y[:256]}, 1, None)
 
 
+def _bench(h, shape, batch: int) -> None:
+    data = _dataset(shape)
+    task = recipe.make_task(data, {})
+    config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS)
+    state, tx = train.init_state(task, config, data.train)
+    device_data = jax.device_put(data.train)
+    chunk = train.make_train_chunk(task, config, tx, device_data)
+    n = len(data.train["x"])
+    data_key = jax.random.key(1)
+
+    @jax.jit
+    def one(s):
+        # The same work as one scan iteration: gather the step's batch, then update.
+        idx = batch_indices(data_key, s.step, n, batch)
+        b = {k: v[idx] for k, v in device_data.items()}
+        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
+
+    def scanned(s):
+        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
+
+    def python_loop(s):
+        for _ in range(STEPS):
+            s = one(s)
+        return s.params
+
+    step_flops = flops_of(one, state)
+    flops = None if step_flops is None else step_flops * STEPS
+    group = f"AE train step {shape[0]}x{shape[1]}, batch {batch}, {STEPS} steps"
+    for name, fn in (
+        ("genjax loop (lax.scan chunk)", scanned),
+        ("python loop of jitted steps", python_loop),
+    ):
+        h.measure(group, name, fn, state, items=STEPS * batch, unit="examples", flops=flops)
+
+
 def run(h, quick: bool) -> None:
     for shape, batch in (((8, 8, 1), 64), ((28, 28, 1), 128)):
-        data = _dataset(shape)
-        task = recipe.make_task(data, {})
-        config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS)
-        state, tx = train.init_state(task, config, data.train)
-        chunk = train.make_train_chunk(task, config, tx, jax.device_put(data.train))
-        group = f"AE train step {shape[0]}x{shape[1]}, batch {batch}, {STEPS} steps"
-
-        def scanned(s):
-            return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
-        one = jax.jit(
-            lambda s, b: train.standard_update(
-                task.loss, s, jax.random.key(0), b, tx, config.ema_decay
-            )[0]
-        )
-        b0 = {k: jax.numpy.asarray(v[:batch]) for k, v in data.train.items()}
-        step_flops = flops_of(one, state, b0)
-        train_step_flops = None if step_flops is None else step_flops * STEPS
-
-        def python_loop(s):
-            for _ in range(STEPS):
-                s = one(s, b0)
-            return s.params
-
-        items = STEPS * batch
-        h.measure(
-            group,
-            "genjax loop (lax.scan chunk)",
-            scanned,
-            state,
-            items=items,
-            unit="examples",
-            flops=train_step_flops,
-        )
-        h.measure(
-            group,
-            "python loop of jitted steps",
-            python_loop,
-            state,
-            items=items,
-            unit="examples",
-            flops=train_step_flops,
-        )
+        _bench(h, shape, batch)
