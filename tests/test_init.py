@@ -53,7 +53,11 @@ def test_compute_fans_receptive_field(shape):
 
 
 @settings(max_examples=10)
-@given(shape=shapes, gain=gains, mode=st.sampled_from(["fan_in", "fan_out"]))
+@given(
+    shape=st.sampled_from([(7, 5), (3, 3, 4, 6), (2, 5, 3)]),  # few shapes: one compile each
+    gain=gains,
+    mode=st.sampled_from(["fan_in", "fan_out"]),
+)
 def test_normal_initialisers_match_jax_variance_scaling(shape, gain, mode):
     """jax's (untruncated) variance_scaling with the same key draws the same numbers."""
     key = jax.random.key(1)
