@@ -1,0 +1,621 @@
+"""Tests for genjax.vae: KL, reparameterisation, pixel likelihoods, ELBO, IWAE, IS-NLL, models.
+
+The bounds are checked on the linear-Gaussian model (probabilistic PCA), where log p(x) and the
+posterior are known in closed form, so every gap is a number to compare with. Monte Carlo checks
+use tolerances of a stated number of standard errors; each test's seed is fixed.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.special
+import scipy.stats
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genjax import data as data_lib
+from genjax import vae as V
+from genjax.divergences import gaussian_kl
+
+RTOL = 1e-5
+ATOL = 1e-5
+LOGLIK_RTOL = 1e-5  # float32 log-densities against float64 scipy
+NUM_SE = 4.0  # Monte Carlo tolerance, in standard errors (a false alarm 6e-5 of the time)
+
+
+def _floats(lo, hi):
+    return st.floats(lo, hi, allow_nan=False, width=32)
+
+
+# ----------------------------------------------------------------------------- the linear model
+
+
+def _linear_model(key, big_d=5, d=2, orthogonal=True):
+    """A PPCA model: W [D, d] (orthogonal columns if asked), b [D], log sigma^2."""
+    k_w, k_b = jax.random.split(key)
+    w = jax.random.normal(k_w, (big_d, d))
+    if orthogonal:
+        q, _ = jnp.linalg.qr(w)  # [D, d] orthonormal columns
+        w = q * jnp.arange(1.0, d + 1.0)[None, :]  # distinct column norms 1..d
+    b = 0.3 * jax.random.normal(k_b, (big_d,))
+    return w, b, jnp.float32(math.log(0.25))
+
+
+def _linear_fns(w, b, log_var, enc_mean, enc_log_var):
+    """encode/log_likelihood closures of the linear-Gaussian decoder with a given encoder."""
+
+    def encode(x):
+        return enc_mean(x), enc_log_var(x)
+
+    def log_likelihood(z, x):
+        mean = jnp.einsum("...d,Dd->...D", z, w)  # [*sample, B, D]
+        mean = mean + jnp.reshape(b, (1,) * (mean.ndim - 1) + b.shape)
+        xs = jnp.broadcast_to(x, mean.shape)  # [*sample, B, D]
+        return V.gaussian_log_likelihood(xs, mean, log_var)
+
+    return encode, log_likelihood
+
+
+def _posterior_maps(w, b, log_var):
+    """The exact posterior as arrays: mean(x) = (x - b) @ gain, and its diagonal log-variance
+    (computed once with linear_gaussian_posterior, so the encoders below are plain matmuls)."""
+    big_d = w.shape[0]
+    gain, cov = V.linear_gaussian_posterior(jnp.eye(big_d) + b[None, :], w, b, log_var)  # [D, d]
+    return gain, jnp.log(jnp.diag(cov))  # [D, d], [d]
+
+
+def _exact_posterior_fns(w, b, log_var, shift=0.0, log_var_shift=0.0):
+    """The optimal encoder q(z|x) = p(z|x) (diagonal: W's columns are orthogonal), or, with
+    shifts, a sub-optimal one: the exact posterior moved by ``shift`` and widened."""
+    gain, post_log_var = _posterior_maps(w, b, log_var)
+
+    def enc_mean(x):
+        return (x - b[None, :]) @ gain + shift  # [B, d]
+
+    def enc_log_var(x):
+        return jnp.broadcast_to(post_log_var + log_var_shift, (x.shape[0], w.shape[1]))
+
+    return _linear_fns(w, b, log_var, enc_mean, enc_log_var)
+
+
+def _perturbed_fns(w, b, log_var):
+    return _exact_posterior_fns(w, b, log_var, shift=0.4, log_var_shift=0.5)
+
+
+def _linear_data(key, w, b, log_var, n=4):
+    k_z, k_e = jax.random.split(key)
+    z = jax.random.normal(k_z, (n, w.shape[1]))
+    return z @ w.T + b[None, :] + jnp.exp(0.5 * log_var) * jax.random.normal(k_e, (n, w.shape[0]))
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+@given(
+    st.lists(_floats(-3, 3), min_size=3, max_size=3),
+    st.lists(_floats(-2, 2), min_size=3, max_size=3),
+    st.lists(_floats(-3, 3), min_size=3, max_size=3),
+    st.lists(_floats(-2, 2), min_size=3, max_size=3),
+)
+def test_gaussian_kl_matches_numpy_reference(mq, lq, mp, lp):
+    """Against the textbook form in variances, in float64:
+    KL = sum log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2."""
+    got = gaussian_kl(jnp.array(mq), jnp.array(lq), jnp.array(mp), jnp.array(lp))
+    sq, sp = np.exp(0.5 * np.array(lq, np.float64)), np.exp(0.5 * np.array(lp, np.float64))
+    diff = np.array(mq, np.float64) - np.array(mp, np.float64)
+    want = np.sum(np.log(sp / sq) + (sq**2 + diff**2) / (2 * sp**2) - 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mq, lq, mp, lp", [(0.0, 0.0, 0.0, 0.0), (1.0, -1.0, -0.5, 0.7), (-2.0, 1.5, 0.3, -1.2)]
+)
+def test_gaussian_kl_matches_quadrature(mq, lq, mp, lp):
+    """1-D closed form = the KL integral of q log(q/p) by scipy quadrature (float64)."""
+    got = float(gaussian_kl(jnp.array([mq]), jnp.array([lq]), jnp.array([mp]), jnp.array([lp])))
+    q = scipy.stats.norm(mq, math.exp(0.5 * lq))
+    p = scipy.stats.norm(mp, math.exp(0.5 * lp))
+    want = scipy.integrate.quad(
+        lambda t: q.pdf(t) * (q.logpdf(t) - p.logpdf(t)), q.ppf(1e-12), q.ppf(1 - 1e-12)
+    )[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_gaussian_kl_matches_monte_carlo(key):
+    """KL(q||p) = E_q[log q(z) - log p(z)]: closed form within NUM_SE standard errors."""
+    mq, lq = jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, -0.7, 0.0])
+    mp, lp = jnp.array([0.0, 0.5, 1.0]), jnp.array([0.0, 0.4, -0.5])
+    z = V.reparameterize(key, mq, lq, num_samples=100_000)  # [S, 3]
+    full = lambda a: jnp.broadcast_to(a, z.shape)
+    log_ratio = V.gaussian_log_likelihood(z, full(mq), full(lq)) - V.gaussian_log_likelihood(
+        z, full(mp), full(lp)
+    )
+    mc, se = float(jnp.mean(log_ratio)), float(jnp.std(log_ratio)) / math.sqrt(z.shape[0])
+    assert abs(float(gaussian_kl(mq, lq, mp, lp)) - mc) < NUM_SE * se
+
+
+@given(
+    st.lists(_floats(-3, 3), min_size=2, max_size=2),
+    st.lists(_floats(-2, 2), min_size=2, max_size=2),
+    st.lists(_floats(-1, 1), min_size=2, max_size=2),
+    st.lists(_floats(-1, 1), min_size=2, max_size=2),
+)
+def test_gaussian_kl_nonnegative_and_zero_only_at_equality(mq, lq, dm, dl):
+    mq, lq = jnp.array(mq), jnp.array(lq)
+    mp, lp = mq + jnp.array(dm), lq + jnp.array(dl)
+    kl = float(gaussian_kl(mq, lq, mp, lp))
+    assert kl >= -ATOL
+    assert abs(float(gaussian_kl(mq, lq, mq, lq))) < ATOL
+    distance = max(max(map(abs, dm)), max(map(abs, dl)))
+    if distance > 1e-2:
+        assert kl > 0.0
+
+
+# ----------------------------------------------------------------------------- reparameterisation
+
+
+def test_reparameterize_formula_with_injected_noise():
+    mean, log_var, eps = jnp.array([1.0, -2.0]), jnp.array([0.0, math.log(4.0)]), jnp.ones(2)
+    np.testing.assert_allclose(V.reparameterize(None, mean, log_var, eps), [2.0, 0.0], rtol=RTOL)
+
+
+def test_reparameterize_has_the_stated_mean_and_variance(key):
+    mean, log_var = jnp.array([1.5, -0.5, 0.0]), jnp.array([0.0, math.log(0.09), math.log(4.0)])
+    n = 200_000
+    z = np.asarray(V.reparameterize(key, mean, log_var, num_samples=n), np.float64)  # [n, 3]
+    var = np.exp(np.asarray(log_var, np.float64))
+    assert np.all(np.abs(z.mean(0) - np.asarray(mean)) < NUM_SE * np.sqrt(var / n))
+    # Var of the sample variance of a normal: 2 sigma^4 / (n - 1).
+    assert np.all(np.abs(z.var(0, ddof=1) - var) < NUM_SE * var * np.sqrt(2 / (n - 1)))
+
+
+def _quadratic(a, c):
+    """f(z) = sum_i a_i z_i^2 + c_i z_i, and the analytic gradient of E f under N(mu, sigma^2):
+    d/dmu = 2 a mu + c, d/dlog_var = a sigma^2."""
+    f = lambda z: jnp.sum(a[None] * z**2 + c[None] * z, axis=-1)  # [S]
+
+    def grads(mean, log_var):
+        return 2 * a * mean + c, a * jnp.exp(log_var)
+
+    return f, grads
+
+
+@pytest.mark.parametrize("estimator", ["reparameterization", "score_function"])
+def test_gradient_estimators_match_the_analytic_gradient(key, estimator):
+    """Both estimators are unbiased: 50 independent estimates from 2000 draws each average to
+    within NUM_SE standard errors of the analytic gradient of E[f(z)] for a quadratic f."""
+    a, c = jnp.array([1.0, -0.5, 2.0]), jnp.array([0.3, 1.0, -1.0])
+    mean, log_var = jnp.array([0.5, -1.0, 0.2]), jnp.array([0.0, -0.5, 0.4])
+    f, grads = _quadratic(a, c)
+    fn = getattr(V, f"{estimator}_gradient")
+    noise = jax.random.normal(key, (50, 2000, 3))
+    estimates = jax.jit(jax.vmap(lambda e: fn(None, f, mean, log_var, 2000, noise=e)))(noise)
+    for got, want in zip(estimates, grads(mean, log_var), strict=True):
+        se = jnp.std(got, axis=0, ddof=1) / math.sqrt(got.shape[0])
+        assert jnp.all(jnp.abs(jnp.mean(got, axis=0) - want) < NUM_SE * se)
+
+
+def test_reparameterization_gradient_has_lower_variance_than_score_function(key):
+    a, c = jnp.array([1.0, -0.5, 2.0]), jnp.array([0.3, 1.0, -1.0])
+    mean, log_var = jnp.array([0.5, -1.0, 0.2]), jnp.array([0.0, -0.5, 0.4])
+    f, _ = _quadratic(a, c)
+    noise = jax.random.normal(key, (200, 10, 3))
+    var = {}
+    for name in ("reparameterization", "score_function"):
+        fn = getattr(V, f"{name}_gradient")
+        est = jax.jit(jax.vmap(lambda e, fn=fn: fn(None, f, mean, log_var, 10, noise=e)))(noise)
+        var[name] = float(jnp.sum(jnp.var(est[0], axis=0)))
+    assert var["reparameterization"] < 0.5 * var["score_function"]
+
+
+def test_reparameterize_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="log_var must have the shape of mean"):
+        V.reparameterize(None, jnp.zeros((3, 2)), jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match="noise must have shape"):
+        V.reparameterize(None, jnp.zeros((3, 2)), jnp.zeros((3, 2)), noise=jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        V.reparameterize(None, jnp.zeros(2), jnp.zeros(2), num_samples=-1)
+
+
+# ----------------------------------------------------------------------------- likelihoods
+
+
+@given(st.lists(_floats(-4, 4), min_size=4, max_size=4), _floats(-3, 2))
+def test_gaussian_log_likelihood_matches_scipy(values, log_var):
+    x = jnp.array(values)
+    mean = jnp.array([0.5, -1.0, 0.0, 2.0])
+    want = scipy.stats.norm(np.asarray(mean, np.float64), math.exp(0.5 * log_var)).logpdf(
+        np.asarray(x, np.float64)
+    )
+    got = V.gaussian_log_likelihood(x, mean, log_var)  # fixed, shared variance
+    np.testing.assert_allclose(got, want.sum(), rtol=LOGLIK_RTOL, atol=1e-4)
+    per_value = V.gaussian_log_likelihood(x, mean, jnp.full(4, log_var), event_ndims=0)
+    np.testing.assert_allclose(per_value, want, rtol=LOGLIK_RTOL, atol=1e-4)
+
+
+@given(st.lists(_floats(-30, 30), min_size=6, max_size=6))
+def test_bernoulli_log_likelihood_matches_scipy(logits):
+    """Against scipy.stats.bernoulli where 1 - p is exact in float64 (|logit| <= 8), and
+    against scipy.special.log_expit (exact in the tails) everywhere."""
+    logits = np.asarray(logits, np.float64)
+    x = np.array([0, 1, 1, 0, 1, 0], np.float64)
+    got = V.bernoulli_log_likelihood(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(x, jnp.float32), event_ndims=0
+    )
+    tails = x * scipy.special.log_expit(logits) + (1 - x) * scipy.special.log_expit(-logits)
+    np.testing.assert_allclose(got, tails, rtol=LOGLIK_RTOL, atol=1e-5)
+    moderate = np.abs(logits) <= 8
+    pmf = scipy.stats.bernoulli(scipy.special.expit(logits)).logpmf(x)
+    np.testing.assert_allclose(np.asarray(got)[moderate], pmf[moderate], rtol=1e-4, atol=1e-5)
+
+
+def test_bernoulli_from_logits_is_exact_where_bce_on_sigmoid_fails():
+    """log(sigmoid(l)) underflows in float32 for l < -104; the logits form stays exact."""
+    logits, x = jnp.array([-120.0, 120.0]), jnp.array([1.0, 0.0])
+    naive = x * jnp.log(jax.nn.sigmoid(logits)) + (1 - x) * jnp.log(1 - jax.nn.sigmoid(logits))
+    assert not np.all(np.isfinite(naive))
+    got = V.bernoulli_log_likelihood(logits, x, event_ndims=0)
+    np.testing.assert_allclose(got, [-120.0, -120.0], rtol=RTOL)
+
+
+@given(_floats(-0.5, 1.5), _floats(-5, 1), st.sampled_from([2, 17, 256]))
+def test_discretized_logistic_matches_scipy_and_normalises(mu, log_s, levels):
+    k = np.arange(levels)
+    x = k / (levels - 1)
+    half = 0.5 / (levels - 1)
+    dist = scipy.stats.logistic(mu, math.exp(log_s))
+    hi = np.where(k == levels - 1, np.inf, x + half)
+    lo = np.where(k == 0, -np.inf, x - half)
+    # the difference of cdfs below the location and of survival functions above it keeps
+    # float64 precision in both tails
+    mass = np.where(x > mu, dist.sf(lo) - dist.sf(hi), dist.cdf(hi) - dist.cdf(lo))
+    want = np.log(np.maximum(mass, 1e-300))
+    got = V.discretized_logistic_log_likelihood(
+        jnp.asarray(x, jnp.float32),
+        jnp.full(levels, mu, jnp.float32),
+        jnp.full(levels, log_s, jnp.float32),
+        levels,
+        event_ndims=0,
+    )
+    finite = want > -600
+    np.testing.assert_allclose(np.asarray(got)[finite], want[finite], rtol=1e-3, atol=1e-4)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(jax.nn.logsumexp(got), 0.0, atol=1e-4)
+
+
+def test_discretized_logistic_stays_finite_for_saturated_arguments():
+    x = jnp.array([0.5, 0.5, 0.0, 1.0])
+    mean = jnp.array([50.0, -50.0, 50.0, -50.0])
+    got = V.discretized_logistic_log_likelihood(x, mean, jnp.full(4, -3.0), 256, event_ndims=0)
+    assert np.all(np.isfinite(got))
+    # far in the tail P = sigma(a) - sigma(b) ~ e^{b}(e^{a-b} - 1) for a, b << 0
+    s = math.exp(-3.0)
+    a, b = (0.5 + 0.5 / 255 - 50.0) / s, (0.5 - 0.5 / 255 - 50.0) / s
+    np.testing.assert_allclose(got[0], a + math.log(-math.expm1(b - a)), rtol=1e-4)
+
+
+def test_categorical_log_likelihood_matches_numpy(key):
+    logits = jax.random.normal(key, (3, 4, 17))
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 17, (3, 4)) / 16.0, jnp.float32)
+    log_p = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    k = np.round(np.asarray(x) * 16).astype(int)
+    want = np.take_along_axis(log_p, k[..., None], -1)[..., 0].sum(-1)
+    got = V.categorical_log_likelihood(logits, x, 17)
+    np.testing.assert_allclose(got, want, rtol=LOGLIK_RTOL)
+
+
+def test_likelihood_checks_the_decoder_output_shape():
+    lik = V.Likelihood("gaussian")
+    with pytest.raises(ValueError, match=r"decoder output must have shape"):
+        lik.log_prob(jnp.zeros((2, 3, 1)), jnp.zeros((2, 3)), 1)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        V.Likelihood("poisson")
+    with pytest.raises(ValueError, match="levels must be an int >= 2"):
+        V.Likelihood("categorical")
+    with pytest.raises(ValueError, match="mean must have the shape of x"):
+        V.gaussian_log_likelihood(jnp.zeros(3), jnp.zeros(4), 0.0)
+
+
+def test_likelihood_dispatches_to_the_pixel_log_likelihoods(key):
+    """Likelihood.log_prob reads the trailing parameter axis as its table says."""
+    x = jnp.round(jax.random.uniform(key, (2, 3)) * 16) / 16  # [B, D] on the 17-level grid
+    out = jax.random.normal(key, (2, 3, 2))  # [B, D, P = 2]
+    cases = {
+        "bernoulli": V.bernoulli_log_likelihood(out[..., 0], x),
+        "gaussian": V.gaussian_log_likelihood(x, out[..., 0], out[..., 1]),
+        "gaussian_fixed": V.gaussian_log_likelihood(x, out[..., 0], -2.0),
+        "logistic": V.discretized_logistic_log_likelihood(x, out[..., 0], out[..., 1], 17),
+    }
+    for kind, want in cases.items():
+        lik = V.Likelihood(kind, levels=17, log_var=-2.0)
+        got = lik.log_prob(out[..., : lik.num_params], x, 1)
+        np.testing.assert_allclose(got, want, rtol=RTOL, err_msg=kind)
+    logits = jax.random.normal(key, (2, 3, 17))
+    np.testing.assert_allclose(
+        V.Likelihood("categorical", 17).log_prob(logits, x, 1),
+        V.categorical_log_likelihood(logits, x, 17),
+        rtol=RTOL,
+    )
+
+
+def test_likelihood_mean_of_categorical_and_floor_of_gaussian_variance():
+    one_hot = 50.0 * jax.nn.one_hot(jnp.array([[4]]), 17)  # [1, 1, 17] certain of k = 4
+    np.testing.assert_allclose(V.Likelihood("categorical", 17).mean(one_hot), [[0.25]], atol=1e-6)
+    floored = V.Likelihood("gaussian", min_log_var=-3.0)
+    out = jnp.stack([jnp.zeros(1), jnp.full(1, -40.0)], axis=-1)[None]  # [1, 1, 2]
+    # with log_var floored at ~-3 the density at the mean is about N(0; 0, e^-3)
+    want = -0.5 * (math.log(2 * math.pi) - 3.0)
+    np.testing.assert_allclose(floored.log_prob(out, jnp.zeros((1, 1)), 1), [want], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- exact case
+
+
+def test_linear_gaussian_log_marginal_matches_scipy(key):
+    w, b, log_var = _linear_model(key, orthogonal=False)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var, n=6)
+    cov = np.asarray(w @ w.T, np.float64) + math.exp(float(log_var)) * np.eye(5)
+    want = scipy.stats.multivariate_normal(np.asarray(b, np.float64), cov).logpdf(np.asarray(x))
+    np.testing.assert_allclose(V.linear_gaussian_log_marginal(x, w, b, log_var), want, rtol=1e-4)
+
+
+def test_linear_gaussian_posterior_is_bayes_rule(key):
+    """Mean and covariance agree with Gaussian conditioning of the joint (z, x) in float64."""
+    w, b, log_var = _linear_model(key, orthogonal=False)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var, n=3)
+    wn, s2 = np.asarray(w, np.float64), math.exp(float(log_var))
+    cxx = wn @ wn.T + s2 * np.eye(5)  # Cov[x]
+    gain = wn.T @ np.linalg.inv(cxx)  # Cov[z, x] Cov[x]^-1
+    want_mean = (np.asarray(x) - np.asarray(b)) @ gain.T
+    want_cov = np.eye(2) - gain @ wn
+    mean, cov = V.linear_gaussian_posterior(x, w, b, log_var)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cov, want_cov, rtol=1e-4, atol=1e-6)
+
+
+def test_elbo_equals_log_px_at_the_exact_posterior(key):
+    """With q = p(z|x) every importance weight equals p(x): the one-sample ELBO (sampled KL),
+    the analytic-KL ELBO in expectation, and IWAE for any k all equal log p(x)."""
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var)
+    log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
+    encode, log_lik = _exact_posterior_fns(w, b, log_var)
+    one_sample = jax.jit(lambda k: V.elbo(k, encode, log_lik, x, analytic_kl=False).total)
+    iwae = jax.jit(lambda k: V.iwae_bound(k, encode, log_lik, x, 7))
+    for i in range(3):
+        k = jax.random.fold_in(key, 10 + i)
+        np.testing.assert_allclose(one_sample(k), log_px, rtol=1e-4)
+        np.testing.assert_allclose(iwae(k), log_px, rtol=1e-4)
+    analytic = jax.jit(jax.vmap(lambda k: V.elbo(k, encode, log_lik, x).total))(
+        jax.random.split(key, 4000)
+    )  # [4000, B]
+    se = jnp.std(analytic, axis=0) / math.sqrt(analytic.shape[0])
+    assert jnp.all(jnp.abs(jnp.mean(analytic, axis=0) - log_px) < NUM_SE * se + 1e-4)
+
+
+def test_elbo_gap_is_the_kl_to_the_posterior(key):
+    """log p(x) - E[ELBO] = KL(q || p(z|x)) > 0 for a sub-optimal diagonal q."""
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var)
+    log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
+    encode, log_lik = _perturbed_fns(w, b, log_var)
+    post_mean, post_cov = V.linear_gaussian_posterior(x, w, b, log_var)
+    q_mean, q_log_var = encode(x)
+    post_log_var = jnp.broadcast_to(jnp.log(jnp.diag(post_cov)), q_mean.shape)
+    gap = gaussian_kl(q_mean, q_log_var, post_mean, post_log_var)  # [B]
+    totals = jax.jit(jax.vmap(lambda k: V.elbo(k, encode, log_lik, x).total))(
+        jax.random.split(key, 4000)
+    )  # [4000, B]
+    mc, se = jnp.mean(totals, axis=0), jnp.std(totals, axis=0) / math.sqrt(totals.shape[0])
+    assert jnp.all(gap > 0.1)
+    assert jnp.all(mc < log_px)
+    assert jnp.all(jnp.abs(log_px - mc - gap) < NUM_SE * se)
+
+
+def test_iwae_bound_is_non_decreasing_in_k_and_approaches_log_px(key):
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var, n=2)
+    log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
+    encode, log_lik = _perturbed_fns(w, b, log_var)
+    repeats, ks = 400, (1, 2, 8, 64, 512)
+
+    @jax.jit
+    def bounds(keys):  # {k: [repeats, B]}, independent draws for every k
+        return {
+            k: jax.vmap(lambda r, k=k: V.iwae_bound(r, encode, log_lik, x, k))(keys[i])
+            for i, k in enumerate(ks)
+        }
+
+    keys = jnp.stack([jax.random.split(jax.random.fold_in(key, k), repeats) for k in ks])
+    out = bounds(keys)
+    means = [jnp.mean(out[k], axis=0) for k in ks]
+    ses = [jnp.std(out[k], axis=0) / math.sqrt(repeats) for k in ks]
+    for lo, hi, se_lo, se_hi in zip(means, means[1:], ses, ses[1:], strict=False):
+        assert jnp.all(hi > lo - NUM_SE * jnp.hypot(se_lo, se_hi))
+    assert jnp.all(means[-1] <= log_px + NUM_SE * ses[-1])
+    assert jnp.all(log_px - means[-1] < 0.05 * (log_px - means[0]))
+
+
+def test_importance_sampled_nll_chunks_are_one_logsumexp(key):
+    """Chunked evaluation (k not a multiple of the chunk) equals one logsumexp over the
+    concatenated weights of the same draws, and is -log p(x) at the exact posterior."""
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var)
+    encode, log_lik = _perturbed_fns(w, b, log_var)
+    got = V.importance_sampled_nll(key, encode, log_lik, x, 23, chunk_size=10)
+    weights = lambda k: V.log_importance_weights(k, encode, log_lik, x, 10)  # [10, B]
+    keys = jnp.stack([jax.random.fold_in(key, c) for c in range(3)])
+    log_w = jnp.reshape(jax.jit(jax.vmap(weights))(keys), (30, -1))[:23]  # [23, B]
+    np.testing.assert_allclose(got, math.log(23) - jax.nn.logsumexp(log_w, axis=0), rtol=RTOL)
+    exact_encode, exact_lik = _exact_posterior_fns(w, b, log_var)
+    log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
+    nll = jax.jit(
+        lambda x: V.importance_sampled_nll(key, exact_encode, exact_lik, x, 5000, chunk_size=500)
+    )(x)
+    np.testing.assert_allclose(nll, -log_px, rtol=1e-4)
+
+
+def test_bounds_reject_bad_input(key):
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(key, w, b, log_var)
+    encode, log_lik = _exact_posterior_fns(w, b, log_var)
+    for bad in (-3, 0, 2.5):
+        with pytest.raises(ValueError, match="num_samples must be a positive int"):
+            V.iwae_bound(key, encode, log_lik, x, bad)
+        with pytest.raises(ValueError, match="num_samples must be a positive int"):
+            V.importance_sampled_nll(key, encode, log_lik, x, bad)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        V.importance_sampled_nll(key, encode, log_lik, x, 10, chunk_size=0)
+    short = lambda x: (jnp.zeros((x.shape[0], 2)), jnp.zeros((x.shape[0], 3)))
+    with pytest.raises(ValueError, match="log-variance returned by encode"):
+        V.elbo(key, short, log_lik, x)
+    with pytest.raises(ValueError, match=r"log_likelihood\(z, x\) must return"):
+        V.elbo(key, encode, lambda z, x: jnp.zeros(z.shape), x)
+    with pytest.raises(ValueError, match="prior mean must have the shape"):
+        V.elbo(key, encode, log_lik, x, prior=(jnp.zeros((3, 2)), 0.0))
+    with pytest.raises(ValueError, match="x must be"):
+        V.linear_gaussian_log_marginal(jnp.zeros((2, 4)), w, b, log_var)
+
+
+def test_elbo_same_with_and_without_jit_and_beta_weights_the_kl(key):
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(key, w, b, log_var)
+    encode, log_lik = _perturbed_fns(w, b, log_var)
+    eager = V.elbo(key, encode, log_lik, x, beta=0.5)
+    jitted = jax.jit(lambda x: V.elbo(key, encode, log_lik, x, beta=0.5))(x)
+    for a, c in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(a, c, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(eager.total, eager.reconstruction - 0.5 * eager.kl, rtol=RTOL)
+    sampled = V.elbo(key, encode, log_lik, x, analytic_kl=False)
+    np.testing.assert_allclose(sampled.reconstruction, eager.reconstruction, rtol=RTOL)
+
+
+def test_kl_warmup_is_linear_then_one():
+    assert [float(V.kl_warmup(t, 10)) for t in (0, 5, 10, 20)] == [0.0, 0.5, 1.0, 1.0]
+    assert float(V.kl_warmup(3, 0)) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps"):
+        V.kl_warmup(3, -1)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _init_key(key):
+    """An RngBitGenerator key for parameter initialisation: XLA on CPU compiles threefry
+    draws for convolution kernels very slowly, and the values do not matter to these tests."""
+    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
+
+
+def _model(kind, likelihood):
+    if kind == "CVAE":
+        return V.CVAE(
+            (8, 8, 1),
+            10,
+            latent_dim=4,
+            hidden=(16,),
+            likelihood=likelihood,
+            label_features=3,
+            learned_prior=True,
+        )
+    if kind == "VAE":
+        return V.VAE((8, 8, 1), latent_dim=4, hidden=(16,), likelihood=likelihood)
+    return V.ConvVAE((8, 8, 1), latent_dim=4, features=(4, 8), hidden=16, likelihood=likelihood)
+
+
+@pytest.mark.parametrize(
+    "kind, likelihood",
+    [
+        ("VAE", V.Likelihood("categorical", levels=17)),
+        ("ConvVAE", V.Likelihood("bernoulli")),
+        ("CVAE", V.Likelihood("logistic", levels=17)),
+    ],
+)
+def test_models_bind_to_the_bounds(key, kind, likelihood):
+    """Every model and likelihood gives finite [B] bounds, IWAE_1 = the sampled-KL ELBO with the
+    same draw, and [n, *event] samples in [0, 1] (for likelihoods on [0, 1])."""
+    x = jnp.round(jax.random.uniform(key, (3, 8, 8, 1)) * 16) / 16
+    y = jnp.array([0, 4, 9]) if kind == "CVAE" else None
+    model = _model(kind, likelihood)
+
+    @jax.jit
+    def run(key, x, y):
+        params = model.init(_init_key(key), x, *(() if y is None else (y,)))
+        bound = V.bind(model, params, y)
+        noise = jax.random.normal(key, (1, 3, 4))
+        args = (key, bound.encode, bound.log_likelihood, x)
+        terms = V.elbo(*args, prior=bound.prior, analytic_kl=False, noise=noise[0])
+        iwae = V.iwae_bound(*args, 1, prior=bound.prior, noise=noise)
+        return terms.total, iwae, V.sample(key, model, params, 3, y)
+
+    total, iwae, samples = run(key, x, y)
+    assert total.shape == (3,) and np.all(np.isfinite(total))
+    np.testing.assert_allclose(iwae, total, rtol=1e-4)
+    assert samples.shape == (3, 8, 8, 1)
+    if likelihood.kind != "gaussian" and likelihood.kind != "gaussian_fixed":
+        assert np.all((samples >= 0) & (samples <= 1))
+
+
+def test_bound_log_likelihood_decodes_each_sample(key):
+    """log_likelihood on z [k, B, d] equals k separate calls on z [B, d]."""
+    model = V.VAE((4,), latent_dim=2, hidden=(8,), likelihood=V.Likelihood("gaussian"))
+    x = jax.random.uniform(key, (3, 4))
+    bound = V.bind(model, jax.jit(model.init)(_init_key(key), x))
+    z = jax.random.normal(key, (5, 3, 2))
+    stacked = jax.jit(bound.log_likelihood)(z, x)  # [5, 3]
+    single = jax.jit(jax.vmap(bound.log_likelihood, in_axes=(0, None)))(z, x)
+    np.testing.assert_allclose(stacked, single, rtol=RTOL)
+
+
+def test_models_reject_bad_input(key):
+    x = jnp.zeros((2, 8, 8, 1))
+    cvae = V.CVAE((8, 8, 1), 10, latent_dim=2, hidden=(8,))
+    params = jax.jit(cvae.init)(_init_key(key), x, jnp.array([0, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        V.bind(cvae, params, jnp.array([3, 10]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        V.sample(key, cvae, params, 2, jnp.array([-1, 0]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        V.bind(cvae, params, jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="a CVAE needs labels"):
+        V.bind(cvae, params)
+    with pytest.raises(ValueError, match=r"labels must have shape \[2\]"):
+        cvae.apply(params, x, jnp.array([0, 1, 2]), method=cvae.encode)
+    vae = V.VAE((8, 8, 1), latent_dim=2, hidden=(8,))
+    vparams = jax.jit(vae.init)(_init_key(key), x)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 8, 8, 1\]"):
+        vae.apply(vparams, jnp.zeros((2, 64)), method=vae.encode)
+    with pytest.raises(ValueError, match=r"z must have shape \[B, 2\]"):
+        vae.apply(vparams, jnp.zeros((2, 3)), method=vae.decode)
+    with pytest.raises(ValueError, match="is unconditional"):
+        V.bind(vae, vparams, jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="divisible by"):
+        jax.eval_shape(V.ConvVAE((6, 6, 1)).init, key, jnp.zeros((1, 6, 6, 1)))
+
+
+def test_cvae_learned_prior_starts_at_the_standard_normal(key):
+    x = jnp.zeros((2, 8, 8, 1))
+    y = jnp.array([1, 7])
+    model = V.CVAE((8, 8, 1), 10, latent_dim=3, hidden=(8,), learned_prior=True)
+    params = jax.jit(model.init)(_init_key(key), x, y)
+    mean, log_var = model.apply(params, y, method=model.prior)
+    np.testing.assert_allclose(mean, 0.0)
+    np.testing.assert_allclose(log_var, 0.0)
+
+
+@pytest.mark.slow
+def test_cvae_decodes_to_the_requested_class():
+    """A CVAE trained on digits: a classifier fitted on real digits recognises the requested
+    class in most of its samples (chance is 10 %)."""
+    from genjax.recipes import vae as recipes
+    from genjax.train import fit
+
+    dataset = data_lib.load_dataset("digits")
+    recipe = recipes.RECIPES["cvae_digits"]
+    task = recipe.make_task(dataset, {})
+    state = fit(task, dataset.train, recipe.config(True), progress=False)
+    accuracy = recipes.class_accuracy(task, state.params, dataset, jax.random.key(1))
+    assert accuracy > 0.8
