@@ -14,23 +14,21 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "autoencoders",
+    "checkpoints",
+    "classifier",
     "cli",
     "data",
     "diffusion",
     "divergences",
     "flows",
     "gan",
-    "interpret",
-    "metrics",
     "nn",
     "parallel",
     "probes",
     "recipes",
-    "style",
     "train",
     "vae",
     "viz",
-    "word2vec",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

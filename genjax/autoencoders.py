@@ -1,10 +1,10 @@
 r"""Autoencoders: plain, denoising and sparse (L1 and top-k codes).
 
 An encoder :math:`z = f_\phi(x)` and a decoder :math:`\hat x = g_\theta(z)` are trained to
-reconstruct their input through a code narrower than it. The maths is three pure functions —
+reconstruct their input through a code narrower than it. The maths is three pure functions:
 :func:`squared_error`, :func:`corrupt` and the sparsity pair :func:`l1_penalty` /
-:func:`top_k_code` — and :func:`autoencoder_loss` combines them; the Flax modules only own the
-weights.
+:func:`top_k_code`. :meth:`Autoencoder.loss` combines them; :class:`DenoisingAutoencoder` and
+:class:`SparseAutoencoder` only choose which.
 
 Derivation: ``derivations/01-autoencoders.md``.
 """
@@ -93,25 +93,31 @@ def top_k_code(code, k: int):
 
 
 class Autoencoder(nn.Module):
-    """MLP or convolutional autoencoder for NHWC images.
+    r"""MLP or convolutional autoencoder for NHWC images, trained on :func:`squared_error`.
+
+    :math:`z = f_\phi(x)`, :math:`\hat x = g_\theta(z) \in (0, 1)` (sigmoid output), per-example
+    loss :math:`\lVert x - \hat x\rVert_2^2` (:meth:`loss`). :class:`DenoisingAutoencoder` and
+    :class:`SparseAutoencoder` change only the input corruption, the code and the penalty.
 
     Attributes:
       shape: one example's shape ``(H, W, C)``.
       code_dim: size of the code :math:`z`.
       hidden: width of the MLP's hidden layers / channels of the first conv layer.
       arch: ``"mlp"`` or ``"conv"`` (conv needs H and W divisible by 4).
-      top_k: if set, codes pass through :func:`top_k_code` (sparse autoencoder).
+
+    Derivation: ``derivations/01-autoencoders.md``.
     """
 
     shape: tuple[int, ...]
     code_dim: int = 8
     hidden: int = 128
     arch: str = "mlp"
-    top_k: int | None = None
 
     def setup(self):
         if self.arch not in ("mlp", "conv"):
             raise ValueError(f"arch must be 'mlp' or 'conv', got {self.arch!r}")
+        if len(self.shape) != 3:
+            raise ValueError(f"shape must be (H, W, C), got {self.shape}")
         h, w, c = self.shape
         if self.arch == "conv" and (h % 4 or w % 4):
             raise ValueError(f"arch='conv' needs H and W divisible by 4, got shape {self.shape}")
@@ -134,6 +140,10 @@ class Autoencoder(nn.Module):
 
     def encode(self, x):
         """``[batch, H, W, C]`` -> codes ``[batch, code_dim]``."""
+        if x.shape[1:] != tuple(self.shape):
+            raise ValueError(
+                f"x must have shape [batch, {', '.join(map(str, self.shape))}], got {x.shape}"
+            )
         b = x.shape[0]
         if self.arch == "mlp":
             h = jnp.reshape(x, (b, -1))  # [batch, H*W*C]
@@ -143,8 +153,7 @@ class Autoencoder(nn.Module):
             h = nn.gelu(self.enc[0](x))
             h = nn.gelu(self.enc[1](h))
             h = jnp.reshape(h, (b, -1))  # [batch, H/4*W/4*2ch]
-        z = self.enc[2](h)
-        return z if self.top_k is None else top_k_code(z, self.top_k)
+        return self.sparsify(self.enc[2](h))
 
     def decode(self, z):
         """Codes ``[batch, code_dim]`` -> reconstructions ``[batch, H, W, C]`` in (0, 1)."""
@@ -166,35 +175,81 @@ class Autoencoder(nn.Module):
         z = self.encode(x)
         return self.decode(z), z
 
+    def sparsify(self, z):
+        """The code as the decoder sees it (identity here; top-k in the sparse model)."""
+        return z
 
-def autoencoder_loss(
-    model: Autoencoder,
-    params,
-    key,
-    x,
-    *,
-    noise: str | None = None,
-    noise_level: float = 0.3,
-    l1: float = 0.0,
-):
-    r"""Per-example objective of the plain, denoising and sparse autoencoders.
+    def corrupt_input(self, key, x):
+        """The encoder's input during training (``x`` itself here; noisy when denoising)."""
+        del key
+        return x
 
-    .. math::
-       \ell(x) = \lVert x - g_\theta(f_\phi(\tilde x))\rVert_2^2 + \lambda \lVert f_\phi(\tilde x)
-       \rVert_1, \qquad \tilde x \sim q(\tilde x\mid x)\ \text{(denoising) or}\ \tilde x = x.
+    def penalty(self, code):
+        """Per-example regulariser of the code, ``[batch]`` (zero here; L1 when sparse)."""
+        return jnp.zeros(code.shape[:1], code.dtype)
 
-    Args:
-      model: the :class:`Autoencoder`.
-      params: its parameters.
-      key: PRNG key for the corruption (unused when ``noise`` is ``None``).
-      x: ``[batch, H, W, C]`` clean inputs; the target is always the clean ``x``.
-      noise: ``None``, ``"gaussian"`` or ``"masking"`` (see :func:`corrupt`).
-      noise_level: the corruption's level.
-      l1: :math:`\lambda`, the weight of the L1 code penalty.
+    def loss(self, key, x):
+        r"""Per-example objective :math:`\lVert x - g(f(\tilde x))\rVert_2^2 + \Omega(f(\tilde x))`.
 
-    Returns:
-      ``(loss [batch], code [batch, code_dim])``.
+        Args:
+          key: PRNG key of the corruption :math:`\tilde x \sim q(\tilde x\mid x)` (unused
+            without one).
+          x: ``[batch, H, W, C]`` clean inputs; the target is always the clean ``x``.
+
+        Returns:
+          ``(loss [batch], code [batch, code_dim])``.
+        """
+        x_hat, code = self(self.corrupt_input(key, x))
+        return squared_error(x, x_hat) + self.penalty(code), code
+
+
+class DenoisingAutoencoder(Autoencoder):
+    """Autoencoder trained to reconstruct ``x`` from :func:`corrupt` ``(key, x, noise, level)``.
+
+    Attributes:
+      noise: ``"gaussian"`` or ``"masking"``.
+      noise_level: its standard deviation, or its masking probability.
+
+    References:
+      Vincent et al., *Extracting and composing robust features with denoising autoencoders*,
+      ICML 2008.
     """
-    x_in = x if noise is None else corrupt(key, x, noise, noise_level)
-    x_hat, code = model.apply(params, x_in)
-    return squared_error(x, x_hat) + l1 * l1_penalty(code), code
+
+    noise: str = "gaussian"
+    noise_level: float = 0.3
+
+    def __post_init__(self):
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        super().__post_init__()
+
+    def corrupt_input(self, key, x):
+        return corrupt(key, x, self.noise, self.noise_level)
+
+
+class SparseAutoencoder(Autoencoder):
+    r"""Autoencoder with a sparse code: :func:`top_k_code` and/or :math:`\lambda` L1 penalty.
+
+    Attributes:
+      top_k: entries kept per code (``None``: all).
+      l1: :math:`\lambda`, the weight of the L1 penalty on the code.
+
+    References:
+      Makhzani & Frey, *k-Sparse Autoencoders*, 2013, https://arxiv.org/abs/1312.5663
+    """
+
+    top_k: int | None = None
+    l1: float = 0.0
+
+    def sparsify(self, z):
+        return z if self.top_k is None else top_k_code(z, self.top_k)
+
+    def __post_init__(self):
+        if self.l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if self.top_k is not None and not 1 <= self.top_k <= self.code_dim:
+            raise ValueError(f"top_k must be in [1, {self.code_dim}] (code_dim), got {self.top_k}")
+        super().__post_init__()
+
+    def penalty(self, code):
+        return self.l1 * l1_penalty(code)

@@ -231,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         "bench": cmd_bench,
         "list": cmd_list,
     }[args.command]
-    return handler(args)
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line, not a traceback
+        print(f"genjax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

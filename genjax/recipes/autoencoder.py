@@ -26,26 +26,29 @@ CODE_DIM = 8
 EVAL_BATCH = 512
 
 
-def make_task(dataset: Dataset, options: Mapping[str, Any], *, noise=None, l1=0.0, top_k=None):
-    """The :class:`Task` of an autoencoder on ``dataset`` (``options``: code_dim, hidden, arch)."""
+def make_task(dataset: Dataset, options: Mapping[str, Any], *, cls=ae.Autoencoder, **fields):
+    """The :class:`Task` of an autoencoder ``cls(**fields)`` on ``dataset``.
+
+    ``options`` (from the command line): ``code_dim``, ``hidden``, ``arch``.
+    """
     if len(dataset.shape) != 3:
         raise ValueError(
             f"autoencoders need image data [H, W, C], got example shape "
             f"{dataset.shape} for {dataset.name!r}"
         )
-    model = ae.Autoencoder(
+    model = cls(
         shape=dataset.shape,
         code_dim=int(options.get("code_dim", CODE_DIM)),
         hidden=int(options.get("hidden", 256)),
         arch=str(options.get("arch", "mlp")),
-        top_k=top_k,
+        **fields,
     )
 
     def init(key, batch):
         return model.init(key, batch["x"])
 
     def loss(params, key, batch):
-        per_example, code = ae.autoencoder_loss(model, params, key, batch["x"], noise=noise, l1=l1)
+        per_example, code = model.apply(params, key, batch["x"], method="loss")
         mse = jnp.mean(ae.squared_error(batch["x"], model.apply(params, batch["x"])[0]))
         metrics = {
             "mse_per_pixel": mse / np.prod(dataset.shape),
@@ -93,7 +96,7 @@ def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     """
     del key
     model = task.model
-    size = model.top_k or model.code_dim
+    size = getattr(model, "top_k", None) or model.code_dim
     value = test_mse_per_pixel(model, params, dataset.test["x"])
     baseline = pca_mse_per_pixel(dataset.train["x"], dataset.test["x"], size)
     return Report(
@@ -129,11 +132,11 @@ VARIANTS = {
     "autoencoder": ("MLP autoencoder, 8-d code", {}),
     "denoising_autoencoder": (
         "denoising MLP autoencoder (Gaussian noise 0.3), 8-d code",
-        {"noise": "gaussian"},
+        {"cls": ae.DenoisingAutoencoder, "noise": "gaussian", "noise_level": 0.3},
     ),
     "sparse_autoencoder": (
         "sparse MLP autoencoder (top-4 of a 16-d code + L1 1e-3)",
-        {"top_k": 4, "l1": 1e-3},
+        {"cls": ae.SparseAutoencoder, "top_k": 4, "l1": 1e-3},
     ),
 }
 

@@ -1,0 +1,86 @@
+"""The ``genjax`` command as a user runs it: subprocesses that must write what they promise."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genjax.cli import main
+
+SCRIPT = shutil.which("genjax", path=str(Path(sys.executable).parent))
+COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "genjax.cli"]
+
+
+def _run(*args, cwd, check=True):
+    out = subprocess.run(
+        [*COMMAND, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+    if check and out.returncode != 0:
+        raise AssertionError(f"genjax {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def test_train_then_sample_writes_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    out = _run(
+        "train",
+        "autoencoder",
+        "--steps",
+        "40",
+        "--batch-size",
+        "32",
+        "--out",
+        str(run),
+        cwd=tmp_path,
+    )
+    assert "test MSE per pixel" in out.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["steps"] == 40
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 40 and all("loss" in r for r in records)
+    assert json.loads((run / "report.json").read_text())["baseline"] == "PCA, 8 components"
+    assert (run / "loss.png").stat().st_size > 0
+    assert any((run / "checkpoints").iterdir())
+    out = _run("sample", str(run), "-n", "16", cwd=tmp_path)
+    assert Path(out.stdout.strip()) == run / "samples" / "samples.png"
+    assert (run / "samples" / "samples.png").stat().st_size > 0
+
+
+def test_tour_quick_writes_the_report(tmp_path):
+    _run("tour", "--quick", "--only", "autoencoder", "--out", "tour", cwd=tmp_path)
+    report = (tmp_path / "tour" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| autoencoder |"))
+    assert "PCA, 8 components" in row and "| yes |" in row
+    assert (tmp_path / "tour" / "autoencoder" / "reconstructions.png").stat().st_size > 0
+
+
+# The error paths run in-process: the same ``main`` as the console script, without a start-up.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "nope"), "unknown recipe 'nope'; known recipes: "),
+        (("train", "autoencoder", "--data", "nope"), "unknown data set"),
+        (("sample", "missing_run"), "missing_run"),
+        (("tour", "--only", "nope"), "unknown recipes"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code, err = exit_.code, str(exit_.code)
+    else:
+        err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+
+
+def test_list_names_the_autoencoders(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("autoencoder", "denoising_autoencoder", "sparse_autoencoder"):
+        assert name in out
