@@ -11,7 +11,20 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from benchmarks.harness import Harness
+from benchmarks.harness import RESULTS, Harness
+
+INDEX = Path(__file__).parent / "README.md"
+INDEX_HEAD = """# Benchmarks
+
+`python -m benchmarks [suite ...] [--quick]` (or `genjax bench`) runs the suites below and
+rewrites this page from `results/<suite>.md`. Every row times jitted code after a warm-up call,
+waits with `block_until_ready`, and reports the median of repeated calls, the throughput, the
+achieved GFLOP/s (FLOPs counted by XLA's cost analysis where it knows them) and the fraction of
+the machine's float32 matmul peak, which the harness measures itself with a large jitted matmul
+at the start of each suite. Rows in one group do the same work; "vs best" compares them with the
+fastest. Each table names the machine and library versions it ran on; figures from a shared or
+busy machine are noisy, and the peak is measured under the same conditions as the rows.
+"""
 
 
 def suites() -> list[str]:
@@ -39,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         module.run(h, args.quick)
         print(h.markdown())
         print(f"wrote {h.write()}")
+    print(f"wrote {write_index()}")
     return 0
+
+
+def write_index(results: Path = RESULTS, path: Path = INDEX) -> Path:
+    """Rewrite ``benchmarks/README.md``: the header above, then every suite's table."""
+    tables = [p.read_text().strip() for p in sorted(results.glob("*.md"))]
+    path.write_text("\n\n".join([INDEX_HEAD.strip(), *tables]) + "\n")
+    return path
 
 
 if __name__ == "__main__":
