@@ -1,0 +1,500 @@
+r"""Diffusion recipes: the 1-D bimodal exercise, 2-D toy sets, digits with classifier-free guidance.
+
+* ``diffusion_bimodal``: an MLP ε-predictor on :func:`genjax.data.bimodal_1d`, conditional on the
+  mode with label dropout, so one network samples both unconditionally (mode split, should be
+  ½) and on the requested mode (conditional accuracy). Baseline: the same sampler driven by the
+  exact ε of the mixture (:func:`genjax.diffusion.gaussian_mixture_eps`).
+* ``diffusion_two_moons``, ``diffusion_eight_gaussians``, ``diffusion_checkerboard``: an
+  unconditional MLP ε-predictor; metric: sliced Wasserstein distance of samples to held-out
+  data, baseline: the same distance between the two halves of the held-out data.
+* ``diffusion_digits``: an unconditional U-Net on 8x8 digits; ``diffusion_digits_cfg``: a
+  class-conditional U-Net trained with label dropout and sampled with classifier-free guidance;
+  metric: a digits classifier's accuracy on class-conditional samples, baseline: the same
+  classifier on the real test images. ``diffusion_mnist``: the same on 28x28 MNIST
+  (``--data-dir`` a folder of IDX files or a tensorflow-datasets directory).
+
+Images are mapped from [0, 1] to [-1, 1] for training; samplers clip :math:`\hat x_0` to
+[-1, 1] and map back.
+
+Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genjax import data as data_lib
+from genjax import diffusion as D
+from genjax import divergences, viz
+from genjax.classifier import fit_digits_classifier
+from genjax.data import Dataset
+from genjax.nn.unet import unet_for
+from genjax.recipes import Recipe, Report, register
+from genjax.train import Task, TrainConfig
+
+TOY_NUM_STEPS = 100  # T for vector data (cosine schedule): cheap chains that still split modes
+IMAGE_NUM_STEPS = 1000
+IMAGE_SAMPLE_STEPS = 50  # DDIM steps used to sample images in evaluation and figures
+LABEL_DROP = 0.1  # Ho & Salimans's p_uncond
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0)  # w of classifier_free_guidance; 0 = unconditional
+HEADLINE_SCALE = 2.0
+EVAL_SCALES = (1.0, HEADLINE_SCALE)  # scales whose accuracy evaluation reports
+EVAL_PER_CLASS = 10  # per digit and scale; figures reuse the same batch size (one compile)
+TOY_EVAL_SAMPLES = 5_000
+
+
+def _fast_init_key(key: jax.Array) -> jax.Array:
+    """An RngBitGenerator key derived from ``key`` for parameter initialisation.
+
+    XLA on CPU compiles every threefry draw separately (about 0.1 s per parameter tensor); a
+    U-Net has ~100 of them. RngBitGenerator keys compile in a fraction of that. Deterministic in
+    ``key``.
+    """
+    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """Everything a diffusion recipe's task, evaluation and figures share.
+
+    Attributes:
+      model: the Flax denoiser ``apply(params, x_t, t, y)``.
+      schedule: the noise schedule.
+      event_shape: shape of one example, e.g. ``(8, 8, 1)`` or ``(2,)``.
+      num_classes: label count of a conditional model, else ``None``.
+      images: whether the data are images in [0, 1] (mapped to [-1, 1]).
+      sample_steps: DDIM steps for sampling, or ``None`` for DDPM over all steps.
+      label_drop: label-dropout probability for classifier-free guidance.
+    """
+
+    model: Any
+    schedule: D.Schedule
+    event_shape: tuple[int, ...]
+    num_classes: int | None
+    images: bool
+    sample_steps: int | None
+    label_drop: float = LABEL_DROP
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def encode(self, x):
+        return 2.0 * x - 1.0 if self.images else x
+
+    def decode(self, x):
+        return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) if self.images else x
+
+    def init(self, key, batch):
+        x0 = self.encode(jnp.asarray(batch["x"]))
+        t = jnp.zeros((x0.shape[0],), jnp.int32)
+        y = self._labels(batch, x0.shape[0])
+        return jax.jit(self.model.init)(_fast_init_key(key), x0, t, y)
+
+    def _labels(self, batch, n):
+        if self.num_classes is None:
+            return None
+        return jnp.asarray(batch["y"], jnp.int32).reshape(n)
+
+    def loss(self, params, key, batch):
+        k_drop, k_loss = jax.random.split(key)
+        x0 = self.encode(batch["x"])
+        y = self._labels(batch, x0.shape[0])
+        if y is not None:
+            y = D.drop_labels(k_drop, y, self.label_drop, self.num_classes)
+        model_fn = lambda xt, t: self.model.apply(params, xt, t, y)
+        return jnp.mean(D.ddpm_loss(k_loss, self.schedule, model_fn, x0)), {}
+
+    def sampler(self, n: int, guided: bool, trajectory: bool = False) -> Callable:
+        """A jitted ``sample(params, key, labels, scale)``: ``n`` decoded draws. ``guided``
+        combines conditional and null-label predictions with ``scale`` (one network call on a
+        doubled batch); otherwise the network is called once with ``labels`` as given."""
+        cache_key = (n, guided, trajectory)
+        if cache_key not in self._cache:
+            shape = (n, *self.event_shape)
+            clip = (-1.0, 1.0) if self.images else None
+
+            def sample(params, key, labels, scale):
+                conditional = lambda xt, t, y: self.model.apply(params, xt, t, y)
+                if guided:
+                    model_fn = D.guided_model_fn(conditional, labels, self.num_classes, scale)
+                else:
+                    model_fn = lambda xt, t: conditional(xt, t, labels)
+                if self.sample_steps is None:
+                    out = D.ddpm_sample(
+                        key,
+                        self.schedule,
+                        model_fn,
+                        shape,
+                        clip_x0=clip,
+                        return_trajectory=trajectory,
+                    )
+                else:
+                    out = D.ddim_sample(
+                        key,
+                        self.schedule,
+                        model_fn,
+                        shape,
+                        num_steps=self.sample_steps,
+                        clip_x0=clip,
+                        return_trajectory=trajectory,
+                    )
+                if trajectory:
+                    return self.decode(out[0]), out[1]
+                return self.decode(out)
+
+            self._cache[cache_key] = jax.jit(sample)
+        return self._cache[cache_key]
+
+    def sample(self, params, key, n, labels=None, scale=HEADLINE_SCALE, trajectory=False):
+        """``n`` samples. A conditional model cycles through the labels unless given and is
+        guided with ``scale`` (0: unconditional via the null label, 1: plain conditional)."""
+        if self.num_classes is None:
+            return self.sampler(n, False, trajectory)(params, key, None, 0.0)
+        if labels is None:
+            labels = jnp.arange(n) % self.num_classes
+        labels = jnp.asarray(labels, jnp.int32)
+        if scale == 0.0:
+            labels = jnp.full((n,), self.num_classes, jnp.int32)
+        guided = scale not in (0.0, 1.0)
+        return self.sampler(n, guided, trajectory)(params, key, labels, jnp.float32(scale))
+
+
+def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -> Setup:
+    """The model and schedule for ``dataset``: an MLP for vectors, a U-Net for images."""
+    num_classes = dataset.num_classes if conditional else None
+    images = len(dataset.shape) == 3
+    if images:
+        num_steps = int(options.get("num_steps", IMAGE_NUM_STEPS))
+        model = unet_for(
+            dataset.shape,
+            num_steps,
+            num_classes,
+            base_features=int(options.get("base_features", 16)),
+        )
+        schedule = D.cosine_schedule(num_steps)
+        sample_steps = int(options.get("sample_steps", IMAGE_SAMPLE_STEPS))
+    else:
+        num_steps = int(options.get("num_steps", TOY_NUM_STEPS))
+        model = D.MLPDenoiser(
+            num_steps,
+            features=int(options.get("width", 128)),
+            depth=int(options.get("depth", 3)),
+            num_classes=num_classes,
+        )
+        schedule = D.cosine_schedule(num_steps)
+        sample_steps = None
+    return Setup(model, schedule, dataset.shape, num_classes, images, sample_steps)
+
+
+class _Sample:
+    """``Task.sample``: ``(params, key, n) -> samples``, carrying its :class:`Setup`."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+
+    def __call__(self, params, key, n):
+        return self.setup.sample(params, key, n)
+
+
+def make_task(
+    dataset: Dataset, options: Mapping[str, Any], *, conditional: bool, **defaults
+) -> Task:
+    """The :class:`Task` of a diffusion recipe; ``options`` override the recipe's ``defaults``
+    (``num_steps``, ``width``, ``depth``, ``base_features``, ``sample_steps``)."""
+    setup = _setup(dataset, {**defaults, **options}, conditional=conditional)
+    return Task(init=setup.init, loss=setup.loss, sample=_Sample(setup))
+
+
+def setup_of(task: Task) -> Setup:
+    """The :class:`Setup` behind a task built by this module."""
+    return task.sample.setup
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+SLICED_PROJECTIONS = 256
+
+
+def _w1(x, y) -> float:
+    return float(divergences.wasserstein_1d(jnp.ravel(jnp.asarray(x)), jnp.ravel(jnp.asarray(y))))
+
+
+def _sliced_w1(key, x, y) -> float:
+    """Sliced W1 with ``SLICED_PROJECTIONS`` directions; the same ``key`` gives the same
+    directions, so a model and its baseline are compared on the same slices."""
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    return float(divergences.sliced_wasserstein(key, x, y, SLICED_PROJECTIONS))
+
+
+# ----------------------------------------------------------------------------- 1-D bimodal
+
+
+def _bimodal_analytic_sampler(setup: Setup, n: int):
+    means = jnp.asarray(data_lib.BIMODAL_MEANS, jnp.float32)
+    eps = lambda x, t: D.gaussian_mixture_eps(setup.schedule, x, t, means, data_lib.BIMODAL_STD)
+    return jax.jit(lambda key: D.ddpm_sample(key, setup.schedule, eps, (n, 1)))
+
+
+def bimodal_samples(task: Task, params, key, n: int = TOY_EVAL_SAMPLES):
+    """``n`` unconditional samples and ``n`` conditional ones (w = 1), half asking for each
+    mode; returns ``(unconditional [n], conditional [n], asked_mode [n])`` as numpy."""
+    setup = setup_of(task)
+    k_u, k_c = jax.random.split(key)
+    uncond = np.asarray(setup.sample(params, k_u, n, scale=0.0))[:, 0]
+    asked = np.arange(n) % 2
+    cond = np.asarray(setup.sample(params, k_c, n, asked, scale=1.0))[:, 0]
+    return uncond, cond, asked
+
+
+def evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
+    k_model, k_base = jax.random.split(key)
+    uncond, cond, asked = bimodal_samples(task, params, k_model)
+    test = dataset.test["x"][: len(uncond), 0]
+    analytic = np.asarray(_bimodal_analytic_sampler(setup_of(task), len(uncond))(k_base))[:, 0]
+    accuracy = np.mean((cond > 0) == (asked == 1))
+    return Report(
+        metric="W1 of unconditional samples to test data",
+        value=_w1(uncond, test),
+        baseline="same DDPM sampler with the exact mixture ε",
+        baseline_value=_w1(analytic, test),
+        extra={
+            "mode_split_upper": float(np.mean(uncond > 0)),
+            "baseline_mode_split_upper": float(np.mean(analytic > 0)),
+            "conditional_accuracy_w1": float(accuracy),
+        },
+    )
+
+
+def bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
+
+    setup = setup_of(task)
+    k_s, k_t = jax.random.split(key)
+    uncond, cond, asked = bimodal_samples(task, params, k_s)
+    grid = np.linspace(-4, 4, 400)
+    density = np.exp(
+        np.asarray(
+            data_lib.gaussian_mixture_log_prob(
+                jnp.asarray(grid)[:, None], data_lib.BIMODAL_MEANS, data_lib.BIMODAL_STD
+            )
+        )
+    )
+    _, trajectory = setup.sample(params, k_t, 64, scale=0.0, trajectory=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].hist(uncond, bins=80, density=True, alpha=0.6, label="samples (unconditional)")
+    axes[0].plot(grid, density, "k", label="data density")
+    axes[0].set_title(f"unconditional: {np.mean(uncond > 0):.1%} on the right mode")
+    for mode in (0, 1):
+        label = f"asked for mode {mode}"
+        axes[1].hist(cond[asked == mode], bins=80, density=True, alpha=0.6, label=label)
+    axes[1].set_title("conditional (w = 1)")
+    steps = np.arange(trajectory.shape[0])[::-1]  # remaining steps, T ... 0
+    axes[2].plot(steps, np.asarray(trajectory)[:, :, 0], lw=0.5, alpha=0.7)
+    axes[2].invert_xaxis()
+    axes[2].set_xlabel("step t (reverse time →)")
+    axes[2].set_title("reverse trajectories")
+    for ax in axes[:2]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bimodal.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+# ----------------------------------------------------------------------------- 2-D toys
+
+
+def evaluate_toy_2d(task: Task, params, dataset: Dataset, key) -> Report:
+    k_s, k_proj = jax.random.split(key)
+    test = dataset.test["x"]
+    half = len(test) // 2
+    samples = np.asarray(task.sample(params, k_s, half))
+    return Report(
+        metric="sliced W1 of samples to held-out data",
+        value=_sliced_w1(k_proj, samples, test[:half]),
+        baseline="sliced W1 between the two halves of the held-out data",
+        baseline_value=_sliced_w1(k_proj, test[half : 2 * half], test[:half]),
+    )
+
+
+def toy_2d_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
+
+    samples = np.asarray(task.sample(params, key, 2000))
+    test = dataset.test["x"][:2000]
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.5), sharex=True, sharey=True)
+    for ax, points, title in ((axes[0], test, "held-out data"), (axes[1], samples, "samples")):
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{dataset.name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _per_class_samples(setup: Setup, params, key, per_class: int, scale: float):
+    labels = jnp.repeat(jnp.arange(setup.num_classes), per_class)  # [classes * per_class]
+    return np.asarray(setup.sample(params, key, len(labels), labels, scale)), np.asarray(labels)
+
+
+def evaluate_images_cfg(task: Task, params, dataset: Dataset, key) -> Report:
+    setup = setup_of(task)
+    classify = fit_digits_classifier(dataset)
+    baseline = float(np.mean(classify(dataset.test["x"]) == dataset.test["y"]))
+    accuracy = {}
+    for scale in EVAL_SCALES:
+        images, labels = _per_class_samples(setup, params, key, EVAL_PER_CLASS, scale)
+        accuracy[scale] = float(np.mean(classify(images) == labels))
+    return Report(
+        metric=f"classifier accuracy on class-conditional samples (w = {HEADLINE_SCALE:g})",
+        value=accuracy[HEADLINE_SCALE],
+        baseline="same classifier on the real test images",
+        baseline_value=baseline,
+        lower_is_better=False,
+        extra={f"accuracy_w{scale:g}": acc for scale, acc in accuracy.items()},
+    )
+
+
+def evaluate_images_unconditional(task: Task, params, dataset: Dataset, key) -> Report:
+    """Sliced W1 in pixel space, samples vs test, beside train vs test (same sizes)."""
+    k_s, k_proj = jax.random.split(key)
+    test = dataset.test["x"].reshape(len(dataset.test["x"]), -1)
+    n = min(len(test), 500)
+    samples = np.asarray(task.sample(params, k_s, n)).reshape(n, -1)
+    train = dataset.train["x"][:n].reshape(n, -1)
+    return Report(
+        metric="sliced W1 (pixels) of samples to test images",
+        value=_sliced_w1(k_proj, samples, test[:n]),
+        baseline="sliced W1 of training images to test images",
+        baseline_value=_sliced_w1(k_proj, train, test[:n]),
+    )
+
+
+def images_cfg_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+    """The guidance grid: one panel per scale in ``GUIDANCE_SCALES``, one row per class."""
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
+
+    setup = setup_of(task)
+    fig, axes = plt.subplots(1, len(GUIDANCE_SCALES), figsize=(3 * len(GUIDANCE_SCALES), 3.3))
+    for ax, scale in zip(axes, GUIDANCE_SCALES, strict=True):
+        images, _ = _per_class_samples(setup, params, key, EVAL_PER_CLASS, scale)  # by class
+        grid = viz.tile_images(images, ncols=EVAL_PER_CLASS)  # one row per class
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(
+            f"w = {scale:g}" + {0.0: " (unconditional)", 1.0: " (conditional)"}.get(scale, "")
+        )
+        ax.axis("off")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{dataset.name}_guidance_grid.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+def images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+    images = np.asarray(task.sample(params, key, 100))
+    return [viz.image_grid(images, out_dir / f"{dataset.name}_samples.png", ncols=10)]
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _toy_config(quick: bool) -> TrainConfig:
+    if quick:
+        return TrainConfig(
+            steps=600, batch_size=256, lr=3e-3, warmup_steps=50, ema_decay=None, log_every=200
+        )
+    return TrainConfig(
+        steps=10_000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.995, log_every=500
+    )
+
+
+def _image_config(quick: bool) -> TrainConfig:
+    if quick:
+        return TrainConfig(
+            steps=200, batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None, log_every=100
+        )
+    return TrainConfig(
+        steps=6_000, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=200
+    )
+
+
+register(
+    Recipe(
+        name="diffusion_bimodal",
+        summary="DDPM with an MLP on the 1-D two-mode mixture, mode-conditional with guidance",
+        make_task=functools.partial(make_task, conditional=True, width=64),
+        config=_toy_config,
+        evaluate=evaluate_bimodal,
+        figures=bimodal_figures,
+        data="bimodal_1d",
+    )
+)
+
+for _name, _tour in (("two_moons", True), ("eight_gaussians", False), ("checkerboard", False)):
+    register(
+        Recipe(
+            name=f"diffusion_{_name}",
+            summary=f"DDPM with an MLP on the 2-D {_name.replace('_', ' ')} set",
+            make_task=functools.partial(make_task, conditional=False),
+            config=_toy_config,
+            evaluate=evaluate_toy_2d,
+            figures=toy_2d_figures,
+            data=_name,
+            tour=_tour,
+        )
+    )
+
+register(
+    Recipe(
+        name="diffusion_digits_cfg",
+        summary="class-conditional U-Net DDPM on 8x8 digits, classifier-free guidance, DDIM",
+        make_task=functools.partial(make_task, conditional=True),
+        config=_image_config,
+        evaluate=evaluate_images_cfg,
+        figures=images_cfg_figures,
+        data="digits",
+    )
+)
+
+register(
+    Recipe(
+        name="diffusion_digits",
+        summary="unconditional U-Net DDPM on 8x8 digits, DDIM sampling",
+        make_task=functools.partial(make_task, conditional=False),
+        config=_image_config,
+        evaluate=evaluate_images_unconditional,
+        figures=images_figures,
+        data="digits",
+        tour=False,
+    )
+)
+
+register(
+    Recipe(
+        name="diffusion_mnist",
+        summary="class-conditional U-Net DDPM on 28x28 MNIST with classifier-free guidance",
+        make_task=functools.partial(make_task, conditional=True),
+        config=_image_config,
+        evaluate=evaluate_images_cfg,
+        figures=images_cfg_figures,
+        data="mnist",
+        tour=False,
+    )
+)
