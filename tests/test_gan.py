@@ -1,0 +1,446 @@
+"""GAN losses against independent references and the identities of derivations/08-gan.md and
+derivations/09-wgan.md: the value at the optimal discriminator is -log 4 + 2 JS, the saturating
+generator's gradient vanishes, the gradient penalty of a 1-Lipschitz critic is zero, clipping,
+mode coverage, the DCGAN players' shapes and per-example critics, spectral norm in the critic,
+and one alternating update of the recipes' GAN (n_critic steps inside one jitted step)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genjax import gan as G
+from genjax.data import grid_means, load_dataset, ring_means
+from genjax.divergences import js
+from genjax.nn.layers import SPECTRAL, spectral_norm_exact
+from genjax.recipes import gan as R
+from genjax.train import TrainConfig, fit, init_state, make_train_chunk
+
+RTOL = 1e-5
+ATOL = 1e-5
+F32_ATOL = 1e-4  # float32 sums of k <= 16 terms of size <= log(1e4)
+LOG4 = math.log(4.0)
+
+
+def _random_probs(seed: int, k: int, zeros: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.gamma(0.5, size=k)
+    if zeros:
+        p = p * (rng.random(k) < 0.6)
+        p[0] += 1e-3  # keep at least one mass point
+    return (p / p.sum()).astype(np.float32)
+
+
+prob_pairs = st.builds(
+    lambda seed, k, zeros: (_random_probs(seed, k, zeros), _random_probs(seed + 1, k, zeros)),
+    st.integers(0, 2**16),
+    st.sampled_from([2, 5, 16]),
+    st.booleans(),
+)
+
+# ---------------------------------------------------------------- the GAN game
+
+
+def test_discriminator_loss_is_binary_cross_entropy(key):
+    real, fake = jax.random.normal(key, (2, 64)) * 5.0
+    ours = G.discriminator_loss(real, fake)
+    ref = optax.sigmoid_binary_cross_entropy(real, jnp.ones(64)) + (
+        optax.sigmoid_binary_cross_entropy(fake, jnp.zeros(64))
+    )
+    np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_generator_losses_match_log_sigmoid_forms(key):
+    logits = jax.random.normal(key, (64,)) * 5.0
+    d = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))  # float64 reference of D
+    np.testing.assert_allclose(
+        G.generator_loss(logits, saturating=True), np.log1p(-d), rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(G.generator_loss(logits), -np.log(d), rtol=RTOL, atol=ATOL)
+
+
+def test_losses_stable_at_extreme_logits():
+    big = jnp.array([-1e4, 1e4])
+    for value in (
+        G.discriminator_loss(big, big),
+        G.generator_loss(big),
+        G.generator_loss(big, saturating=True),
+    ):
+        assert np.all(np.isfinite(value))
+    np.testing.assert_allclose(G.generator_loss(big), [1e4, 0.0], atol=ATOL)
+
+
+@given(prob_pairs)
+def test_value_at_optimal_discriminator_is_minus_log4_plus_2js(pq):
+    p, q = pq
+    d_star = G.optimal_discriminator(p, q)
+    value = float(G.gan_value(p, q, d_star))
+    np.testing.assert_allclose(value, -LOG4 + 2.0 * float(js(p, q)), atol=F32_ATOL)
+    assert -LOG4 - F32_ATOL <= value <= F32_ATOL  # JS in [0, log 2]
+
+
+@given(prob_pairs, st.integers(0, 2**16))
+def test_optimal_discriminator_maximises_the_value(pq, seed):
+    p, q = pq
+    d_star = G.optimal_discriminator(p, q)
+    other = np.random.default_rng(seed).uniform(0.01, 0.99, p.shape).astype(np.float32)
+    assert float(G.gan_value(p, q, other)) <= float(G.gan_value(p, q, d_star)) + F32_ATOL
+
+
+def test_optimal_discriminator_is_half_when_p_equals_q_and_at_empty_points():
+    p = jnp.array([0.25, 0.75, 0.0])
+    np.testing.assert_allclose(G.optimal_discriminator(p, p), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(float(G.gan_value(p, p, G.optimal_discriminator(p, p))), -LOG4)
+
+
+def test_saturating_gradient_vanishes_nonsaturating_does_not():
+    # D(G(z)) = sigmoid(logit) -> 0 as logit -> -inf: the discriminator rejects every sample
+    logits = jnp.array([-2.0, -5.0, -10.0, -20.0])
+    sat = jax.vmap(jax.grad(lambda v: G.generator_loss(v[None], saturating=True)[0]))(logits)
+    ns = jax.vmap(jax.grad(lambda v: G.generator_loss(v[None])[0]))(logits)
+    np.testing.assert_allclose(sat, -jax.nn.sigmoid(logits), rtol=RTOL)  # -D
+    np.testing.assert_allclose(ns, -jax.nn.sigmoid(-logits), rtol=RTOL)  # -(1 - D)
+    assert abs(float(sat[-1])) < 1e-8 and abs(float(ns[-1]) + 1.0) < 1e-6
+    assert np.all(np.abs(np.diff(np.asarray(sat))) > 0)  # shrinking as D(G(z)) -> 0
+
+
+# ---------------------------------------------------------------- Wasserstein critics
+
+
+def test_critic_generator_and_hinge_losses_against_reference(key):
+    real, fake = jax.random.normal(key, (2, 32)) * 3.0
+    np.testing.assert_allclose(G.critic_loss(real, fake), fake - real, rtol=RTOL)
+    np.testing.assert_allclose(G.wasserstein_generator_loss(fake), -fake, rtol=RTOL)
+    ref = np.maximum(0, 1 - np.asarray(real)) + np.maximum(0, 1 + np.asarray(fake))
+    np.testing.assert_allclose(G.hinge_discriminator_loss(real, fake), ref, rtol=RTOL)
+
+
+def test_critic_objective_of_the_optimal_1d_critic_is_w1(key):
+    # p = N(0, 1), q = N(delta, 1): W1 = |delta|, attained by f(x) = -x (1-Lipschitz)
+    delta, n = 1.5, 200_000
+    x = jax.random.normal(key, (n,))
+    objective = -float(jnp.mean(G.critic_loss(-x, -(x + delta))))  # E_p f - E_q f
+    np.testing.assert_allclose(objective, delta, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 2), (4, 8, 8, 1)])
+def test_gradient_penalty_zero_for_unit_norm_linear_critic(key, shape):
+    k_w, k_x, k_y = jax.random.split(key, 3)
+    w = jax.random.normal(k_w, shape[1:])
+    w = w / jnp.linalg.norm(w)  # ||grad f|| = ||w|| = 1 everywhere
+    critic = lambda x: jnp.sum(x * w[None], axis=tuple(range(1, x.ndim)))
+    real, fake = jax.random.normal(k_x, shape), jax.random.normal(k_y, shape)
+    np.testing.assert_allclose(G.gradient_penalty(key, critic, real, fake), 0.0, atol=1e-10)
+
+
+def test_gradient_penalty_linear_critic_and_interpolates(key):
+    # f(x) = a . x has gradient a: P = (|a| - 1)^2 at every interpolate
+    a = jnp.array([3.0, 4.0])
+    critic = lambda x: x @ a
+    real, fake = jax.random.normal(key, (2, 8, 2))
+    np.testing.assert_allclose(
+        G.gradient_penalty(key, critic, real, fake), np.full(8, 16.0), rtol=RTOL
+    )
+    # f(x) = |x|^2 / 2 has gradient x-hat: P = (|eps x + (1 - eps) y| - 1)^2, checked by hand
+    eps = jnp.linspace(0.0, 1.0, 8)
+    quad = lambda x: 0.5 * jnp.sum(x**2, axis=-1)
+    interp = eps[:, None] * real + (1 - eps[:, None]) * fake
+    expected = (np.linalg.norm(np.asarray(interp), axis=-1) - 1.0) ** 2
+    ours = G.gradient_penalty(key, quad, real, fake, noise=eps)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=ATOL)
+    # the default draw is U[0, 1] from the key: the same with and without jit
+    jitted = jax.jit(G.gradient_penalty, static_argnums=1)(key, quad, real, fake)
+    np.testing.assert_allclose(jitted, G.gradient_penalty(key, quad, real, fake), rtol=RTOL)
+
+
+def test_gradient_penalty_double_backprop_finite_for_flat_critic(key):
+    # a critic with zero gradient at the interpolates: sqrt'(0) would give NaN without GP_EPS
+    params = jnp.zeros(2)
+    real, fake = jax.random.normal(key, (2, 4, 2))
+
+    def total(w):
+        return jnp.mean(G.gradient_penalty(key, lambda x: x @ w, real, fake))
+
+    value, grad = jax.value_and_grad(total)(params)
+    np.testing.assert_allclose(float(value), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(grad))
+
+
+def test_clip_weights_projects_every_leaf():
+    params = {"a": jnp.array([-1.0, 0.005, 2.0]), "b": {"c": jnp.full((2, 2), -0.5)}}
+    clipped = G.clip_weights(params, 0.01)
+    assert jax.tree.structure(clipped) == jax.tree.structure(params)
+    np.testing.assert_allclose(clipped["a"], [-0.01, 0.005, 0.01])
+    np.testing.assert_allclose(clipped["b"]["c"], np.full((2, 2), -0.01))
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match="real_logits must have shape"):
+        G.discriminator_loss(jnp.zeros((2, 1)), jnp.zeros(2))
+    with pytest.raises(ValueError, match="same shape"):
+        G.discriminator_loss(jnp.zeros(3), jnp.zeros(2))
+    with pytest.raises(ValueError, match="fake_logits must have shape"):
+        G.generator_loss(jnp.zeros(()))
+    with pytest.raises(ValueError, match="same shape"):
+        G.critic_loss(jnp.zeros(3), jnp.zeros(4))
+    with pytest.raises(ValueError, match="fake_scores must have shape"):
+        G.wasserstein_generator_loss(jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="same shape"):
+        G.hinge_discriminator_loss(jnp.zeros(1), jnp.zeros(2))
+    with pytest.raises(ValueError, match="p and q must have the same shape"):
+        G.optimal_discriminator(jnp.ones(2) / 2, jnp.ones(3) / 3)
+    with pytest.raises(ValueError, match="one shape"):
+        G.gan_value(jnp.ones(2) / 2, jnp.ones(2) / 2, jnp.ones(3))
+    critic = lambda x: jnp.sum(x, -1)
+    with pytest.raises(ValueError, match=r"real and fake must have the same shape \[batch"):
+        G.gradient_penalty(jax.random.key(0), critic, jnp.zeros((2, 3)), jnp.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"real and fake must have the same shape \[batch"):
+        G.gradient_penalty(jax.random.key(0), critic, jnp.zeros(3), jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"noise must have shape \(2,\)"):
+        G.gradient_penalty(None, critic, jnp.zeros((2, 3)), jnp.zeros((2, 3)), noise=jnp.ones(3))
+    with pytest.raises(ValueError, match="c must be positive"):
+        G.clip_weights({"w": jnp.ones(2)}, 0.0)
+
+
+# ---------------------------------------------------------------- mode coverage
+
+
+def test_mode_coverage_counts_by_hand():
+    means = ring_means(8, 2.0)
+    std = 0.02
+    # 100 samples: 60 on mode 0, 39 on mode 3, 1 on mode 5 (1 % exactly), none elsewhere
+    samples = np.concatenate(
+        [np.repeat(means[[0]], 60, 0), np.repeat(means[[3]], 39, 0), means[[5]] + 2.9 * std]
+    )
+    samples[-1] = means[5] + np.array([2.9 * std, 0.0])
+    cover = G.mode_coverage(samples, means, std)
+    assert cover.modes == 3
+    assert cover.high_quality == 1.0
+    np.testing.assert_array_equal(cover.counts, [60, 0, 0, 39, 0, 1, 0, 0])
+    # 3.1 std away is not high quality; the mode loses its only sample
+    samples[-1] = means[5] + np.array([3.1 * std, 0.0])
+    cover = G.mode_coverage(samples, means, std)
+    assert cover.modes == 2
+    np.testing.assert_allclose(cover.high_quality, 0.99)
+
+
+def test_mode_coverage_of_the_data_itself_is_full(key):
+    for means in (ring_means(8, 2.0), grid_means(5, 2.0)):
+        x = means[np.arange(5000) % len(means)] + 0.02 * np.asarray(
+            jax.random.normal(key, (5000, 2))
+        )
+        cover = G.mode_coverage(x, means, 0.02)
+        assert cover.modes == len(means)
+        assert cover.high_quality > 0.98  # chi-square(2) beyond 3 std: exp(-4.5) = 1.1 %
+
+
+def test_mode_coverage_errors():
+    means = ring_means(8, 2.0)
+    with pytest.raises(ValueError, match="samples must have shape"):
+        G.mode_coverage(np.zeros((0, 2)), means, 0.02)
+    with pytest.raises(ValueError, match=r"means must have shape \[K, 3\]"):
+        G.mode_coverage(np.zeros((4, 3)), means, 0.02)
+    with pytest.raises(ValueError, match="std must be positive"):
+        G.mode_coverage(np.zeros((4, 2)), means, 0.0)
+
+
+# ---------------------------------------------------------------- players
+
+
+@pytest.mark.parametrize("image_shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
+def test_dcgan_players_shapes(key, image_shape):
+    # shapes by abstract evaluation: no compilation
+    gen = G.DCGANGenerator(image_shape, features=8)
+    disc = G.DCGANDiscriminator(features=8)
+    z = jax.ShapeDtypeStruct((3, 16), jnp.float32)
+    g_vars = jax.eval_shape(lambda z: gen.init(key, z, train=False), z)
+    x, _ = jax.eval_shape(lambda v, z: gen.apply(v, z, mutable=["batch_stats"]), g_vars, z)
+    assert x.shape == (3, *image_shape)
+    d_vars = jax.eval_shape(lambda x: disc.init(key, x), x)
+    assert jax.eval_shape(disc.apply, d_vars, x).shape == (3,)
+    width = 8 * 2 ** (G.dcgan_plan(image_shape)[1] - 1)  # channels double per upsampling
+    assert g_vars["params"]["ConvTranspose_0"]["kernel"].shape == (4, 4, width, width // 2)
+
+
+def test_dcgan_plan():
+    assert G.dcgan_plan((8, 8, 1)) == (2, 2)
+    assert G.dcgan_plan((28, 28, 1)) == (7, 2)
+    assert G.dcgan_plan((32, 32, 3)) == (4, 3)
+    with pytest.raises(ValueError, match="square"):
+        G.dcgan_plan((8, 6, 1))
+    with pytest.raises(ValueError, match="even and at least 4"):
+        G.dcgan_plan((7, 7, 1))
+
+
+def test_critic_is_per_example(key):
+    # gradient_penalty needs f(x)_i to depend on x_i only: the Jacobian is block diagonal
+    # (convolutions, the layer norm over [H, W, C] and the projection head are per example)
+    disc = G.DCGANDiscriminator(features=4, normalization="layer", num_classes=10)
+    x = jax.random.uniform(key, (3, 8, 8, 1))
+    y = jnp.array([0, 4, 9])
+
+    @jax.jit
+    def jacobian(x):
+        d_vars = disc.init(key, x, y)
+        return jax.jacobian(lambda x: disc.apply(d_vars, x, y))(x)  # [3, 3, 8, 8, 1]
+
+    jac = jacobian(x)
+    off_diagonal = jac.reshape(3, 3, -1) * (1.0 - jnp.eye(3))[:, :, None]
+    np.testing.assert_allclose(off_diagonal, 0.0, atol=1e-12)
+    assert float(jnp.max(jnp.abs(jac))) > 0
+
+
+def test_conditional_players_use_labels(key):
+    gen = G.DCGANGenerator((8, 8, 1), features=4, num_classes=10)
+    disc = G.DCGANDiscriminator(features=4, num_classes=10)
+    z = jnp.tile(jax.random.normal(key, (1, 8)), (2, 1))
+    y = jnp.array([1, 7])
+
+    @jax.jit
+    def run(z, y):
+        x, g_vars = gen.init_with_output(key, z, y, train=False)
+        d_vars = disc.init(key, x, y)
+        return x, disc.apply(d_vars, jnp.stack([x[0], x[0]]), y), g_vars, d_vars
+
+    x, logits, g_vars, d_vars = run(z, y)
+    assert x.shape == (2, 8, 8, 1) and float(jnp.max(jnp.abs(x))) <= 1.0  # tanh output
+    assert float(jnp.max(jnp.abs(x[0] - x[1]))) > 0  # same z, different labels
+    assert float(jnp.abs(logits[0] - logits[1])) > 0  # same image: the projection term sees y
+    with pytest.raises(ValueError, match="needs labels"):
+        jax.eval_shape(lambda z: gen.apply(g_vars, z, train=False), z)
+    with pytest.raises(ValueError, match="needs labels"):
+        jax.eval_shape(lambda x: disc.apply(d_vars, x), x)
+
+
+def test_player_errors(key):
+    init = lambda module, *args: jax.eval_shape(lambda: module.init(key, *args))
+    with pytest.raises(ValueError, match="labels must be None"):
+        init(G.DCGANGenerator(), jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match="labels must be None"):
+        init(G.MLPGenerator(), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        init(G.MLPDiscriminator(normalization="batch"), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        init(G.DCGANDiscriminator(normalization="batch"), jnp.zeros((2, 8, 8, 1)))
+
+
+def test_spectral_critic_sigma_matches_svd_after_enough_steps(key):
+    disc = G.MLPDiscriminator(features=16, depth=2, normalization="spectral")
+    x = jax.random.normal(key, (8, 2))
+    variables = jax.jit(disc.init)(key, x)
+    params, stats = variables["params"], variables[SPECTRAL]
+
+    def step(stats):
+        _, new = disc.apply(
+            {"params": params, SPECTRAL: stats}, x, update_stats=True, mutable=[SPECTRAL]
+        )
+        return new[SPECTRAL]
+
+    stats = jax.jit(lambda s: jax.lax.fori_loop(0, 200, lambda _, s: step(s), s))(stats)
+    kernels = jax.tree_util.tree_leaves_with_path(params)
+    sigmas = jax.tree_util.tree_leaves_with_path(stats)
+    kernels = {jax.tree_util.keystr(p[:-1]): k for p, k in kernels if p[-1].key == "kernel"}
+    sigmas = {jax.tree_util.keystr(p[:-1]): s for p, s in sigmas if p[-1].key == "sigma"}
+    assert sigmas.keys() == kernels.keys() and len(sigmas) == 3
+    for name, kernel in kernels.items():
+        np.testing.assert_allclose(sigmas[name], spectral_norm_exact(kernel), rtol=1e-3)
+
+
+# ---------------------------------------------------------------- alternating updates
+
+
+def _mixture_state(variant: str, n_critic: int = 3, steps: int = 4):
+    dataset = load_dataset("eight_gaussians")
+    options = {"variant": variant, "n_critic": n_critic, "width": 8, "depth": 1}
+    task = R.make_task(dataset, options)
+    config = TrainConfig(
+        steps=steps, batch_size=n_critic * 8, log_every=steps, schedule="constant", seed=1
+    )
+    arrays = {k: v[:256] for k, v in dataset.train.items()}
+    state, tx = init_state(task, config, arrays)
+    return task, config, tx, arrays, state
+
+
+@pytest.mark.parametrize("variant", ["wgan", "sngan"])  # clipping + RMSProp; hinge + SN
+def test_one_jitted_step_updates_both_players(variant):
+    task, config, tx, arrays, state = _mixture_state(variant)
+    chunk = make_train_chunk(task, config, tx, {k: jnp.asarray(v) for k, v in arrays.items()})
+    d_before = jax.tree.map(np.asarray, state.extra["discriminator"])
+    g_before = jax.tree.map(np.asarray, state.params)
+    new, metrics = chunk(state)
+    assert int(new.step) == config.steps
+    assert all(np.all(np.isfinite(v)) for v in metrics.values())
+    for before, after in (
+        (g_before["params"], new.params["params"]),
+        (d_before["params"], new.extra["discriminator"]["params"]),
+    ):
+        moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), before, after)
+        assert max(jax.tree.leaves(moved)) > 0
+    if R.VARIANTS[variant].clip is not None:
+        c = R.VARIANTS[variant].clip
+        leaves = jax.tree.leaves(new.extra["discriminator"]["params"])
+        assert max(float(jnp.max(jnp.abs(w))) for w in leaves) <= c + 1e-7
+    if R.VARIANTS[variant].normalization == "spectral":
+        u_before = jax.tree.leaves(d_before[SPECTRAL])
+        u_after = jax.tree.leaves(new.extra["discriminator"][SPECTRAL])
+        assert any(float(np.max(np.abs(a - b))) > 0 for a, b in zip(u_before, u_after, strict=True))
+
+
+def test_n_critic_steps_run_inside_the_step():
+    # the discriminator's optimiser counts its own updates: n_critic per loop step
+    task, config, tx, arrays, state = _mixture_state("wgan_gp", n_critic=3, steps=2)
+    chunk = make_train_chunk(task, config, tx, {k: jnp.asarray(v) for k, v in arrays.items()})
+    new, _ = chunk(state)
+    counts = [
+        int(leaf)
+        for leaf in jax.tree.leaves(new.extra["d_opt_state"])
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.integer) and jnp.ndim(leaf) == 0
+    ]
+    assert counts and all(c == 3 * 2 for c in counts)
+
+
+def test_batch_size_must_be_a_multiple_of_n_critic():
+    task, _, tx, arrays, state = _mixture_state("wgan_gp", n_critic=3)
+    batch = {k: jnp.asarray(v[:10]) for k, v in arrays.items()}
+    with pytest.raises(ValueError, match="multiple of n_critic"):
+        task.update(state, jax.random.key(0), batch, tx, None)
+
+
+def test_make_task_errors():
+    dataset = load_dataset("eight_gaussians")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        R.make_task(dataset, {"variant": "lsgan"})
+    with pytest.raises(ValueError, match="d_optimizer must be"):
+        R.make_task(dataset, {"d_optimizer": "sgd"})
+
+
+@pytest.mark.slow
+def test_conditional_digits_step_and_sampler(key):
+    dataset = load_dataset("digits")
+    task = R.make_task(dataset, {"variant": "sngan", "width": 4}, conditional=True)
+    config = TrainConfig(steps=2, batch_size=16, log_every=2, schedule="constant")
+    state = fit(task, dataset.train, config, progress=False)
+    images = task.sample(state.ema_params, key, 20)
+    assert images.shape == (20, 8, 8, 1)
+    assert float(jnp.min(images)) >= 0.0 and float(jnp.max(images)) <= 1.0
+    assert "batch_stats" in state.params
+
+
+# ---------------------------------------------------------------- training (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["eight_gaussians", "gaussian_grid"])
+def test_wgan_gp_covers_every_mode(data):
+    dataset = load_dataset(data)
+    task = R.make_task(dataset, {"variant": "wgan_gp"})
+    state = fit(task, dataset.train, R.mixture_config(False), progress=False)
+    samples = np.asarray(task.sample(state.ema_params, jax.random.key(1), 10_000))
+    cover = G.mode_coverage(samples, R.mixture_means(data), R.MIXTURE_STD)
+    assert cover.modes == len(R.mixture_means(data))
+    assert cover.high_quality >= 0.8
