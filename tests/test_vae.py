@@ -386,7 +386,7 @@ def test_elbo_equals_log_px_at_the_exact_posterior(key):
     encode, log_lik = _exact_posterior_fns(w, b, log_var)
     one_sample = jax.jit(lambda k: V.elbo(k, encode, log_lik, x, analytic_kl=False).total)
     iwae = jax.jit(lambda k: V.iwae_bound(k, encode, log_lik, x, 7))
-    for i in range(3):
+    for i in range(2):
         k = jax.random.fold_in(key, 10 + i)
         np.testing.assert_allclose(one_sample(k), log_px, rtol=1e-4)
         np.testing.assert_allclose(iwae(k), log_px, rtol=1e-4)
@@ -421,7 +421,7 @@ def test_iwae_bound_is_non_decreasing_in_k_and_approaches_log_px(key):
     x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var, n=2)
     log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
     encode, log_lik = _perturbed_fns(w, b, log_var)
-    repeats, ks = 400, (1, 2, 8, 64, 512)
+    repeats, ks = 200, (1, 4, 32, 256)
 
     @jax.jit
     def bounds(keys):  # {k: [repeats, B]}, independent draws for every k
@@ -454,7 +454,7 @@ def test_importance_sampled_nll_chunks_are_one_logsumexp(key):
     exact_encode, exact_lik = _exact_posterior_fns(w, b, log_var)
     log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
     nll = jax.jit(
-        lambda x: V.importance_sampled_nll(key, exact_encode, exact_lik, x, 5000, chunk_size=500)
+        lambda x: V.importance_sampled_nll(key, exact_encode, exact_lik, x, 2000, chunk_size=500)
     )(x)
     np.testing.assert_allclose(nll, -log_px, rtol=1e-4)
 
@@ -529,7 +529,6 @@ def _model(kind, likelihood):
 @pytest.mark.parametrize(
     "kind, likelihood",
     [
-        ("VAE", V.Likelihood("categorical", levels=17)),
         ("ConvVAE", V.Likelihood("bernoulli")),
         ("CVAE", V.Likelihood("logistic", levels=17)),
     ],
@@ -560,9 +559,11 @@ def test_models_bind_to_the_bounds(key, kind, likelihood):
 
 
 def test_bound_log_likelihood_decodes_each_sample(key):
-    """log_likelihood on z [k, B, d] equals k separate calls on z [B, d]."""
-    model = V.VAE((4,), latent_dim=2, hidden=(8,), likelihood=V.Likelihood("gaussian"))
-    x = jax.random.uniform(key, (3, 4))
+    """log_likelihood on z [k, B, d] equals k separate calls on z [B, d] (a categorical
+    decoder: the parameter axis holds 17 logits per pixel)."""
+    likelihood = V.Likelihood("categorical", levels=17)
+    model = V.VAE((4,), latent_dim=2, hidden=(8,), likelihood=likelihood)
+    x = jnp.round(jax.random.uniform(key, (3, 4)) * 16) / 16  # [3, 4] on the 17-level grid
     bound = V.bind(model, jax.jit(model.init)(_init_key(key), x))
     z = jax.random.normal(key, (5, 3, 2))
     stacked = jax.jit(bound.log_likelihood)(z, x)  # [5, 3]
