@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
 
     tour = sub.add_parser("tour", help="train every recipe briefly and write a report")
-    tour.add_argument("--quick", action="store_true", help="the two-minute budget")
+    tour.add_argument(
+        "--quick",
+        action="store_true",
+        help="one recipe per family, quick budgets (under two minutes)",
+    )
     tour.add_argument("--only", nargs="*", default=None, help="recipe names to include")
     tour.add_argument("--out", default="runs/tour")
 
@@ -154,7 +158,8 @@ def cmd_tour(args) -> int:
         if unknown:
             raise SystemExit(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
         selected = {k: v for k, v in selected.items() if k in args.only}
-    selected = {k: v for k, v in selected.items() if v.tour}
+    quick_only = args.quick and not args.only
+    selected = {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -9,7 +9,11 @@ this package builds one or more :class:`Recipe` objects and hands them to :func:
 * ``config(quick) -> TrainConfig``: the tour's budget (``quick`` for ``genjax tour --quick``);
 * ``evaluate(task, params, dataset, key) -> Report``: the headline test metric beside its
   baseline computed on the same split (e.g. PCA for the autoencoder);
-* ``figures(task, params, dataset, key, out_dir) -> [paths]``: PNGs for the report.
+* ``figures(task, params, dataset, key, out_dir) -> [paths]``: PNGs for the report;
+* ``tour``: whether ``genjax tour`` runs it (recipes on large downloaded sets say no);
+* ``quick_tour``: whether ``genjax tour --quick`` runs it. One recipe per family says yes, with a
+  quick budget of about ten seconds, so that the quick tour touches every family in under two
+  minutes; ``--only`` overrides the selection.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Recipe(NamedTuple):
     figures: Callable[[Task, Any, Dataset, jax.Array, Path], list[Path]] | None = None
     data: str = "digits"
     tour: bool = True
+    quick_tour: bool = False
 
 
 _REGISTRY: dict[str, Recipe] = {}

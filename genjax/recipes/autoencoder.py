@@ -160,5 +160,6 @@ for _name, (_summary, _variant) in VARIANTS.items():
             config=config,
             evaluate=evaluate,
             figures=figures,
+            quick_tour=_name == "autoencoder",
         )
     )

@@ -444,6 +444,7 @@ register(
         evaluate=evaluate_bimodal,
         figures=bimodal_figures,
         data="bimodal_1d",
+        quick_tour=True,
     )
 )
 

@@ -411,6 +411,7 @@ for _name, _tour in (("checkerboard", True), ("two_moons", False), ("eight_gauss
             figures=figures_2d,
             data=_name,
             tour=_tour,
+            quick_tour=_tour,
         )
     )
 

@@ -551,6 +551,7 @@ register(
         evaluate=evaluate_mixture,
         figures=mixture_figures,
         data="eight_gaussians",
+        quick_tour=True,
     )
 )
 register(

@@ -479,6 +479,7 @@ register(
         config=char_config,
         evaluate=evaluate_char,
         figures=char_figures,
+        quick_tour=True,
     )
 )
 register(

@@ -640,6 +640,7 @@ _register(
         config=_config,
         evaluate=evaluate_density,
         figures=figures,
+        quick_tour=True,
     )
 )
 _register(
