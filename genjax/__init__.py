@@ -22,6 +22,7 @@ _SUBMODULES = (
     "divergences",
     "flows",
     "gan",
+    "metrics",
     "nn",
     "parallel",
     "probes",
