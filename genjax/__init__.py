@@ -30,6 +30,7 @@ _SUBMODULES = (
     "train",
     "vae",
     "viz",
+    "word2vec",
 )
 
 __all__ = ["__version__", *_SUBMODULES]
