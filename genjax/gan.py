@@ -7,11 +7,11 @@ law :math:`p`. The minimax game is
 
 .. math:: \min_G \max_D\ V(D, G) = E_{x\sim p}[\log D(x)] + E_{z}[\log(1 - D(G(z)))],
 
-whose inner maximum is :math:`-\log 4 + 2\,\mathrm{JS}(p, q)` (derivations/08-gan.md). A Wasserstein
-critic :math:`f` (an unbounded score) instead estimates
+whose inner maximum is :math:`-\log 4 + 2\,\mathrm{JS}(p, q)` (derivations/08-gans.md). A
+Wasserstein critic :math:`f` (an unbounded score) instead estimates
 :math:`W_1(p, q) = \sup_{\|f\|_L \le 1} E_p f - E_q f` (Kantorovich–Rubinstein), with the
 Lipschitz constraint enforced by weight clipping, a gradient penalty, or spectral normalisation
-(derivations/09-wgan.md).
+(derivations/08-gans.md).
 
 **Conventions.** Losses take logits (or critic scores) ``[batch]`` and return per-example values
 ``[batch]``, to be averaged by the caller; all logs of sigmoids are ``softplus`` forms. Players
@@ -37,7 +37,7 @@ References:
 
   Miyato & Koyama, *cGANs with Projection Discriminator*, 2018, https://arxiv.org/abs/1802.05637
 
-Derivation: derivations/08-gan.md, derivations/09-wgan.md
+Derivation: derivations/08-gans.md
 """
 
 from collections.abc import Callable
@@ -103,7 +103,7 @@ def discriminator_loss(
       >>> round(float(discriminator_loss(jnp.zeros(1), jnp.zeros(1))[0]), 4)  # 2 log 2
       1.3863
 
-    Derivation: derivations/08-gan.md
+    Derivation: derivations/08-gans.md
     """
     real_logits, fake_logits = _check_real_fake(real_logits, fake_logits, "logits")
     return jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
@@ -120,7 +120,7 @@ def generator_loss(
     with :math:`\ell` = ``fake_logits``. Both are decreasing in :math:`\ell`; their slopes are
     :math:`-\sigma(\ell)` and :math:`-\sigma(-\ell)`. Early in training the discriminator wins,
     :math:`D(G(z)) = \sigma(\ell) \to 0`, and the saturating slope vanishes while the
-    non-saturating one tends to :math:`-1` (derivations/08-gan.md).
+    non-saturating one tends to :math:`-1` (derivations/08-gans.md).
 
     Args:
       fake_logits: ``[batch]`` discriminator logits on generated samples.
@@ -139,7 +139,7 @@ def generator_loss(
       ...     float(generator_loss(jnp.zeros(1), saturating=True)[0]), 4)
       (0.6931, -0.6931)
 
-    Derivation: derivations/08-gan.md
+    Derivation: derivations/08-gans.md
     """
     fake_logits = _check_logits("fake_logits", fake_logits)
     if saturating:
@@ -173,7 +173,7 @@ def optimal_discriminator(
       >>> optimal_discriminator(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.5, 0.0, 0.5])).tolist()
       [0.5, 1.0, 0.0]
 
-    Derivation: derivations/08-gan.md
+    Derivation: derivations/08-gans.md
     """
     p, q = jnp.asarray(p), jnp.asarray(q)
     if p.shape != q.shape:
@@ -210,7 +210,7 @@ def gan_value(
       >>> round(float(gan_value(p, p, optimal_discriminator(p, p))), 4)  # -log 4
       -1.3863
 
-    Derivation: derivations/08-gan.md
+    Derivation: derivations/08-gans.md
     """
     p, q, d = jnp.asarray(p), jnp.asarray(q), jnp.asarray(d)
     if not p.shape == q.shape == d.shape:
@@ -247,7 +247,7 @@ def critic_loss(
       >>> critic_loss(jnp.array([2.0]), jnp.array([0.5])).tolist()
       [-1.5]
 
-    Derivation: derivations/09-wgan.md
+    Derivation: derivations/08-gans.md
     """
     real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
     return fake_scores - real_scores
@@ -270,7 +270,7 @@ def wasserstein_generator_loss(fake_scores: Float[Array, " batch"]) -> Float[Arr
     Raises:
       ValueError: ``fake_scores`` is not 1-D.
 
-    Derivation: derivations/09-wgan.md
+    Derivation: derivations/08-gans.md
     """
     return -_check_logits("fake_scores", fake_scores)
 
@@ -303,7 +303,7 @@ def hinge_discriminator_loss(
     References:
       Lim & Ye, *Geometric GAN*, 2017, https://arxiv.org/abs/1705.02894
 
-    Derivation: derivations/09-wgan.md
+    Derivation: derivations/08-gans.md
     """
     real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
     return jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores)
@@ -352,13 +352,13 @@ def gradient_penalty(
     Note:
       The norm is :math:`\sqrt{\|g\|^2 + 10^{-12}}`: :math:`\sqrt{\cdot}` has an infinite
       derivative at 0, which double backprop would turn into NaN for a critic that is flat at
-      :math:`\hat x` (derivations/09-wgan.md).
+      :math:`\hat x` (derivations/08-gans.md).
 
     References:
       Gulrajani et al., *Improved Training of Wasserstein GANs*, 2017,
       https://arxiv.org/abs/1704.00028 (Algorithm 1).
 
-    Derivation: derivations/09-wgan.md
+    Derivation: derivations/08-gans.md
     """
     real, fake = jnp.asarray(real), jnp.asarray(fake)
     if real.shape != fake.shape or real.ndim < 2:
@@ -403,7 +403,7 @@ def clip_weights(params: Any, c: float) -> Any:
       >>> clip_weights({"w": jnp.array([-1.0, 0.005, 2.0])}, 0.01)["w"].tolist()
       [-0.01, 0.005, 0.01]
 
-    Derivation: derivations/09-wgan.md
+    Derivation: derivations/08-gans.md
     """
     if not c > 0:
         raise ValueError(f"c must be positive, got {c}")
@@ -465,7 +465,7 @@ def mode_coverage(
       https://arxiv.org/abs/1611.02163; Srivastava et al., *VEEGAN: Reducing Mode Collapse in
       GANs using Implicit Variational Learning*, 2017, https://arxiv.org/abs/1705.07761
 
-    Derivation: derivations/08-gan.md (mode collapse)
+    Derivation: derivations/08-gans.md (section 4, mode collapse)
     """
     samples, means = np.asarray(samples, np.float64), np.asarray(means, np.float64)
     if samples.ndim != 2 or samples.shape[0] == 0:

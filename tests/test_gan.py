@@ -1,6 +1,7 @@
-"""GAN losses against independent references and the identities of derivations/08-gan.md and
-derivations/09-wgan.md: the value at the optimal discriminator is -log 4 + 2 JS, the saturating
-generator's gradient vanishes, the gradient penalty of a 1-Lipschitz critic is zero, clipping,
+"""GAN losses against independent references and the identities of derivations/08-gans.md: the
+value at the optimal discriminator is -log 4 + 2 JS, the generator gradients at the optimal
+discriminator (2 JS; reverse KL - 2 JS), the hinge optimum 2 - 2 TV, the saturating generator's
+gradient vanishes, the gradient penalty of a 1-Lipschitz critic is zero, clipping,
 mode coverage, the DCGAN players' shapes and per-example critics, spectral norm in the critic,
 and one alternating update of the recipes' GAN (n_critic steps inside one jitted step)."""
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from genjax import gan as G
 from genjax.data import grid_means, load_dataset, ring_means
-from genjax.divergences import js
+from genjax.divergences import js, kl, tvd
 from genjax.nn.layers import SPECTRAL, spectral_norm_exact
 from genjax.recipes import gan as R
 from genjax.train import TrainConfig, fit, init_state, make_train_chunk
@@ -90,6 +91,63 @@ def test_optimal_discriminator_maximises_the_value(pq, seed):
     d_star = G.optimal_discriminator(p, q)
     other = np.random.default_rng(seed).uniform(0.01, 0.99, p.shape).astype(np.float32)
     assert float(G.gan_value(p, q, other)) <= float(G.gan_value(p, q, d_star)) + F32_ATOL
+
+
+@jax.jit
+def _generator_gradients(p, theta0):
+    """Gradients at theta0 of E_{q_theta}[loss] with D* fixed at q0 = softmax(theta0), and of
+    2 JS(p, q_theta) and KL(q_theta || p)."""
+    d_star = G.optimal_discriminator(p, jax.nn.softmax(theta0))  # fixed: no gradient through it
+    logits = jnp.log(d_star) - jnp.log1p(-d_star)  # the discriminator's logits at each point
+
+    def expected(loss):  # E_{x ~ q_theta} loss(x) over the k points
+        return lambda t: jnp.sum(jax.nn.softmax(t) * loss(logits))
+
+    sat = jax.grad(expected(lambda v: G.generator_loss(v, saturating=True)))(theta0)
+    ns = jax.grad(expected(G.generator_loss))(theta0)
+    two_js = jax.grad(lambda t: 2.0 * js(p, jax.nn.softmax(t)))(theta0)
+    reverse_kl = jax.grad(lambda t: kl(jax.nn.softmax(t), p))(theta0)
+    return sat, ns, two_js, reverse_kl
+
+
+@pytest.mark.parametrize("k", [2, 5, 16])
+def test_generator_gradients_at_the_optimal_discriminator(k):
+    """Identity: with D* = p / (p + q0) held fixed at the current generator q0 = softmax(theta0),
+    the saturating loss has the gradient of 2 JS(p, q) (envelope theorem) and the
+    non-saturating loss the gradient of KL(q || p) - 2 JS(p, q) (derivations/08-gans.md)."""
+    rng = np.random.default_rng(k)
+    for _ in range(10):
+        p = rng.dirichlet(np.ones(k)).astype(np.float32)
+        theta0 = rng.normal(scale=2.0, size=k).astype(np.float32)
+        sat, ns, two_js, reverse_kl = _generator_gradients(p, theta0)
+        assert float(jnp.max(jnp.abs(two_js))) > 1e-3  # not a trivially zero gradient
+        np.testing.assert_allclose(sat, two_js, rtol=1e-3, atol=F32_ATOL)
+        np.testing.assert_allclose(ns, reverse_kl - two_js, rtol=1e-3, atol=F32_ATOL)
+
+
+@jax.jit
+def _hinge_expected_loss(p, q, f):
+    """sum_i p_i max(0, 1 - f_i) + q_i max(0, 1 + f_i) for scores f [..., k]."""
+    ones = jnp.ones(p.shape)
+
+    def one(f):
+        real_part = G.hinge_discriminator_loss(f, -ones)  # max(0, 1 - f_i) + 0
+        fake_part = G.hinge_discriminator_loss(ones, f)  # 0 + max(0, 1 + f_i)
+        return jnp.sum(p * real_part + q * fake_part)
+
+    return jax.vmap(one)(f.reshape(-1, p.shape[0]))
+
+
+@pytest.mark.parametrize("k", [2, 5, 16])
+def test_hinge_inner_optimum_is_two_minus_two_tvd(k):
+    """Closed form: min_f sum_i p_i max(0, 1 - f_i) + q_i max(0, 1 + f_i) = 2 - 2 TV(p, q),
+    attained at f* = sign(p - q); random scores do no better (derivations/08-gans.md)."""
+    for seed in range(10):
+        p, q = _random_probs(seed, k, seed % 2 == 0), _random_probs(seed + 1, k, seed % 2 == 0)
+        best = float(_hinge_expected_loss(p, q, np.sign(p - q))[0])
+        np.testing.assert_allclose(best, 2.0 - 2.0 * float(tvd(p, q)), atol=F32_ATOL)
+        other = np.random.default_rng(seed).normal(scale=2.0, size=(64, k)).astype(np.float32)
+        assert float(jnp.min(_hinge_expected_loss(p, q, other))) >= best - F32_ATOL
 
 
 def test_optimal_discriminator_is_half_when_p_equals_q_and_at_empty_points():

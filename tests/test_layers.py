@@ -1,6 +1,6 @@
 """Layers: the patch convolutions against lax/flax, and spectral normalisation against the SVD
 (power-iteration convergence, the gradient u v^T, the mutable u collection, the conv bound of
-derivations/09-wgan.md)."""
+derivations/08-gans.md)."""
 
 import functools
 import math
@@ -220,7 +220,7 @@ def test_spectral_dense_u_is_mutable_and_converges_one_step_per_call(key):
 
 def test_spectral_conv_layer_bound_on_operator_norm(key):
     # the normalised matrix has norm 1; the conv operator's norm is at most
-    # sqrt(ceil(k/s)^2) times that (derivations/09-wgan.md)
+    # sqrt(ceil(k/s)^2) times that (derivations/08-gans.md)
     layer = SpectralConv(4, kernel_size=4, stride=2, padding=1, num_iters=50)
     x = jax.random.normal(key, (1, 8, 8, 2))
     variables = layer.init(key, x)

@@ -27,7 +27,7 @@ r"""GAN recipes: 2-D mixtures (mode coverage), DCGAN and the conditional GAN on 
   batch, so the loop's ``batch_size`` is ``n_critic`` x the per-step batch) followed by one
   generator step, all in the loop's one jitted update.
 
-Derivation: derivations/08-gan.md, derivations/09-wgan.md
+Derivation: derivations/08-gans.md
 """
 
 from __future__ import annotations
