@@ -22,6 +22,7 @@ _SUBMODULES = (
     "divergences",
     "flows",
     "gan",
+    "interpret",
     "metrics",
     "nn",
     "parallel",

@@ -1,18 +1,39 @@
-"""A reference digits classifier for judging generated and class-conditional samples.
+"""Reference digits classifiers: one judges class-conditional samples, one supplies features.
 
-Families that generate a requested class (CVAE, conditional GAN, guided diffusion) report the
-accuracy of an independent classifier on their samples. This one is an RBF support-vector
-machine on raw pixels (scikit-learn), fitted on the training split only; it reaches about 99 %
-on the digits test split (``tests/test_classifier.py::test_digits_classifier_accuracy``).
+* :func:`fit_digits_classifier`: families that generate a requested class (CVAE, conditional
+  GAN, guided diffusion) report the accuracy of an independent classifier on their samples. This
+  one is an RBF support-vector machine on raw pixels (scikit-learn), fitted on the training split
+  only; it reaches about 99 % on the digits test split
+  (``tests/test_classifier.py::test_digits_classifier_accuracy``).
+* :class:`DigitsCNN` / :class:`CNNClassifier`: a small convolutional network with a global
+  average pool, trained by the one loop (:func:`train_cnn_classifier`), saved in a run folder and
+  loaded by path (:func:`load_cnn_classifier`). Its pooled features serve FID/KID, its softmax
+  the Inception score, its ReLU maps LPIPS (:mod:`genjax.metrics`), and it is the network that
+  :mod:`genjax.interpret` looks inside. :func:`digits_cnn` is the shared, cached instance.
+* :func:`load_npz_params`: a bigger extractor's weights (VGG-16) from a local ``.npz`` file.
+
+Derivation: derivations/14-metrics.md, derivations/15-interpretation.md
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from jaxtyping import Array
 
-from genjax.data import Dataset
+from genjax import train
+from genjax.data import Dataset, load_dataset
+from genjax.nn.layers import Conv
+from genjax.train import Task, TrainConfig
 
 _FITTED: dict[str, object] = {}
 
@@ -40,3 +61,273 @@ def fit_digits_classifier(dataset: Dataset) -> Callable[[np.ndarray], np.ndarray
         return model.predict(images.reshape(len(images), -1)).astype(np.int32)
 
     return predict
+
+
+# ----------------------------------------------------------------------------- digits CNN
+
+
+class DigitsCNN(nn.Module):
+    r"""Convolutions with ReLU, a global average pool and one linear layer.
+
+    .. math:: A = \mathrm{ReLU}(\text{conv}_L \cdots \mathrm{ReLU}(\text{conv}_1 x)), \quad
+              \bar a_k = \frac{1}{hw}\sum_{i,j} A_{ijk}, \quad y_c = \sum_k W_{kc}\,\bar a_k + b_c
+
+    The pooled vector :math:`\bar a` is the feature vector of FID/KID, :math:`\mathrm{softmax}(y)`
+    feeds the Inception score, the ReLU maps feed LPIPS, and the GAP + linear head makes CAM exact
+    (``derivations/15-interpretation.md``). Convolutions are :class:`genjax.nn.layers.Conv`.
+
+    Attributes:
+      num_classes: output classes.
+      widths: channels of each 3x3 convolution.
+      strides: stride of each convolution (same length as ``widths``).
+
+    Every method takes ``relu``, the activation applied after each convolution, so that
+    :mod:`genjax.interpret` can swap in a ReLU with a modified backward rule.
+    """
+
+    num_classes: int = 10
+    widths: tuple[int, ...] = (32, 64, 128)
+    strides: tuple[int, ...] = (1, 2, 1)
+
+    def setup(self):
+        if len(self.widths) != len(self.strides):
+            raise ValueError(f"widths {self.widths} and strides {self.strides} must match")
+        self.convs = [Conv(w, 3, s, 1) for w, s in zip(self.widths, self.strides, strict=True)]
+        self.dense = nn.Dense(self.num_classes)
+
+    def layers(self, x: Array, relu: Callable = jax.nn.relu) -> list[Array]:
+        """Every ReLU map ``[N, H_l, W_l, widths[l]]`` for images ``x [N, H, W, C]``."""
+        maps = []
+        for conv in self.convs:
+            x = relu(conv(x))
+            maps.append(x)
+        return maps
+
+    def features(self, x: Array, relu: Callable = jax.nn.relu) -> Array:
+        """The last ReLU map :math:`A`, ``[N, h, w, K]``."""
+        return self.layers(x, relu)[-1]
+
+    def head(self, maps: Array) -> Array:
+        """Logits ``[N, num_classes]`` from the last map: global average pool, then linear."""
+        return self.dense(jnp.mean(maps, axis=(1, 2)))  # [N, K] -> [N, classes]
+
+    def __call__(self, x: Array, relu: Callable = jax.nn.relu) -> Array:
+        return self.head(self.features(x, relu))
+
+
+class CNNClassifier(NamedTuple):
+    """A trained :class:`DigitsCNN` and its parameters, with batched, jitted read-outs.
+
+    Every method takes images ``[N, H, W, C]`` in [0, 1] and works in chunks of ``CHUNK``.
+    """
+
+    module: DigitsCNN
+    params: Any
+    shape: tuple[int, ...]
+
+    def _run(self, method: str, x) -> Any:
+        x = np.asarray(x, np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.shape):
+            raise ValueError(
+                f"images must be [N, {', '.join(map(str, self.shape))}], got {x.shape}"
+            )
+        fn = _jitted(self.module, method)
+        outs = [fn(self.params, x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)]
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+    def logits(self, x) -> np.ndarray:
+        """``[N, num_classes]`` logits."""
+        return self._run("__call__", x)
+
+    def probs(self, x) -> np.ndarray:
+        """``[N, num_classes]`` softmax probabilities (the Inception score's input)."""
+        return np.asarray(jax.nn.softmax(self.logits(x), axis=-1))
+
+    def predict(self, x) -> np.ndarray:
+        """``[N]`` int32 predicted labels."""
+        return np.argmax(self.logits(x), axis=-1).astype(np.int32)
+
+    def features(self, x) -> np.ndarray:
+        """``[N, widths[-1]]`` globally pooled penultimate features (FID, KID, precision/recall)."""
+        return self._run("pooled", x)
+
+    def layers(self, x) -> list[np.ndarray]:
+        """The ReLU maps of every layer (LPIPS's ``layers_fn``)."""
+        return self._run("layers", x)
+
+    @property
+    def apply_fn(self) -> Callable:
+        """``apply_fn(params, x, relu=jax.nn.relu) -> logits``, pure, for
+        :mod:`genjax.interpret` (one function object per module, so jit caches it)."""
+        return _pure_fns(self.module)[0]
+
+    @property
+    def features_fn(self) -> Callable:
+        """``features_fn(params, x, relu=...) -> A [N, h, w, K]``, the last ReLU map."""
+        return _pure_fns(self.module)[1]
+
+    @property
+    def head_fn(self) -> Callable:
+        """``head_fn(params, A) -> logits``: global average pool and the linear layer."""
+        return _pure_fns(self.module)[2]
+
+    def split_model(self):
+        """This network as a :class:`genjax.interpret.SplitModel` (for CAM and Grad-CAM)."""
+        from genjax.interpret import SplitModel
+
+        return SplitModel(self.features_fn, self.head_fn)
+
+    def cam_weights(self) -> np.ndarray:
+        """``[K, num_classes]`` kernel :math:`W` of the linear head (CAM's class weights)."""
+        return np.asarray(self.params["dense"]["kernel"])
+
+
+CHUNK = 512  #: images per jitted call in :class:`CNNClassifier`
+
+
+@functools.cache
+def _pure_fns(module: DigitsCNN) -> tuple[Callable, Callable, Callable]:
+    def apply_fn(params, x, relu: Callable = jax.nn.relu):
+        return module.apply({"params": params}, x, relu)
+
+    def features_fn(params, x, relu: Callable = jax.nn.relu):
+        return module.apply({"params": params}, x, relu, method=DigitsCNN.features)
+
+    def head_fn(params, maps):
+        return module.apply({"params": params}, maps, method=DigitsCNN.head)
+
+    return apply_fn, features_fn, head_fn
+
+
+_JITTED: dict[tuple, Callable] = {}
+
+
+def _jitted(module: DigitsCNN, method: str) -> Callable:
+    key = (module, method)
+    if key not in _JITTED:
+
+        def run(params, x):
+            variables = {"params": params}
+            if method == "pooled":
+                return jnp.mean(module.apply(variables, x, method=DigitsCNN.features), axis=(1, 2))
+            if method == "__call__":
+                return module.apply(variables, x)
+            return module.apply(variables, x, method=getattr(DigitsCNN, method))
+
+        _JITTED[key] = jax.jit(run)
+    return _JITTED[key]
+
+
+def classifier_task(module: DigitsCNN) -> Task:
+    r"""The loop's :class:`genjax.train.Task` for ``module``: softmax cross-entropy
+    :math:`-\log \mathrm{softmax}(y)_{\text{label}}`, with the batch accuracy as a metric."""
+
+    def init(key, batch):
+        return module.init(key, batch["x"])["params"]
+
+    def loss(params, key, batch):
+        logits = module.apply({"params": params}, batch["x"])  # [B, classes]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])  # [B]
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+        return jnp.mean(ce), {"accuracy": accuracy}
+
+    return Task(init=init, loss=loss, model=module)
+
+
+def cnn_train_config(steps: int = 1500, seed: int = 0) -> TrainConfig:
+    """The digits CNN's budget: Adam 3e-3, batch 64, cosine decay, EMA 0.99."""
+    log_every = math.gcd(steps, 100)
+    return TrainConfig(
+        steps=steps, batch_size=64, lr=3e-3, ema_decay=0.99, log_every=log_every, seed=seed
+    )
+
+
+def train_cnn_classifier(
+    dataset: Dataset,
+    *,
+    steps: int = 1500,
+    widths: tuple[int, ...] = (32, 64, 128),
+    strides: tuple[int, ...] = (1, 2, 1),
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+) -> CNNClassifier:
+    """Train a :class:`DigitsCNN` on ``dataset``'s training split with the one loop.
+
+    Args:
+      dataset: ``digits`` (default everywhere) or any labelled image set (e.g. ``mnist``).
+      steps: optimiser updates (1500 take well under a minute on one CPU core for digits).
+      widths, strides: the architecture (see :class:`DigitsCNN`).
+      seed: the run's seed.
+      run_dir: when given, the loop writes ``config.json``, ``metrics.jsonl`` and an orbax
+        checkpoint there, and :func:`load_cnn_classifier` reads it back.
+
+    Returns:
+      The :class:`CNNClassifier` with the EMA parameters.
+    """
+    module = DigitsCNN(dataset.num_classes, tuple(widths), tuple(strides))
+    config = cnn_train_config(steps, seed)
+    info = {
+        "classifier": "DigitsCNN",
+        "data": dataset.name,
+        "num_classes": dataset.num_classes,
+        "widths": list(widths),
+        "strides": list(strides),
+        "shape": list(dataset.shape),
+    }
+    state = train.fit(
+        classifier_task(module),
+        dataset.train,
+        config,
+        run_dir=run_dir,
+        run_info=info,
+        progress=False,
+    )
+    return CNNClassifier(module, state.ema_params, dataset.shape)
+
+
+def load_cnn_classifier(run_dir: str | Path) -> CNNClassifier:
+    """Load a classifier that :func:`train_cnn_classifier` saved in ``run_dir``.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no checkpoint in ``run_dir``.
+      ValueError: ``run_dir`` holds another kind of run.
+    """
+    from genjax.checkpoints import CheckpointManager
+
+    config, info = train.read_config(run_dir)
+    if info.get("classifier") != "DigitsCNN":
+        raise ValueError(f"{run_dir} is not a DigitsCNN classifier run (config.json: {info})")
+    module = DigitsCNN(info["num_classes"], tuple(info["widths"]), tuple(info["strides"]))
+    shape = tuple(info["shape"])
+    dummy = {
+        "x": np.zeros((config.batch_size, *shape), np.float32),
+        "y": np.zeros(config.batch_size, np.int32),
+    }
+    like, _ = train.init_state(classifier_task(module), config, dummy)
+    manager = CheckpointManager(Path(run_dir) / "checkpoints")
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
+    state = manager.restore_latest(like)
+    return CNNClassifier(module, state.ema_params, shape)
+
+
+_CNNS: dict[tuple, CNNClassifier] = {}
+
+
+def digits_cnn(dataset: Dataset | None = None, run_dir: str | Path | None = None) -> CNNClassifier:
+    """The shared feature extractor of the metrics: a :class:`DigitsCNN` for ``dataset``
+    (``digits`` by default), loaded from ``run_dir`` when that holds one, else trained (and saved
+    there when ``run_dir`` is given); cached per process.
+
+    Its test accuracy is checked in ``tests/test_classifier.py::test_digits_cnn_accuracy``.
+    """
+    dataset = dataset or load_dataset("digits")
+    key = (dataset.name, str(run_dir))
+    if key not in _CNNS:
+        has_run = run_dir is not None and (Path(run_dir) / "config.json").is_file()
+        _CNNS[key] = (
+            load_cnn_classifier(run_dir)
+            if has_run
+            else train_cnn_classifier(dataset, run_dir=run_dir)
+        )
+    return _CNNS[key]

@@ -1,0 +1,190 @@
+"""Interpretation methods against the hand derivations of derivations/15-interpretation.md:
+saliency of a linear model, the ReLU rules of guided backprop and deconvnet on a hand example
+and on a two-layer network, Grad-CAM = ReLU(CAM) / hw for a GAP + linear head, guided Grad-CAM
+as a product, and activation maximisation's closed-form optimum."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genjax.classifier import CNNClassifier, DigitsCNN
+from genjax.interpret import (
+    SplitModel,
+    activation_maximisation,
+    cam,
+    deconv_relu,
+    deconvnet,
+    grad_cam,
+    guided_backprop,
+    guided_grad_cam,
+    guided_relu,
+    saliency,
+    saliency_map,
+    upsample,
+)
+
+RTOL = 1e-5
+ATOL = 1e-5
+
+
+def _linear_apply(p, x, relu=jax.nn.relu):
+    return x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None, :]  # [N, classes]
+
+
+def _linear(seed: int, shape=(4, 4, 2), classes: int = 3):
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(rng.normal(size=(int(np.prod(shape)), classes)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(classes,)), jnp.float32)
+    return _linear_apply, {"w": w, "b": b}
+
+
+def _two_layer_apply(p, x, relu=jax.nn.relu):
+    return relu(x.reshape(x.shape[0], -1) @ p["w1"]) @ p["w2"]  # [N, classes]
+
+
+def _two_layer(seed: int, shape=(3, 3, 1), hidden: int = 16, classes: int = 4):
+    rng = np.random.default_rng(seed)
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(int(np.prod(shape)), hidden)), jnp.float32),
+        "w2": jnp.asarray(rng.normal(size=(hidden, classes)), jnp.float32),
+    }
+    return _two_layer_apply, params
+
+
+def _cnn(key, shape=(8, 8, 1)):
+    module = DigitsCNN(num_classes=10, widths=(4, 6), strides=(1, 2))
+    params = module.init(key, jnp.zeros((1, *shape)))["params"]
+    return CNNClassifier(module, params, shape)
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 2**16), st.integers(0, 2))
+def test_saliency_equals_the_linear_models_weights(seed, target):
+    """closed form: d(w_c . x + b_c)/dx = w_c, whatever x."""
+    apply_fn, params = _linear(seed)
+    x = jax.random.normal(jax.random.key(seed), (5, 4, 4, 2))
+    grad = saliency(apply_fn, params, x, target)
+    expected = jnp.broadcast_to(params["w"][:, target].reshape(4, 4, 2), x.shape)
+    np.testing.assert_allclose(grad, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(saliency_map(grad), jnp.max(jnp.abs(expected), -1), rtol=RTOL)
+
+
+def test_saliency_per_example_targets_and_jit():
+    """identity: each example's gradient is for its own target; jit gives the same numbers."""
+    apply_fn, params = _linear(1)
+    x = jnp.ones((3, 4, 4, 2))
+    target = jnp.array([2, 0, 1])
+    grad = saliency(apply_fn, params, x, target)
+    for n in range(3):
+        np.testing.assert_allclose(grad[n].ravel(), params["w"][:, int(target[n])], rtol=RTOL)
+    jitted = jax.jit(lambda p, v, t: saliency(apply_fn, p, v, t))(params, x, target)
+    np.testing.assert_allclose(jitted, grad, rtol=RTOL, atol=ATOL)
+
+
+def test_guided_relu_rule_on_a_hand_example():
+    """closed form: upstream R = (5, -4, 6, 7) at inputs (-1, 2, 3, 0): plain ReLU passes
+    (0, -4, 6, 0), guided (0, 0, 6, 0), deconvnet (5, 0, 6, 7)."""
+    x = jnp.array([-1.0, 2.0, 3.0, 0.0])
+    upstream = jnp.array([5.0, -4.0, 6.0, 7.0])
+    for relu, expected in (
+        (jax.nn.relu, [0.0, -4.0, 6.0, 0.0]),
+        (guided_relu, [0.0, 0.0, 6.0, 0.0]),
+        (deconv_relu, [5.0, 0.0, 6.0, 7.0]),
+    ):
+        _, vjp = jax.vjp(relu, x)
+        np.testing.assert_array_equal(vjp(upstream)[0], expected)
+        np.testing.assert_array_equal(relu(x), [0.0, 2.0, 3.0, 0.0])
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 2**16), st.integers(0, 3))
+def test_guided_backprop_differs_from_the_gradient_only_where_the_rule_says(seed, target):
+    """closed form: for y = W2^T relu(W1^T x), the plain gradient is W1 (1[h > 0] * W2[:, c]),
+    guided backprop W1 (1[h > 0] * max(W2[:, c], 0)), deconvnet W1 max(W2[:, c], 0)."""
+    apply_fn, params = _two_layer(seed)
+    x = jax.random.normal(jax.random.key(seed), (2, 3, 3, 1))
+    h = x.reshape(2, -1) @ params["w1"]  # [2, hidden] pre-activations
+    v = params["w2"][:, target]  # [hidden]
+    active = (h > 0).astype(jnp.float32)
+    cases = (
+        (saliency, (active * v[None, :]) @ params["w1"].T),
+        (guided_backprop, (active * jax.nn.relu(v)[None, :]) @ params["w1"].T),
+        (deconvnet, jnp.broadcast_to(jax.nn.relu(v) @ params["w1"].T, (2, 9))),
+    )
+    for method, expected in cases:
+        got = method(apply_fn, params, x, target).reshape(2, -1)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_grad_cam_equals_cam_for_a_gap_linear_head(key):
+    """identity: with a GAP + linear head dy_c/dA_ijk = W_kc / (hw), so Grad-CAM =
+    ReLU(CAM) / (hw); CAM = sum_k W_kc A_k and its spatial mean plus b_c is the logit."""
+    net = _cnn(key)
+    model = net.split_model()
+    x = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1))
+    target = jnp.arange(5)
+    maps = net.features_fn(net.params, x)  # [5, 4, 4, 6]
+    weights = net.cam_weights()  # [6, 10]
+    expected_cam = jnp.einsum("nhwk,kn->nhw", maps, weights[:, :5])
+    got_cam = cam(model, net.params, x, target)
+    np.testing.assert_allclose(got_cam, expected_cam, rtol=RTOL, atol=ATOL)
+    logits = net.apply_fn(net.params, x)
+    bias = net.params["dense"]["bias"][:5]
+    np.testing.assert_allclose(
+        jnp.mean(got_cam, (1, 2)) + bias, logits[jnp.arange(5), target], rtol=RTOL, atol=ATOL
+    )
+    h, w = maps.shape[1:3]
+    np.testing.assert_allclose(
+        grad_cam(model, net.params, x, target), jax.nn.relu(got_cam) / (h * w), rtol=RTOL, atol=1e-6
+    )
+
+
+def test_guided_grad_cam_is_guided_backprop_times_the_upsampled_map(key):
+    """identity: the product of the two pieces, the map resized bilinearly to the input."""
+    net = _cnn(key)
+    model = net.split_model()
+    x = jax.random.uniform(jax.random.key(2), (3, 8, 8, 1))
+    region = upsample(grad_cam(model, net.params, x, 7), (8, 8))
+    expected = guided_backprop(model, net.params, x, 7) * region[..., None]
+    np.testing.assert_allclose(guided_grad_cam(model, net.params, x, 7), expected, rtol=RTOL)
+    assert region.shape == (3, 8, 8)
+
+
+def test_activation_maximisation_reaches_the_linear_optimum():
+    """closed form: argmax_x w_c . x - lambda |x|^2 = w_c / (2 lambda)."""
+    apply_fn, params = _linear(3)
+    x0 = jnp.zeros((2, 4, 4, 2))
+    out = activation_maximisation(apply_fn, params, x0, 1, steps=300, lr=0.5, l2=0.5)
+    expected = jnp.broadcast_to(params["w"][:, 1].reshape(4, 4, 2) / (2 * 0.5), x0.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_activation_maximisation_raises_the_target_logit(key):
+    """identity: ascent on the CNN raises the target logit and stays in the clip range."""
+    net = _cnn(key)
+    x0 = jnp.full((2, 8, 8, 1), 0.5)
+    out = activation_maximisation(net.apply_fn, net.params, x0, 3, steps=30, clip=(0.0, 1.0))
+    before, after = net.apply_fn(net.params, x0)[:, 3], net.apply_fn(net.params, out)[:, 3]
+    assert np.all(np.asarray(after) > np.asarray(before))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_interpret_rejects_bad_input(key):
+    apply_fn, params = _linear(0)
+    x = jnp.zeros((2, 4, 4, 2))
+    with pytest.raises(ValueError, match=r"x must be images \[N, H, W, C\]"):
+        saliency(apply_fn, params, jnp.zeros((4, 4, 2)), 0)
+    with pytest.raises(TypeError, match="target must be an int"):
+        saliency(apply_fn, params, x, 1.5)
+    with pytest.raises(ValueError, match=r"target must be in \[0, 3\)"):
+        saliency(apply_fn, params, x, 3)
+    with pytest.raises(ValueError, match=r"target must be an int or have shape \[2\]"):
+        saliency(apply_fn, params, x, jnp.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="SplitModel"):
+        grad_cam(apply_fn, params, x, 0)
+    with pytest.raises(ValueError, match="steps must be"):
+        activation_maximisation(apply_fn, params, x, 0, steps=-1)
+    assert isinstance(_cnn(key).split_model(), SplitModel)
