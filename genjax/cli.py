@@ -2,7 +2,8 @@
 
 ``genjax train NAME`` trains a registered recipe and writes a run folder; ``genjax sample RUN``
 draws from its latest checkpoint; ``genjax tour`` trains every recipe on ``digits`` and writes
-``runs/tour/report.md``; ``genjax bench`` runs the benchmark suites.
+``runs/tour/report.md``; ``genjax bench`` runs the benchmark suites; ``genjax interpret`` draws
+saliency, guided backprop and Grad-CAM overlays of the digits CNN as a PNG.
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true")
 
     sub.add_parser("list", help="list the registered recipes")
+
+    i = sub.add_parser("interpret", help="saliency, guided backprop and Grad-CAM overlays as PNG")
+    i.add_argument(
+        "--classifier",
+        default="runs/digits_cnn",
+        help="DigitsCNN run folder; trained there first when it holds none",
+    )
+    i.add_argument("--data", default="digits", help="data set of the classifier")
+    i.add_argument("--data-dir", default=None, help="IDX folder or tfds data directory")
+    i.add_argument("--steps", type=int, default=1500, help="training steps when training")
+    i.add_argument(
+        "--methods",
+        nargs="+",
+        default=["saliency", "guided_backprop", "grad_cam", "guided_grad_cam"],
+        help="any of saliency guided_backprop deconvnet cam grad_cam guided_grad_cam",
+    )
+    i.add_argument("--out", default="runs/interpret", help="folder for interpret.png")
     return p
 
 
@@ -227,6 +245,31 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_interpret(args) -> int:
+    from genjax import classifier, interpret
+
+    dataset = load_dataset(args.data, args.data_dir)
+    unknown = sorted(set(args.methods) - set(interpret.METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(interpret.METHODS)}")
+    run = Path(args.classifier)
+    if (run / "config.json").is_file():
+        net = classifier.load_cnn_classifier(run)
+    else:
+        net = classifier.train_cnn_classifier(dataset, steps=args.steps, run_dir=run)
+    x, y = dataset.test["x"], dataset.test["y"]
+    first = [int(np.flatnonzero(y == c)[0]) for c in range(dataset.num_classes) if np.any(y == c)]
+    images, labels = x[first], y[first]  # one test image per class
+    predicted = net.predict(images)
+    maps = {
+        m: interpret.heatmap(m, net.split_model(), net.params, images, labels) for m in args.methods
+    }
+    titles = [f"{t} (pred {p})" for t, p in zip(labels, predicted, strict=True)]
+    path = interpret.save_overlays(images, maps, Path(args.out) / "interpret.png", titles)
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -235,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "tour": cmd_tour,
         "bench": cmd_bench,
         "list": cmd_list,
+        "interpret": cmd_interpret,
     }[args.command]
     try:
         return handler(args)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -435,3 +436,58 @@ def _ascent_core(apply_fn, settings, params, x, target):
         return jnp.clip(v + lr * jax.grad(objective)(v), low, high)
 
     return jax.lax.fori_loop(0, steps, step, x)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+METHODS = {
+    "saliency": saliency,
+    "guided_backprop": guided_backprop,
+    "deconvnet": deconvnet,
+    "cam": cam,
+    "grad_cam": grad_cam,
+    "guided_grad_cam": guided_grad_cam,
+}  #: the methods ``genjax interpret`` draws, by name
+
+
+def heatmap(method: str, model: SplitModel, params, x, target) -> np.ndarray:
+    """``[N, H, W]`` non-negative map of ``METHODS[method]`` at the input's resolution,
+    scaled to [0, 1] per image: class maps are upsampled, gradients shown as ``max_c |S|``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    x = jnp.asarray(x)
+    out = METHODS[method](model, params, x, target)
+    out = upsample(out, x.shape[1:3]) if out.ndim == 3 else saliency_map(out)  # [N, H, W]
+    out = np.asarray(jnp.abs(out))
+    peak = out.reshape(len(out), -1).max(axis=1)[:, None, None]
+    return out / np.where(peak > 0, peak, 1.0)
+
+
+def save_overlays(
+    images, maps: dict[str, np.ndarray], path, titles: list[str] | None = None
+) -> Path:
+    """One PNG: a row per entry of ``maps`` (``[N, H, W]`` in [0, 1]) drawn as a heat map over
+    the grey ``images [N, H, W, C]``, a column per image, ``titles`` above the columns."""
+    import matplotlib.pyplot as plt
+
+    from genjax import viz
+
+    images = np.asarray(images, np.float32)
+    grey = images.mean(axis=-1)  # [N, H, W]
+    rows = ["input", *maps]
+    fig, axes = plt.subplots(
+        len(rows), len(images), figsize=(0.8 * len(images), 0.85 * len(rows)), squeeze=False
+    )
+    for r, name in enumerate(rows):
+        for c in range(len(images)):
+            ax = axes[r, c]
+            ax.imshow(grey[c], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if name != "input":
+                ax.imshow(maps[name][c], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name.replace("_", " "), fontsize=7)
+            if r == 0 and titles:
+                ax.set_title(titles[c], fontsize=7)
+    return viz._save(fig, path)

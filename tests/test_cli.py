@@ -65,6 +65,8 @@ def test_tour_quick_writes_the_report(tmp_path):
         (("train", "autoencoder", "--data", "nope"), "unknown data set"),
         (("sample", "missing_run"), "missing_run"),
         (("tour", "--only", "nope"), "unknown recipes"),
+        (("interpret", "--data", "nope"), "unknown data set"),
+        (("interpret", "--methods", "nope"), "unknown methods ['nope']"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
@@ -84,3 +86,18 @@ def test_list_names_the_autoencoders(capsys):
     out = capsys.readouterr().out
     for name in ("autoencoder", "denoising_autoencoder", "sparse_autoencoder"):
         assert name in out
+
+
+def test_interpret_writes_the_overlay_png(tmp_path, capsys):
+    from genjax.classifier import train_cnn_classifier
+    from genjax.data import load_dataset
+
+    run = tmp_path / "cnn"  # a small classifier, so that the command only loads it
+    train_cnn_classifier(
+        load_dataset("digits"), steps=20, widths=(4, 8), strides=(1, 2), run_dir=run
+    )
+    args = ["interpret", "--classifier", str(run), "--out", str(tmp_path / "out")]
+    assert main([*args, "--methods", "grad_cam", "guided_backprop"]) == 0
+    png = tmp_path / "out" / "interpret.png"
+    assert capsys.readouterr().out.strip() == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
