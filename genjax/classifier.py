@@ -10,7 +10,8 @@
   loaded by path (:func:`load_cnn_classifier`). Its pooled features serve FID/KID, its softmax
   the Inception score, its ReLU maps LPIPS (:mod:`genjax.metrics`), and it is the network that
   :mod:`genjax.interpret` looks inside. :func:`digits_cnn` is the shared, cached instance.
-* :func:`load_npz_params`: a bigger extractor's weights (VGG-16) from a local ``.npz`` file.
+* :func:`load_vgg_extractor`: a bigger extractor (VGG-16) whose weights the user has as a local
+  ``.npz`` file (:func:`load_npz_params`); nothing is downloaded.
 
 Derivation: derivations/14-metrics.md, derivations/15-interpretation.md
 """
@@ -331,3 +332,158 @@ def digits_cnn(dataset: Dataset | None = None, run_dir: str | Path | None = None
             else train_cnn_classifier(dataset, run_dir=run_dir)
         )
     return _CNNS[key]
+
+
+# ----------------------------------------------------------------------------- local weights
+
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+#: ImageNet channel means in BGR order, subtracted by Keras' VGG preprocessing ("caffe" mode)
+VGG_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def save_npz_params(path: str | Path, params) -> Path:
+    """Write a nested parameter dict as one ``.npz`` with ``"a/b/c"`` keys (no pickle)."""
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(v)
+        for keys, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    path = Path(path)
+    np.savez(path, **flat)
+    return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+
+
+def load_npz_params(path: str | Path) -> dict:
+    """Read an ``.npz`` of ``"a/b/c"``-keyed arrays into a nested dict (``allow_pickle=False``).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not an ``.npz`` archive.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} not found")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable .npz archive: {err}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, expected an .npz archive of arrays")
+    tree: dict = {}
+    with archive:
+        for key in archive.files:
+            *parents, leaf = key.split("/")
+            node = tree
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = np.asarray(archive[key])
+    return tree
+
+
+class VGGFeatures(nn.Module):
+    r"""A VGG convolution stack (3x3 convolutions and ReLU, 2x2 max-pool after each block)
+    whose parameters are named as Keras' ``VGG16``: ``block{b}_conv{c}/{kernel,bias}`` with
+    ``kernel [3, 3, C_in, C_out]``. Returns the ReLU map of every block's last convolution.
+
+    Attributes:
+      blocks: output channels of each convolution, block by block (``VGG16_BLOCKS``).
+    """
+
+    blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS
+
+    @nn.compact
+    def __call__(self, x: Array) -> list[Array]:
+        maps = []
+        for b, widths in enumerate(self.blocks, start=1):
+            for c, width in enumerate(widths, start=1):
+                x = jax.nn.relu(Conv(width, 3, 1, 1, name=f"block{b}_conv{c}")(x))
+            maps.append(x)
+            n, h, w, ch = x.shape
+            x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, ch).max((2, 4))
+        return maps
+
+
+class LocalFeatureExtractor(NamedTuple):
+    """A pretrained network read from a local weights file, with the read-outs of
+    :class:`CNNClassifier` that the metrics use: ``features`` (FID/KID) and ``layers`` (LPIPS).
+
+    Images ``[N, H, W, 1 or 3]`` in [0, 1] are tiled to three channels, resized (bilinear) so
+    that each side is at least ``min_size``, scaled to [0, 255], flipped to BGR and centred by
+    ``VGG_BGR_MEAN`` (Keras' VGG preprocessing).
+    """
+
+    module: VGGFeatures
+    params: Any
+    min_size: int
+
+    def _prepare(self, x) -> Array:
+        x = jnp.asarray(x, jnp.float32)
+        if x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise ValueError(f"images must be [N, H, W, 1 or 3], got {x.shape}")
+        if x.shape[-1] == 1:
+            x = jnp.tile(x, (1, 1, 1, 3))  # [N, H, W, 3]
+        h, w = x.shape[1:3]
+        scale = max(1.0, self.min_size / min(h, w))
+        if scale > 1.0:
+            x = jax.image.resize(x, (x.shape[0], round(h * scale), round(w * scale), 3), "bilinear")
+        bgr = 255.0 * x[..., ::-1]  # [N, H', W', 3]
+        return bgr - jnp.asarray(VGG_BGR_MEAN, jnp.float32).reshape(1, 1, 1, 3)
+
+    def layers(self, x) -> list[np.ndarray]:
+        """The ReLU map at the end of every block."""
+        maps = _jitted_vgg(self.module)(self.params, self._prepare(x))
+        return [np.asarray(m) for m in maps]
+
+    def features(self, x) -> np.ndarray:
+        """``[N, C]`` global average of the last block's map."""
+        return self.layers(x)[-1].mean(axis=(1, 2))
+
+
+@functools.cache
+def _jitted_vgg(module: VGGFeatures) -> Callable:
+    return jax.jit(lambda params, x: module.apply({"params": params}, x))
+
+
+def load_vgg_extractor(
+    path: str | Path, blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS
+) -> LocalFeatureExtractor:
+    """Load VGG weights from a local ``.npz`` (keys ``block{b}_conv{c}/kernel`` and ``/bias``,
+    as Keras names them; convert a Keras ``.h5`` with ``h5py`` into this layout).
+
+    Args:
+      path: the ``.npz`` file (nothing is downloaded).
+      blocks: the architecture the file holds (``VGG16_BLOCKS`` for VGG-16).
+
+    Returns:
+      A :class:`LocalFeatureExtractor`.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a missing, unexpected or wrongly shaped array; the message names it.
+    """
+    module = VGGFeatures(tuple(tuple(b) for b in blocks))
+    expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    loaded = load_npz_params(path)
+    want = {
+        f"{layer}/{name}": s.shape
+        for layer, leaves in expected.items()
+        for name, s in leaves.items()
+    }
+    have = {
+        f"{layer}/{name}": np.shape(v)
+        for layer, leaves in loaded.items()
+        if isinstance(leaves, dict)
+        for name, v in leaves.items()
+    }
+    missing = sorted(set(want) - set(have))
+    if missing:
+        raise ValueError(
+            f"{path} lacks {missing[0]} (shape {want[missing[0]]}) and {len(missing) - 1} more"
+        )
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise ValueError(f"{path} holds {extra[0]}, which blocks={blocks} does not have")
+    for key, shape in want.items():
+        if have[key] != shape:
+            raise ValueError(f"{path}: {key} must have shape {shape}, got {have[key]}")
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), loaded)
+    return LocalFeatureExtractor(module, params, 2 ** len(blocks))

@@ -452,13 +452,15 @@ METHODS = {
 
 def heatmap(method: str, model: SplitModel, params, x, target) -> np.ndarray:
     """``[N, H, W]`` non-negative map of ``METHODS[method]`` at the input's resolution,
-    scaled to [0, 1] per image: class maps are upsampled, gradients shown as ``max_c |S|``."""
+    scaled to [0, 1] per image: class maps upsampled and rectified, gradients as ``max_c |S|``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     x = jnp.asarray(x)
     out = METHODS[method](model, params, x, target)
-    out = upsample(out, x.shape[1:3]) if out.ndim == 3 else saliency_map(out)  # [N, H, W]
-    out = np.asarray(jnp.abs(out))
+    # class maps: the positive evidence (CAM can be negative; Grad-CAM already is ReLU'd);
+    # gradients: max_c |S|.
+    out = jax.nn.relu(upsample(out, x.shape[1:3])) if out.ndim == 3 else saliency_map(out)
+    out = np.asarray(out)  # [N, H, W]
     peak = out.reshape(len(out), -1).max(axis=1)[:, None, None]
     return out / np.where(peak > 0, peak, 1.0)
 
