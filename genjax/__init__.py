@@ -28,6 +28,7 @@ _SUBMODULES = (
     "parallel",
     "probes",
     "recipes",
+    "style",
     "train",
     "vae",
     "viz",

@@ -3,7 +3,8 @@
 ``genjax train NAME`` trains a registered recipe and writes a run folder; ``genjax sample RUN``
 draws from its latest checkpoint; ``genjax tour`` trains every recipe on ``digits`` and writes
 ``runs/tour/report.md``; ``genjax bench`` runs the benchmark suites; ``genjax interpret`` draws
-saliency, guided backprop and Grad-CAM overlays of the digits CNN as a PNG.
+saliency, guided backprop and Grad-CAM overlays of the digits CNN as a PNG; ``genjax stylize
+CONTENT STYLE`` writes a Gatys style transfer and its loss curve.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true")
 
     sub.add_parser("list", help="list the registered recipes")
+
+    sty = sub.add_parser("stylize", help="Gatys style transfer of CONTENT in the style of STYLE")
+    sty.add_argument("content", help="image file, or a pattern: shapes, stripes, checks, waves")
+    sty.add_argument("style", help="image file, or a pattern name")
+    sty.add_argument("--out", default="runs/stylize", help="folder for the result and curve")
+    sty.add_argument("--size", type=int, default=48, help="side in pixels, a multiple of 8")
+    sty.add_argument("--steps", type=int, default=300)
+    sty.add_argument("--lr", type=float, default=0.05)
+    sty.add_argument("--style-weight", type=float, default=1000.0)
+    sty.add_argument("--tv-weight", type=float, default=0.0)
+    sty.add_argument("--seed", type=int, default=0, help="seed of the random features")
 
     i = sub.add_parser("interpret", help="saliency, guided backprop and Grad-CAM overlays as PNG")
     i.add_argument(
@@ -270,6 +282,38 @@ def cmd_interpret(args) -> int:
     return 0
 
 
+def cmd_stylize(args) -> int:
+    import functools
+
+    from genjax import style
+
+    content = style.load_image(args.content, args.size)
+    target = style.load_image(args.style, args.size)
+    kernels = style.random_feature_kernels(jax.random.key(args.seed))
+    result = style.stylize(
+        content,
+        target,
+        functools.partial(style.random_features, kernels),
+        steps=args.steps,
+        lr=args.lr,
+        style_weight=args.style_weight,
+        tv_weight=args.tv_weight,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = np.concatenate([content, target, np.asarray(result.image)])
+    viz.image_grid(images, out / "stylized.png", ncols=3, title="content / style / result")
+    viz.image_grid(np.asarray(result.image), out / "result.png")
+    style.plot_history(result.history, out / "loss_curve.png")
+    h = result.history
+    print(
+        f"style loss {h['style'][0]:.4g} -> {h['style'][-1]:.4g} "
+        f"({h['style'][0] / h['style'][-1]:.1f}x), content loss {h['content'][-1]:.4g}; "
+        f"wrote {out / 'stylized.png'}, {out / 'result.png'}, {out / 'loss_curve.png'}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -279,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": cmd_bench,
         "list": cmd_list,
         "interpret": cmd_interpret,
+        "stylize": cmd_stylize,
     }[args.command]
     try:
         return handler(args)
