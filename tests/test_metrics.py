@@ -17,6 +17,7 @@ from genjax.metrics import (
     feature_statistics,
     fid,
     frechet_distance,
+    image_quality,
     inception_score,
     kid,
     lpips,
@@ -341,3 +342,20 @@ def test_sample_quality_reports_every_metric(key):
     report = sample_quality(key, f, f, num_subsets=5, subset_size=50)
     assert set(report) == {"fid", "kid", "kid_std", "precision", "recall"}
     assert report["fid"] < 1e-8 and report["precision"] == report["recall"] == 1.0
+
+
+def test_image_quality_goes_through_the_extractor(key):
+    """reference implementation: image_quality = sample_quality of the extractor's features
+    plus the Inception score of its probabilities."""
+
+    class Extractor:
+        features = staticmethod(lambda im: im.reshape(len(im), -1)[:, :4] + im.mean())
+        probs = staticmethod(lambda im: np.full((len(im), 5), 0.2))
+
+    rng = np.random.default_rng(15)
+    real, fake = rng.uniform(size=(60, 4, 4, 1)), rng.uniform(size=(50, 4, 4, 1)) ** 2
+    got = image_quality(key, Extractor, real, fake, num_subsets=4, subset_size=30)
+    expected = sample_quality(
+        key, Extractor.features(real), Extractor.features(fake), num_subsets=4, subset_size=30
+    )
+    assert got == {**expected, "inception_score": pytest.approx(1.0, rel=F32_RTOL)}
