@@ -30,6 +30,7 @@ _SUBMODULES = (
     "recipes",
     "style",
     "train",
+    "tricks",
     "vae",
     "viz",
     "word2vec",
