@@ -502,3 +502,31 @@ def test_wgan_gp_covers_every_mode(data):
     cover = G.mode_coverage(samples, R.mixture_means(data), R.MIXTURE_STD)
     assert cover.modes == len(R.mixture_means(data))
     assert cover.high_quality >= 0.8
+
+
+def test_study_table_has_a_row_per_game_and_columns_per_data_set():
+    def row(data, variant, modes, num, hq):
+        return {
+            "data": data,
+            "variant": variant,
+            "modes": modes,
+            "num_modes": num,
+            "high_quality": hq,
+            "seconds": 1.0,
+            "steps": 10,
+            "seed": 0,
+        }
+
+    rows = [
+        row("eight_gaussians", "data", 8, 8, 0.99),
+        row("eight_gaussians", "sngan", 7, 8, 0.8123),
+        row("gaussian_grid", "data", 25, 25, 0.989),
+        row("gaussian_grid", "sngan", 21, 25, 0.5),
+        row("gaussian_grid", "minimax", 1, 25, 0.9),
+    ]
+    lines = R.study_table(rows).splitlines()
+    assert lines[0].count("modes") == 2 and "ring of 8" in lines[0] and "grid of 25" in lines[0]
+    body = {line.split("|")[1].strip(): line for line in lines[2:] if line.startswith("|")}
+    assert body["SN-GAN (hinge)"].split("|")[2:6] == [" 7/8 ", " 81.2 % ", " 21/25 ", " 50.0 % "]
+    assert body["minimax GAN"].split("|")[2:4] == ["  ", "  "]  # not run on the ring
+    assert next(iter(body)) == "test samples (ceiling)"
