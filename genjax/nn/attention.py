@@ -127,9 +127,9 @@ def attention_scores(
     bias = _as_rank4("bias", bias, (batch, heads, q_len, key.shape[1]))
     tau = _scale(scale, head_dim)
     # scaling q (L·d products) is cheaper than scaling the scores (L² products)
-    query = query * jnp.asarray(tau, query.dtype)
+    query = _heads_first(query * jnp.asarray(tau, query.dtype))  # [B, H, Lq, D]
     scores = jnp.einsum(
-        "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+        "bhqd,bhkd->bhqk", query, _heads_first(key), preferred_element_type=jnp.float32
     )  # [B, H, Lq, Lk]
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)  # [B, H, Lq, Lk]
@@ -242,7 +242,10 @@ def scaled_dot_product_attention(
     Note:
       Same layout and result as ``jax.nn.dot_product_attention`` and flax's
       ``dot_product_attention`` except for fully masked rows (0 here, the mean of the values
-      there). The dropout key is a keyword, not the first argument, because the first three
+      there). The two products run on ``[batch, heads, length, dim]`` copies of the operands
+      (row-major matrix products batched over leading axes), which XLA on CPU runs faster than
+      the same einsums on the ``[batch, length, heads, dim]`` operands (derivations/03-attention.md,
+      section 6). The dropout key is a keyword, not the first argument, because the first three
       arguments are the attention's own (query, key, value), as in jax and flax.
 
     References:
@@ -259,7 +262,10 @@ def scaled_dot_product_attention(
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)  # [B, H, Lq, Lk]
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)  # [B, Lq, H, Dv]
+    out = jnp.einsum(
+        "bhqk,bhkd->bhqd", weights.astype(value.dtype), _heads_first(value)
+    )  # [B, H, Lq, Dv]
+    return _heads_first(out)  # [B, Lq, H, Dv]
 
 
 AttentionFn = Callable[..., jax.Array]
@@ -381,6 +387,17 @@ class MultiHeadAttention(nn.Module):
             dtype=self.dtype,
             name="out",
         )(out)  # [B, Lq, out_features]
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+    """Swap the length and heads axes: ``[b, l, h, d] <-> [b, h, l, d]``.
+
+    The products then run as row-major ``[l, d]`` matrix products batched over the leading
+    ``(b, h)``; XLA on CPU lays out an einsum over the ``[b, l, h, d]`` operands directly with a
+    transposed (``[d, l]``) value and output, which is up to 2x slower
+    (benchmarks/bench_attention.py).
+    """
+    return jnp.swapaxes(x, 1, 2)
 
 
 def _check_length(name: str, value: int) -> None:
