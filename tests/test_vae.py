@@ -494,6 +494,42 @@ def test_elbo_same_with_and_without_jit_and_beta_weights_the_kl(key):
     np.testing.assert_allclose(sampled.reconstruction, eager.reconstruction, rtol=RTOL)
 
 
+def test_mean_over_pixels_is_a_beta_vae_with_beta_equal_to_the_pixel_count(key):
+    """Averaging the reconstruction term over the D pixels instead of summing it divides it by
+    D: the loss becomes (1/D) times the negative beta-ELBO with beta = D, which is no longer a
+    bound on log p(x). Summing over pixels (then averaging over the batch) keeps beta = 1."""
+    w, b, log_var = _linear_model(key)
+    x = _linear_data(key, w, b, log_var)
+    encode, log_lik = _perturbed_fns(w, b, log_var)
+    big_d = x.shape[-1]
+
+    @jax.jit
+    def losses(x):
+        terms = V.elbo(key, encode, log_lik, x)
+        per_pixel = -terms.reconstruction / big_d + terms.kl  # "mean over pixels" + KL
+        beta_d = V.elbo(key, encode, log_lik, x, beta=float(big_d))
+        return terms, per_pixel, beta_d.total
+
+    terms, per_pixel_loss, beta_d_total = losses(x)
+    np.testing.assert_allclose(per_pixel_loss, -beta_d_total / big_d, rtol=RTOL, atol=ATOL)
+    # the KL now weighs D times more against the reconstruction than in the ELBO
+    assert np.all(np.asarray(terms.kl) > 0.1)
+    assert not np.allclose(-big_d * per_pixel_loss, terms.total, rtol=0.1)
+
+
+def test_bits_per_dim_is_the_discrete_bound():
+    """(nll + D ln L) / (D ln 2): the uniform density on [0, 1)^D (nll = 0) is the uniform
+    distribution over the L^D pixel values, log2 L bits per dimension; binary data take no
+    offset."""
+    from genjax.recipes.vae import bits_per_dim
+
+    np.testing.assert_allclose(bits_per_dim(np.zeros(3), 64, 17), np.full(3, math.log2(17)))
+    np.testing.assert_allclose(bits_per_dim(64 * math.log(2.0), 64, None), 1.0, rtol=RTOL)
+    np.testing.assert_allclose(
+        bits_per_dim(-64 * math.log(17), 64, 17), 0.0, atol=1e-12
+    )  # a density of L^D on one bin: that bin has probability 1
+
+
 def test_kl_warmup_is_linear_then_one():
     assert [float(V.kl_warmup(t, 10)) for t in (0, 5, 10, 20)] == [0.0, 0.5, 1.0, 1.0]
     assert float(V.kl_warmup(3, 0)) == 1.0
@@ -597,6 +633,28 @@ def test_models_reject_bad_input(key):
         jax.eval_shape(V.ConvVAE((6, 6, 1)).init, key, jnp.zeros((1, 6, 6, 1)))
 
 
+def test_learned_prior_optimum_is_the_aggregate_posterior_moments(key):
+    """For fixed posteriors q_n = N(m_n, s_n^2) of one class, sum_n KL(q_n || N(mu, e^lam)) is
+    minimised at mu = mean_n m_n and e^lam = mean_n (s_n^2 + (m_n - mu)^2): the gradient
+    vanishes there and moving either parameter increases the sum."""
+    m = jax.random.normal(key, (50, 3))
+    lv = 0.3 * jax.random.normal(jax.random.fold_in(key, 1), (50, 3))
+    mu = jnp.mean(m, axis=0)
+    lam = jnp.log(jnp.mean(jnp.exp(lv) + (m - mu[None]) ** 2, axis=0))
+
+    @jax.jit
+    def total(mu, lam):
+        full = lambda a: jnp.broadcast_to(a[None], m.shape)  # [50, 3]
+        return jnp.sum(gaussian_kl(m, lv, full(mu), full(lam)))
+
+    g_mu, g_lam = jax.jit(jax.grad(total, argnums=(0, 1)))(mu, lam)
+    np.testing.assert_allclose(g_mu, 0.0, atol=1e-4)
+    np.testing.assert_allclose(g_lam, 0.0, atol=1e-4)
+    best = float(total(mu, lam))
+    for dm, dl in ((0.1, 0.0), (-0.1, 0.0), (0.0, 0.1), (0.0, -0.1)):
+        assert float(total(mu + dm, lam + dl)) > best
+
+
 def test_cvae_learned_prior_starts_at_the_standard_normal(key):
     x = jnp.zeros((2, 8, 8, 1))
     y = jnp.array([1, 7])
@@ -620,3 +678,34 @@ def test_cvae_decodes_to_the_requested_class():
     state = fit(task, dataset.train, recipe.config(True), progress=False)
     accuracy = recipes.class_accuracy(task, state.params, dataset, jax.random.key(1))
     assert accuracy > 0.8
+
+
+def test_class_accuracy_reads_the_requested_class():
+    """The sample-accuracy check of the CVAE recipe: a CVAE whose decoder ignores z and emits
+    the training mean image of the requested class scores near 1; the same decoder with its
+    classes shifted by one (it draws class c + 1 when asked for c) scores near 0."""
+    from genjax.recipes import vae as recipes
+
+    dataset = data_lib.load_dataset("digits")
+    options = {"latent_dim": 2, "hidden": (), "likelihood": "gaussian_fixed", "eval_samples": 1}
+    task = recipes.make_task(dataset, options, kind="CVAE")
+    setup = recipes.setup_of(task)
+    batch = {k: v[:4] for k, v in dataset.train.items()}
+    params = setup.init(jax.random.key(0), batch)
+    x, y = dataset.train["x"].reshape(len(dataset.train["x"]), -1), dataset.train["y"]
+    means = np.stack([x[y == c].mean(0) for c in range(10)])  # [10, 64] class mean images
+
+    def with_table(table):
+        dense = dict(params["params"]["decoder"]["dense_0"])
+        dense["kernel"] = jnp.concatenate([jnp.zeros((2, 64)), jnp.asarray(table, jnp.float32)])
+        dense["bias"] = jnp.zeros(64)
+        decoder = {**params["params"]["decoder"], "dense_0": dense}
+        return {"params": {**params["params"], "decoder": decoder}}
+
+    key = jax.random.key(3)
+    right = recipes.class_accuracy(task, with_table(means), dataset, key, per_class=10)
+    shifted = recipes.class_accuracy(
+        task, with_table(np.roll(means, -1, 0)), dataset, key, per_class=10
+    )
+    assert right > 0.9
+    assert shifted < 0.1
