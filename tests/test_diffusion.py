@@ -344,6 +344,39 @@ def test_ddpm_sample_scan_equals_python_loop_step_for_step():
     np.testing.assert_allclose(x, trajectory[-1])
 
 
+def _song_eq12_reference(schedule, eps_fn, noise, num_steps, eta):
+    """Song et al.'s eq. (12) over the strided steps as a numpy loop, independent of ddim_step."""
+    ab = np.cumprod(1 - np.asarray(schedule.betas, np.float64))
+    taus = np.round(np.linspace(0, schedule.num_steps - 1, num_steps)).astype(int)
+    x = np.asarray(noise[0], np.float64)
+    states = [x]
+    for i in range(num_steps):
+        t = taus[num_steps - 1 - i]
+        ab_t = ab[t]
+        ab_prev = ab[taus[num_steps - 2 - i]] if i < num_steps - 1 else 1.0
+        eps = np.asarray(eps_fn(jnp.asarray(x, jnp.float32), jnp.full((x.shape[0],), t)))
+        x0 = (x - np.sqrt(1 - ab_t) * eps) / np.sqrt(ab_t)
+        sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+        direction = np.sqrt(1 - ab_prev - sigma**2)
+        x = np.sqrt(ab_prev) * x0 + direction * eps + sigma * np.asarray(noise[i + 1])
+        states.append(x)
+    return np.stack(states)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_sample_scan_equals_python_loop_step_for_step(eta):
+    s = D.cosine_schedule(200)
+    eps_fn = _mixture_eps(s)
+    noise = jax.random.normal(jax.random.key(14), (13, 16, 1))
+    x, trajectory = D.ddim_sample(
+        None, s, eps_fn, (16, 1), num_steps=12, eta=eta, noise=noise, return_trajectory=True
+    )
+    expected = _song_eq12_reference(s, eps_fn, noise, 12, eta)
+    assert trajectory.shape == (13, 16, 1)
+    np.testing.assert_allclose(trajectory, expected, atol=SAMPLER_ATOL)
+    np.testing.assert_allclose(x, trajectory[-1])
+
+
 def test_ddim_with_eta_one_over_all_steps_equals_ddpm():
     s = D.linear_schedule(100, 1e-3, 0.2)
     eps_fn = _mixture_eps(s)
@@ -597,6 +630,10 @@ def test_mismatched_shapes_raise():
         D.q_sample(None, s, jnp.float32(1.0), t)
     with pytest.raises(ValueError, match=r"xt must be \[batch, dim\] and means \[K, dim\]"):
         D.gaussian_mixture_eps(s, x, t, MEANS, STD)
+    wrong = lambda xt, tt: xt[:, :1]  # a denoiser whose output does not match its input
+    for sample in (D.ddpm_sample, D.ddim_sample):
+        with pytest.raises(ValueError, match="shapes must match"):
+            sample(jax.random.key(0), s, wrong, (2, 3))
 
 
 def test_bad_sampler_arguments_raise():

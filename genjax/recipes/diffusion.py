@@ -151,6 +151,17 @@ class Setup:
             self._cache[cache_key] = jax.jit(sample)
         return self._cache[cache_key]
 
+    def memo(self, tag: tuple, params, key, compute: Callable):
+        """``compute()``, kept for the latest ``params`` object per ``(tag, key)``: the tour
+        evaluates and then plots the same parameters with the same key, so the figures show
+        the very samples the evaluation scored, drawn once."""
+        memo_key = ("memo", *tag, np.asarray(jax.random.key_data(key)).tobytes())
+        cached = self._cache.get(memo_key)
+        if cached is None or cached[0] is not params:
+            cached = (params, compute())
+            self._cache[memo_key] = cached
+        return cached[1]
+
     def sample(self, params, key, n, labels=None, scale=HEADLINE_SCALE, trajectory=False):
         """``n`` samples. A conditional model cycles through the labels unless given and is
         guided with ``scale`` (0: unconditional via the null label, 1: plain conditional)."""
@@ -242,15 +253,28 @@ def _bimodal_analytic_sampler(setup: Setup, n: int):
     return jax.jit(lambda key: D.ddpm_sample(key, setup.schedule, eps, (n, 1)))
 
 
+def _bimodal_draws(setup: Setup, params, key, n: int):
+    """``(unconditional [n], conditional [n], asked_mode [n], trajectory [T + 1, n, 1])``.
+
+    Unconditional draws with their reverse trajectories and conditional draws (w = 1), both
+    from one compiled sampler (the trajectory variant, so the figure's trajectories need no
+    second compilation); kept by :meth:`Setup.memo`.
+    """
+
+    def compute():
+        k_u, k_c = jax.random.split(key)
+        uncond, trajectory = setup.sample(params, k_u, n, scale=0.0, trajectory=True)
+        asked = np.arange(n) % 2
+        cond, _ = setup.sample(params, k_c, n, asked, scale=1.0, trajectory=True)
+        return np.asarray(uncond)[:, 0], np.asarray(cond)[:, 0], asked, np.asarray(trajectory)
+
+    return setup.memo(("bimodal", n), params, key, compute)
+
+
 def bimodal_samples(task: Task, params, key, n: int = TOY_EVAL_SAMPLES):
     """``n`` unconditional samples and ``n`` conditional ones (w = 1), half asking for each
     mode; returns ``(unconditional [n], conditional [n], asked_mode [n])`` as numpy."""
-    setup = setup_of(task)
-    k_u, k_c = jax.random.split(key)
-    uncond = np.asarray(setup.sample(params, k_u, n, scale=0.0))[:, 0]
-    asked = np.arange(n) % 2
-    cond = np.asarray(setup.sample(params, k_c, n, asked, scale=1.0))[:, 0]
-    return uncond, cond, asked
+    return _bimodal_draws(setup_of(task), params, key, n)[:3]
 
 
 def evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
@@ -275,9 +299,8 @@ def evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
 def bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
 
-    setup = setup_of(task)
-    k_s, k_t = jax.random.split(key)
-    uncond, cond, asked = bimodal_samples(task, params, k_s)
+    k_s, _ = jax.random.split(key)  # the evaluation's samples (evaluate_bimodal's k_model)
+    uncond, cond, asked, trajectory = _bimodal_draws(setup_of(task), params, k_s, TOY_EVAL_SAMPLES)
     grid = np.linspace(-4, 4, 400)
     density = np.exp(
         np.asarray(
@@ -286,7 +309,7 @@ def bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) ->
             )
         )
     )
-    _, trajectory = setup.sample(params, k_t, 64, scale=0.0, trajectory=True)
+    trajectory = trajectory[:, :64]  # [T + 1, 64, 1]: 64 of the unconditional chains
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].hist(uncond, bins=80, density=True, alpha=0.6, label="samples (unconditional)")
     axes[0].plot(grid, density, "k", label="data density")
@@ -348,8 +371,15 @@ def toy_2d_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> 
 
 
 def _per_class_samples(setup: Setup, params, key, per_class: int, scale: float):
+    """``(images [classes * per_class, H, W, C], labels)``, ordered by class; kept by
+    :meth:`Setup.memo`."""
     labels = jnp.repeat(jnp.arange(setup.num_classes), per_class)  # [classes * per_class]
-    return np.asarray(setup.sample(params, key, len(labels), labels, scale)), np.asarray(labels)
+
+    def compute():
+        images = setup.sample(params, key, len(labels), labels, scale)
+        return np.asarray(images), np.asarray(labels)
+
+    return setup.memo(("per_class", per_class, float(scale)), params, key, compute)
 
 
 def evaluate_images_cfg(task: Task, params, dataset: Dataset, key) -> Report:
@@ -417,8 +447,10 @@ def images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> 
 
 def _toy_config(quick: bool) -> TrainConfig:
     if quick:
+        # Few large batches: compilation dominates, and every step pays for the loop's
+        # shuffle of the whole 20 000-example set, so steps cost more than examples.
         return TrainConfig(
-            steps=600, batch_size=256, lr=3e-3, warmup_steps=50, ema_decay=None, log_every=200
+            steps=200, batch_size=512, lr=5e-3, warmup_steps=20, ema_decay=None, log_every=200
         )
     return TrainConfig(
         steps=10_000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.995, log_every=500
@@ -427,8 +459,9 @@ def _toy_config(quick: bool) -> TrainConfig:
 
 def _image_config(quick: bool) -> TrainConfig:
     if quick:
+        # Compiling the U-Net's step and samplers is most of a quick run.
         return TrainConfig(
-            steps=200, batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=None, log_every=100
+            steps=100, batch_size=64, lr=2e-3, warmup_steps=10, ema_decay=None, log_every=100
         )
     return TrainConfig(
         steps=6_000, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=200
