@@ -152,6 +152,16 @@ def test_weights_rows_sum_to_one_and_masked_keys_get_exactly_zero(inputs):
     np.testing.assert_allclose(w.sum(-1), expected_sum, rtol=RTOL, atol=ATOL)
 
 
+def test_value_dim_may_differ_from_head_dim():
+    """The value's last axis is independent of the query/key head_dim: [2, 5, 3, 8] queries,
+    [2, 6, 3, 8] keys, [2, 6, 3, 2] values give a [2, 5, 3, 2] output."""
+    q, k, v = normal(0, (2, 5, 3, 8)), normal(1, (2, 6, 3, 8)), normal(2, (2, 6, 3, 2))
+    mask = normal(3, (2, 1, 5, 6)) > 0.0
+    out = sdpa(q, k, v, mask=mask)
+    assert out.shape == (2, 5, 3, 2)
+    np.testing.assert_allclose(out, reference_impl(q, k, v, mask), rtol=RTOL, atol=ATOL)
+
+
 def test_fully_masked_row_gives_zero_output_and_finite_gradients():
     q, k, v = normal(0, (3, 1, 4, 2, 8))
     mask = jnp.ones((1, 1, 4, 4), bool).at[..., 2, :].set(False)  # query 2 sees no key
