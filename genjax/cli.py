@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     sty.add_argument("--style-weight", type=float, default=1000.0)
     sty.add_argument("--tv-weight", type=float, default=0.0)
     sty.add_argument("--seed", type=int, default=0, help="seed of the random features")
+    sty.add_argument(
+        "--vgg", default=None, help="VGG-16 weights (.npz) to use instead of random features"
+    )
 
     i = sub.add_parser("interpret", help="saliency, guided backprop and Grad-CAM overlays as PNG")
     i.add_argument(
@@ -289,11 +292,15 @@ def cmd_stylize(args) -> int:
 
     content = style.load_image(args.content, args.size)
     target = style.load_image(args.style, args.size)
-    kernels = style.random_feature_kernels(jax.random.key(args.seed))
+    if args.vgg:
+        features = style.vgg_features(args.vgg)
+    else:
+        kernels = style.random_feature_kernels(jax.random.key(args.seed))
+        features = functools.partial(style.random_features, kernels)
     result = style.stylize(
         content,
         target,
-        functools.partial(style.random_features, kernels),
+        features,
         steps=args.steps,
         lr=args.lr,
         style_weight=args.style_weight,

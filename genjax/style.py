@@ -284,6 +284,37 @@ def random_features(
     return out
 
 
+def vgg_features(
+    path: str, blocks: tuple[tuple[int, ...], ...] | None = None, scale: float = 1e-3
+) -> Features:
+    r"""Gatys' choice of features: a VGG network's block outputs, with weights read from a local
+    ``.npz`` file (:func:`genjax.classifier.load_vgg_extractor`; nothing is downloaded).
+
+    Images in [0, 1] go through Keras' VGG preprocessing (BGR, 0–255, mean-centred); the maps are
+    multiplied by ``scale`` so that their Gram matrices have magnitudes comparable to
+    :func:`random_features` and the default weights stay usable.
+
+    Args:
+      path: the ``.npz`` (keys ``block{b}_conv{c}/kernel`` and ``/bias``).
+      blocks: the architecture the file holds; ``None`` = VGG-16.
+      scale: factor on every map.
+
+    Returns:
+      ``features(images [B, H, W, 3]) -> [one map per block]``, differentiable.
+
+    Derivation: derivations/17-style-transfer.md
+    """
+    from genjax import classifier
+
+    extractor = classifier.load_vgg_extractor(path, blocks or classifier.VGG16_BLOCKS)
+
+    def features(images):
+        maps = extractor.module.apply({"params": extractor.params}, extractor._prepare(images))
+        return [scale * m for m in maps]
+
+    return features
+
+
 # ----------------------------------------------------------------------------- stylisation
 
 
