@@ -30,7 +30,7 @@ References:
   Papamakarios et al., *Normalizing Flows for Probabilistic Modeling and Inference*, 2021,
   https://arxiv.org/abs/1912.02762
 
-Derivation: derivations/09-flows.md
+Derivation: derivations/10-realnvp.md
 """
 
 import functools
@@ -111,7 +111,7 @@ def affine_forward(
       >>> y.tolist(), round(float(ld[0]), 4)
       ([[2.0, 2.0]], 1.3863)
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(x, event_ndims)
     _check_same_shape(x, shift=shift, log_scale=log_scale)
@@ -137,7 +137,7 @@ def affine_inverse(
     Returns:
       ``(x, log_det)``; ``log_det`` ``[*batch]`` is the inverse map's, minus the forward one.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(y, event_ndims)
     _check_same_shape(y, shift=shift, log_scale=log_scale)
@@ -162,7 +162,7 @@ def tanh_log_scale(
     Returns:
       :math:`s`, the shape of ``raw``.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_same_shape(raw, bound=bound)
     return bound * jnp.tanh(raw)
@@ -193,7 +193,7 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Float[Array, "*s
       >>> checkerboard_mask((4,)).tolist()
       [1.0, 0.0, 1.0, 0.0]
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     shape = tuple(int(s) for s in shape)
     if parity not in (0, 1):
@@ -236,7 +236,7 @@ def channel_mask(shape: Sequence[int], parity: int = 0) -> Float[Array, "*shape"
       >>> channel_mask((1, 1, 4))[0, 0].tolist()
       [1.0, 1.0, 0.0, 0.0]
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     shape = tuple(int(s) for s in shape)
     if parity not in (0, 1):
@@ -248,7 +248,10 @@ def channel_mask(shape: Sequence[int], parity: int = 0) -> Float[Array, "*shape"
 
 
 def make_mask(kind: str, shape: Sequence[int], parity: int) -> jax.Array:
-    """:func:`checkerboard_mask` or :func:`channel_mask` by name (``kind`` in ``MASKS``)."""
+    """:func:`checkerboard_mask` or :func:`channel_mask` by name (``kind`` in ``MASKS``).
+
+    Returns the float32 mask of shape ``shape``. Derivation: derivations/10-realnvp.md
+    """
     if kind == "checkerboard":
         return checkerboard_mask(shape, parity)
     if kind == "channel":
@@ -293,7 +296,7 @@ def coupling_forward(
       channel mask this equals RealNVP's split form on channel slices
       (``tests/test_flows.py::test_channel_coupling_masking_equals_slicing``).
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(x, event_ndims)
     if jnp.shape(mask) != jnp.shape(x)[jnp.ndim(x) - event_ndims :]:
@@ -331,7 +334,7 @@ def coupling_inverse(
     Returns:
       ``(x, log_det)`` with ``log_det`` ``[*batch]``.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(y, event_ndims)
     if jnp.shape(mask) != jnp.shape(y)[jnp.ndim(y) - event_ndims :]:
@@ -388,7 +391,7 @@ def logit_forward(
       ValueError: ``alpha`` out of range, or (for concrete, i.e. un-jitted, ``x``) values outside
         the domain. Under ``jit`` values cannot be checked; out-of-domain entries give NaN.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(x, event_ndims)
     _check_logit_domain(x, alpha)
@@ -417,7 +420,7 @@ def logit_inverse(
       ``(x, log_det)``; ``x`` lies in :math:`(0, 1)` up to rounding when :math:`\alpha > 0`
       only for :math:`\sigma(y) \in (\alpha, 1-\alpha)`.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(y, event_ndims)
     if not 0.0 <= alpha < 0.5:
@@ -452,7 +455,7 @@ def squeeze(x: Float[Array, "*batch H W C"], factor: int = 2) -> Float[Array, "*
       >>> squeeze(jnp.arange(4.0).reshape(1, 2, 2, 1))[0, 0, 0].tolist()
       [0.0, 1.0, 2.0, 3.0]
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     if jnp.ndim(x) < 3:
         raise ValueError(f"x must be [*batch, H, W, C], got shape {jnp.shape(x)}")
@@ -484,7 +487,7 @@ def unsqueeze(y: Float[Array, "*batch h2 w2 c2"], factor: int = 2) -> Float[Arra
     Raises:
       ValueError: fewer than 3 axes or a channel count not divisible by ``factor**2``.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     if jnp.ndim(y) < 3:
         raise ValueError(f"y must be [*batch, h, w, C], got shape {jnp.shape(y)}")
@@ -517,7 +520,7 @@ def standard_normal_log_prob(z: Float[Array, "*shape"], event_ndims: int) -> Flo
     Returns:
       ``[*batch]``.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     _check_event_ndims(z, event_ndims, "z")
     return _sum_event(-0.5 * z * z - 0.5 * LOG_2PI, event_ndims)
@@ -551,7 +554,7 @@ def bits_per_dim(
       >>> round(float(bits_per_dim(jnp.float32(0.0), 64, 256)), 4)
       8.0
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     if not isinstance(num_dims, int) or num_dims <= 0:
         raise ValueError(f"num_dims must be a positive int, got {num_dims!r}")
@@ -590,7 +593,7 @@ def dequantize(
       Theis et al., *A note on the evaluation of generative models*, 2016,
       https://arxiv.org/abs/1511.01844
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
     if not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an int >= 2, got {levels!r}")
@@ -636,7 +639,7 @@ class Chain(Bijector):
       layers: the bijectors :math:`f_1, \dots, f_K`, applied in this order by the forward pass.
         Their batch shapes must agree (all layers of one flow share ``event_ndims``).
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
 
     layers: Sequence[Bijector]
@@ -652,7 +655,12 @@ class Chain(Bijector):
 
 
 class Inverse(Bijector):
-    """The inverse of ``bijector``: its forward is ``bijector``'s inverse and vice versa."""
+    r"""The inverse of ``bijector``: its forward is ``bijector``'s inverse and vice versa.
+
+    .. math:: \log\lvert\det J_{f^{-1}}(y)\rvert = -\log\lvert\det J_f(f^{-1}(y))\rvert
+
+    Derivation: derivations/10-realnvp.md
+    """
 
     bijector: Bijector
 
@@ -661,7 +669,14 @@ class Inverse(Bijector):
 
 
 class Squeeze(Bijector):
-    """:func:`squeeze` as a bijector (log-det 0) on ``[*batch, H, W, C]`` images."""
+    r""":func:`squeeze` as a bijector on ``[*batch, H, W, C]`` images.
+
+    .. math:: y = \mathrm{squeeze}(x), \qquad \log\lvert\det J\rvert = 0
+
+    (a permutation of the entries). Output ``[*batch, H/f, W/f, f^2 C]``; log-det ``[*batch]``.
+
+    Derivation: derivations/10-realnvp.md
+    """
 
     factor: int = 2
 
@@ -672,7 +687,19 @@ class Squeeze(Bijector):
 
 
 class Logit(Bijector):
-    """:func:`logit_forward` / :func:`logit_inverse` as a bijector; no parameters."""
+    r""":func:`logit_forward` / :func:`logit_inverse` as a bijector; no parameters.
+
+    .. math:: y = \operatorname{logit}(\alpha + (1 - 2\alpha) x), \qquad
+       \log\lvert\det J\rvert = \textstyle\sum_i \big[\log(1-2\alpha) - \log p_i
+       - \log(1-p_i)\big]
+
+    Input ``[*batch, *event]`` in the unit cube; log-det ``[*batch]``.
+
+    References:
+      Dinh et al., *Density estimation using Real NVP*, 2017, https://arxiv.org/abs/1605.08803
+
+    Derivation: derivations/10-realnvp.md
+    """
 
     alpha: float = 0.05
     event_ndims: int = 3
@@ -703,7 +730,11 @@ class ActNorm(Bijector):
       Glow's alternative to RealNVP's batch normalisation: no running statistics, so training
       and evaluation compute the same bijection.
 
-    Derivation: derivations/09-flows.md
+    References:
+      Kingma & Dhariwal, *Glow: Generative Flow with Invertible 1x1 Convolutions*, 2018,
+      https://arxiv.org/abs/1807.03039
+
+    Derivation: derivations/10-realnvp.md
     """
 
     event_ndims: int = 1
@@ -756,7 +787,7 @@ class AffineCoupling(Bijector):
     References:
       Dinh et al., *Density estimation using Real NVP*, 2017, https://arxiv.org/abs/1605.08803
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
 
     conditioner: nn.Module
@@ -791,11 +822,17 @@ class AffineCoupling(Bijector):
 class CouplingBlock(Bijector):
     r"""An :class:`ActNorm` (optional) followed by an :class:`AffineCoupling`: the repeated unit.
 
+    .. math:: f = \mathrm{coupling} \circ \mathrm{actnorm}, \qquad
+       \log\lvert\det J_f\rvert = \log\lvert\det J_\mathrm{actnorm}\rvert
+       + \log\lvert\det J_\mathrm{coupling}\rvert
+
     Attributes:
       conditioner: the coupling's conditioner module.
       mask: ``"checkerboard"`` or ``"channel"``.
       event_ndims: trailing event axes.
       actnorm: put an :class:`ActNorm` before the coupling.
+
+    Derivation: derivations/10-realnvp.md
     """
 
     conditioner: nn.Module
@@ -831,6 +868,8 @@ class CouplingStack(Bijector):
       block: the template :class:`CouplingBlock` (its configuration is used, not its identity).
       num_layers: number of blocks :math:`K`.
       event_ndims: trailing event axes.
+
+    Derivation: derivations/10-realnvp.md
     """
 
     block: CouplingBlock
@@ -879,7 +918,7 @@ class FactorOut(Bijector):
     Attributes:
       inner: the bijector for the second half of the channels.
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
 
     inner: Bijector
@@ -905,6 +944,10 @@ class MLPConditioner(nn.Module):
     Attributes:
       features: hidden width.
       depth: number of hidden layers.
+
+    Input ``[*batch, D]`` (the masked vector), output ``[*batch, 2 D]``.
+
+    Derivation: derivations/10-realnvp.md
     """
 
     features: int = 64
@@ -983,6 +1026,8 @@ def conv_patches(x: Float[Array, "*batch H W C"], size: int = 3) -> Float[Array,
 
     Raises:
       ValueError: fewer than 3 axes or an even ``size``.
+
+    Derivation: derivations/10-realnvp.md
     """
     if jnp.ndim(x) < 3:
         raise ValueError(f"x must be [*batch, H, W, C], got shape {jnp.shape(x)}")
@@ -1012,6 +1057,10 @@ class ResNetConditioner(nn.Module):
       RealNVP uses weight-normalised ResNets with batch norm; we use no normalisation inside the
       conditioner, which trains stably because an ActNorm precedes every coupling and the
       log-scale is tanh-bounded.
+
+    Input ``[*batch, H, W, C]`` (the masked image), output ``[*batch, H, W, 2 C]``.
+
+    Derivation: derivations/10-realnvp.md
     """
 
     features: int = 64
@@ -1067,7 +1116,7 @@ class RealNVP(nn.Module):
     References:
       Dinh et al., *Density estimation using Real NVP*, 2017, https://arxiv.org/abs/1605.08803
 
-    Derivation: derivations/09-flows.md
+    Derivation: derivations/10-realnvp.md
     """
 
     event_shape: tuple[int, ...]

@@ -1,5 +1,5 @@
 """Tests for genjax.flows against autodiff Jacobians, closed forms and the claims of
-derivations/09-flows.md.
+derivations/10-realnvp.md.
 
 Every layer type is checked for invertibility in both directions, for ``logdet_fwd ==
 -logdet_inv``, and for its log-det against ``slogdet(jax.jacfwd(f)(x))`` on small inputs. The
@@ -123,6 +123,8 @@ def test_affine_forward_inverse_and_logdet(x):
     x_back, ld_inv = F.affine_inverse(y, shift, log_scale, 1)
     np.testing.assert_allclose(x_back, x, atol=INVERSE_ATOL)
     np.testing.assert_allclose(ld, -ld_inv, rtol=RTOL)
+    y_again, _ = F.affine_forward(F.affine_inverse(x, shift, log_scale, 1)[0], shift, log_scale, 1)
+    np.testing.assert_allclose(y_again, x, atol=INVERSE_ATOL)  # forward(inverse(y)) == y
     f = lambda v: F.affine_forward(v, shift[:1], log_scale[:1], 1)
     np.testing.assert_allclose(ld[:1], _jacobian_logdet(f, x[:1]), atol=LOGDET_ATOL)
 
@@ -150,6 +152,8 @@ def test_coupling_vector_inverse_and_logdet(x, parity):
     x_back, ld_inv = F.coupling_inverse(y, mask, cond, 1)
     np.testing.assert_allclose(x_back, x, atol=INVERSE_ATOL)
     np.testing.assert_allclose(ld, -ld_inv, rtol=RTOL, atol=ATOL)
+    y_again, _ = F.coupling_forward(F.coupling_inverse(x, mask, cond, 1)[0], mask, cond, 1)
+    np.testing.assert_allclose(y_again, x, atol=INVERSE_ATOL)  # forward(inverse(y)) == y
     f = lambda v: F.coupling_forward(v, mask, cond, 1)
     g = lambda v: F.coupling_inverse(v, mask, cond, 1)
     np.testing.assert_allclose(ld, _jacobian_logdet(f, x), atol=LOGDET_ATOL)
@@ -195,6 +199,10 @@ def test_logit_inverse_and_logdet(x):
         np.testing.assert_allclose(ld, -ld_inv, rtol=1e-4, atol=1e-3)
         hand = np.sum(np.log(1 - 2 * alpha) - np.log(p) - np.log1p(-p), axis=(1, 2))
         np.testing.assert_allclose(ld, hand, rtol=1e-4, atol=1e-3)
+        y_real = 4.0 * (x - 0.5)  # sigmoid(y) in (0.12, 0.88): inside (alpha, 1 - alpha)
+        x_of_y, _ = F.logit_inverse(y_real, alpha, 2)
+        y_again, _ = F.logit_forward(x_of_y, alpha, 2)
+        np.testing.assert_allclose(y_again, y_real, rtol=1e-3, atol=1e-3)
     f = lambda v: F.logit_forward(v, 0.05, 2)
     np.testing.assert_allclose(f(x)[1], _jacobian_logdet(f, x), rtol=1e-4, atol=1e-3)
 
@@ -371,6 +379,24 @@ def test_factor_out_keeps_first_half(key):
     np.testing.assert_array_equal(y[..., :2], x[..., :2])
 
 
+def test_parameter_free_bijectors_logit_squeeze_inverse(key):
+    """The Logit and Squeeze layers, and Inverse of each, as bijector modules: round trips,
+    fwd = -inv and log-det = slogdet(Jacobian), like every other layer."""
+    x = jax.random.uniform(key, (2, 4, 4, 1), minval=0.02, maxval=0.98)
+    for module in (F.Logit(0.05, 3), F.Squeeze(), F.Inverse(F.ActNorm(3))):
+        params = module.init(key, x)
+        params = _perturb(params, key) if params else params
+        _check_bijector(module, params, x)
+    squeezed = F.squeeze(x)  # [2, 2, 2, 4]
+    y, ld = F.Inverse(F.Squeeze()).apply({}, squeezed)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(ld, np.zeros(2))
+    z = F.logit_forward(x, 0.05, 3)[0]
+    x_back, ld_inv = F.Inverse(F.Logit(0.05, 3)).apply({}, z)
+    np.testing.assert_allclose(x_back, x, atol=INVERSE_ATOL)
+    np.testing.assert_allclose(ld_inv, -F.logit_forward(x, 0.05, 3)[1], rtol=1e-4, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- RealNVP
 
 
@@ -403,6 +429,21 @@ def test_realnvp_image_inverse_and_logdet(image_flow):
     _check_bijector(model, params, x, jax.jacrev)
     z = model.apply(params, x, method="forward")
     assert z.shape == x.shape
+
+
+@settings(max_examples=5)
+@given(hnp.arrays(np.float32, (2, 4, 4, 1), elements=st.floats(2**-7, 1 - 2**-7, width=32)))
+def test_realnvp_image_round_trips_on_drawn_inputs(image_flow, x):
+    """inverse(forward(x)) == x and forward(inverse(z)) == z for the multi-scale model."""
+    model, params = image_flow
+    fwd = _jitted(model, "forward_and_log_det")
+    inv = _jitted(model, "inverse_and_log_det")
+    z, ld = fwd(params, x)
+    x_back, ld_inv = inv(params, z)
+    np.testing.assert_allclose(x_back, x, atol=INVERSE_ATOL)
+    np.testing.assert_allclose(ld, -ld_inv, rtol=RTOL, atol=1e-3)
+    z_new = np.asarray(z) + 0.1
+    np.testing.assert_allclose(fwd(params, inv(params, z_new)[0])[0], z_new, atol=1e-3)
 
 
 def test_realnvp_log_prob_is_base_plus_logdet(image_flow):
