@@ -682,7 +682,7 @@ def study_figure(out_dir: Path, name: str, rows: list[dict[str, Any]], path: Pat
     means = mixture_means(name)
     by = {r["variant"]: r for r in rows if r["data"] == name}
     order = [v for v in ("data", *VARIANTS) if (out_dir / f"samples_{name}_{v}.npy").is_file()]
-    fig, axes = plt.subplots(1, len(order), figsize=(1.9 * len(order), 2.1), dpi=80)
+    fig, axes = plt.subplots(1, len(order), figsize=(1.9 * len(order), 2.2), dpi=80)
     for ax, variant in zip(np.atleast_1d(axes), order, strict=True):
         samples = np.load(out_dir / f"samples_{name}_{variant}.npy")
         title = variant
@@ -690,7 +690,7 @@ def study_figure(out_dir: Path, name: str, rows: list[dict[str, Any]], path: Pat
             r = by[variant]
             title += f": {r['modes']}/{r['num_modes']}, {100 * r['high_quality']:.0f} %"
         _draw_mixture(ax, samples, means, title)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.6)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
