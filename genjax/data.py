@@ -353,9 +353,33 @@ def batch_indices(key, step, n: int, batch_size: int):
     per_epoch = n // batch_size
     if per_epoch == 0:
         raise ValueError(f"batch_size ({batch_size}) exceeds the number of examples ({n})")
-    epoch, within = step // per_epoch, step % per_epoch
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    return jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
+    epoch = step // per_epoch
+    return batch_from_orders(epoch_orders(key, epoch, 1, n), epoch, step, batch_size)
+
+
+def epoch_orders(key, first_epoch, num_epochs: int, n: int):
+    """The shuffled orders of epochs ``first_epoch, ..., first_epoch + num_epochs - 1``.
+
+    Epoch :math:`e`'s order is ``permutation(fold_in(key, e), n)``, as in :func:`batch_indices`.
+    The training loop draws the orders a whole scan chunk needs once, before the scan, rather
+    than one permutation of all ``n`` examples per step.
+
+    Returns:
+      ``[num_epochs, n]`` int32 indices.
+    """
+    epochs = first_epoch + jnp.arange(num_epochs)
+    return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(epochs)
+
+
+def batch_from_orders(orders, first_epoch, step, batch_size: int):
+    """Batch ``step``'s indices (as :func:`batch_indices`) from :func:`epoch_orders` output.
+
+    ``orders`` must hold the order of the epoch that ``step`` falls in, i.e. row
+    ``step // (n // batch_size) - first_epoch``.
+    """
+    per_epoch = orders.shape[1] // batch_size
+    row = orders[step // per_epoch - first_epoch]
+    return jax.lax.dynamic_slice(row, ((step % per_epoch) * batch_size,), (batch_size,))
 
 
 def batches(

@@ -285,13 +285,19 @@ def make_train_chunk(
             return task.update(state, key, batch, tx, config.ema_decay)
         return standard_update(task.loss, state, key, batch, tx, config.ema_decay)
 
-    def body(state, _):
-        idx = data_lib.batch_indices(data_key, state.step, num_examples, config.batch_size)
-        batch = shard_batch({k: v[idx] for k, v in arrays.items()})
-        state, metrics = update(state, jax.random.fold_in(step_key, state.step), batch)
-        return state, metrics
+    per_epoch = num_examples // config.batch_size
+    # A chunk of log_every steps starting anywhere touches at most this many epochs.
+    chunk_epochs = (config.log_every - 1) // per_epoch + 2
 
     def chunk(state):
+        first_epoch = state.step // per_epoch
+        orders = data_lib.epoch_orders(data_key, first_epoch, chunk_epochs, num_examples)
+
+        def body(state, _):
+            idx = data_lib.batch_from_orders(orders, first_epoch, state.step, config.batch_size)
+            batch = shard_batch({k: v[idx] for k, v in arrays.items()})
+            return update(state, jax.random.fold_in(step_key, state.step), batch)
+
         return jax.lax.scan(body, state, length=config.log_every)
 
     return jax.jit(chunk, donate_argnums=0)

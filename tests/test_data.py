@@ -104,9 +104,25 @@ def test_batches_cover_each_example_once_per_epoch(n, batch_size, epochs):
     for e in range(epochs):
         ids = np.concatenate(seen[e * per_epoch : (e + 1) * per_epoch])
         assert len(set(ids.tolist())) == per_epoch * batch_size  # no repeats within an epoch
-    np.testing.assert_array_equal(seen[0], seen[0])  # x and y stay aligned:
     for b in data.batches(jax.random.key(3), arrays, batch_size):
         np.testing.assert_array_equal(b["x"].astype(np.int32), b["y"])
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, start, chunk", [(37, 5, 0, 30), (37, 5, 13, 30), (12, 12, 7, 5), (40, 3, 95, 1)]
+)
+def test_chunk_orders_give_the_per_step_batches(n, batch_size, start, chunk):
+    """The loop draws one permutation per epoch for a whole scan chunk (epoch_orders) and must
+    pick the same batches as batch_indices does step by step."""
+    key = jax.random.key(5)
+    per_epoch = n // batch_size
+    first_epoch = start // per_epoch
+    orders = data.epoch_orders(key, first_epoch, (chunk - 1) // per_epoch + 2, n)
+    steps = jnp.arange(start, start + chunk)
+    np.testing.assert_array_equal(
+        jax.vmap(lambda t: data.batch_from_orders(orders, first_epoch, t, batch_size))(steps),
+        jax.vmap(lambda t: data.batch_indices(key, t, n, batch_size))(steps),
+    )
 
 
 def test_batches_mismatched_lengths():
