@@ -2,9 +2,10 @@
 
 ``genjax train NAME`` trains a registered recipe and writes a run folder; ``genjax sample RUN``
 draws from its latest checkpoint; ``genjax tour`` trains every recipe on ``digits`` and writes
-``runs/tour/report.md``; ``genjax bench`` runs the benchmark suites; ``genjax interpret`` draws
-saliency, guided backprop and Grad-CAM overlays of the digits CNN as a PNG; ``genjax stylize
-CONTENT STYLE`` writes a Gatys style transfer and its loss curve.
+``runs/tour/report.md``, ranking the image families by FID and KID; ``genjax bench`` runs the
+benchmark suites; ``genjax interpret`` draws saliency, guided backprop and Grad-CAM overlays of
+the digits CNN as a PNG; ``genjax stylize CONTENT STYLE`` writes a Gatys style transfer and its
+loss curve.
 """
 
 from __future__ import annotations
@@ -184,7 +185,13 @@ def cmd_sample(args) -> int:
     return 0
 
 
+TOUR_CNN_STEPS = {False: 1500, True: 300}  #: digits CNN budget of the tour, by ``--quick``
+TOUR_KID_SUBSETS = 100  #: KID subsets in the tour's sample-quality table
+
+
 def cmd_tour(args) -> int:
+    """Train, evaluate and draw every selected recipe; rank the image families on ``digits`` by
+    FID/KID in the digits CNN's features; write ``report.md``."""
     selected = recipes.all_recipes()
     if args.only:
         unknown = set(args.only) - set(selected)
@@ -195,7 +202,7 @@ def cmd_tour(args) -> int:
     selected = {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, samples = [], {}
     for name, recipe in selected.items():
         tic = time.perf_counter()
         dataset = load_dataset(recipe.data)
@@ -216,12 +223,90 @@ def cmd_tour(args) -> int:
             f"[{report.baseline}: {report.baseline_value:.5g}]  {seconds:.1f}s",
             flush=True,
         )
-    (out / "report.md").write_text(_report_markdown(rows, args.quick))
+        if recipe.data == "digits":
+            drawn = _image_samples(task, state.ema_params, dataset, jax.random.key(2))
+            if drawn is not None:
+                samples[name] = drawn
+    quality = _tour_quality(samples, out, args.quick) if samples else None
+    (out / "report.md").write_text(_report_markdown(rows, args.quick, quality))
     print(out / "report.md")
     return 0
 
 
-def _report_markdown(rows, quick: bool) -> str:
+def _image_samples(task, params, dataset, key) -> np.ndarray | None:
+    """As many samples as the test split when ``task.sample`` draws images of the data's
+    shape, else ``None``. The output shape comes from ``jax.eval_shape`` (tracing, no work), so
+    a sampler of text is never run; a sampler that cannot be traced is run and its output
+    checked."""
+    if task.sample is None:
+        return None
+    n = len(dataset.test["x"])
+    want = (n, *dataset.shape)
+    try:
+        shape = jax.eval_shape(lambda p, k: task.sample(p, k, n), params, key).shape
+    except TypeError:  # the sampler converts to numpy or branches on values: run it
+        shape = want
+    if tuple(shape) != want:
+        return None
+    drawn = np.asarray(task.sample(params, key, n))
+    if drawn.shape != want or not np.issubdtype(drawn.dtype, np.floating):
+        return None
+    return drawn
+
+
+def _tour_classifier(out: Path, quick: bool):
+    """The digits CNN of the tour's FID/KID table: loaded from ``out/digits_cnn`` (quick tour:
+    ``out/digits_cnn_quick``) when a finished run is there, else trained there first."""
+    from genjax import classifier
+
+    run = out / ("digits_cnn_quick" if quick else "digits_cnn")
+    try:
+        net = classifier.load_cnn_classifier(run)
+    except FileNotFoundError:  # no run yet, or one without its final checkpoint: (re)train
+        net = classifier.train_cnn_classifier(
+            load_dataset("digits"), steps=TOUR_CNN_STEPS[quick], run_dir=run
+        )
+    return run, net
+
+
+def _tour_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dict:
+    """FID, KID, precision/recall and IS of each family's samples against the digits test
+    split, in the digits CNN's features (:func:`genjax.metrics.image_quality`), with the floor:
+    as many training images as there are test images, against the same test split."""
+    from genjax import metrics
+
+    tic = time.perf_counter()
+    dataset = load_dataset("digits")
+    run, net = _tour_classifier(out, quick)
+    test = dataset.test["x"]
+    n = len(test)
+    pick = np.random.default_rng(0).choice(len(dataset.train["x"]), n, replace=False)
+    sets = {"floor": dataset.train["x"][pick], **samples}
+    subset = max(2, n // 2)
+    figures = {}
+    for name, images in sets.items():
+        key = jax.random.key(3)
+        figures[name] = (
+            metrics.image_quality(key, net, test, images, TOUR_KID_SUBSETS, subset)
+            if np.all(np.isfinite(images))
+            else None  # non-finite samples: no features to compare
+        )
+        if figures[name] is not None:
+            print(f"{name:28s} FID = {figures[name]['fid']:.4g}", flush=True)
+    accuracy = float(np.mean(net.predict(test) == dataset.test["y"]))
+    steps = train.read_config(run)[0].steps
+    return {
+        "figures": figures,
+        "classifier": run.relative_to(out).as_posix(),
+        "steps": steps,
+        "accuracy": accuracy,
+        "n": n,
+        "subset": subset,
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def _report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
     lines = [
         f"# genjax tour{' (quick)' if quick else ''}",
         "",
@@ -239,12 +324,69 @@ def _report_markdown(rows, quick: bool) -> str:
             f"{report.baseline} | {report.baseline_value:.5g} | "
             f"{'yes' if report.beats_baseline else 'no'} | {seconds:.1f} | {fig} |"
         )
+    if quality is not None:
+        lines += _quality_markdown(quality, [recipe.name for recipe, *_ in rows], quick)
     extras = [(r.name, rep.extra) for r, rep, _, _ in rows if rep.extra]
     if extras:
         lines += ["", "## Further figures", ""]
         for name, extra in extras:
             lines.append(f"- **{name}**: " + ", ".join(f"{k} = {v:.5g}" for k, v in extra.items()))
     return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]:
+    figures, n = quality["figures"], quality["n"]
+    families = [name for name in order if name in figures]
+    ranked = sorted(
+        families,
+        key=lambda name: math.inf if figures[name] is None else figures[name]["fid"],
+    )
+    lines = [
+        "",
+        "## Image families ranked by FID",
+        "",
+        f"Each recipe on `digits` whose sampler draws images drew {n} samples; FID, KID "
+        f"(mean ± std over {TOUR_KID_SUBSETS} subsets of {quality['subset']}), k-NN "
+        "precision/recall (k = 3) and the Inception score compare them with the "
+        f"{n} test images in the pooled features of the digits CNN "
+        f"(`genjax.classifier.DigitsCNN`, {quality['steps']} steps, "
+        f"{100 * quality['accuracy']:.1f} % test accuracy, kept in "
+        f"`{quality['classifier']}`). The floor is {n} training images against the same test "
+        "split: a model that matched the data would score about that. Lower FID and KID are "
+        "better; FID is biased upwards at small N, so compare values within this table only. "
+        f"Sampling aside, the table took {quality['seconds']:.1f} s (classifier training "
+        "included when it was not kept from an earlier tour).",
+    ]
+    if quick:
+        lines += [
+            "",
+            f"Quick tour: its classifier's budget is {TOUR_CNN_STEPS[True]} steps, not the full "
+            f"tour's {TOUR_CNN_STEPS[False]}, so these values are not comparable with the full "
+            "tour's.",
+        ]
+    if any("autoencoder" in name for name in families):
+        lines += [
+            "",
+            "An autoencoder has no prior: its sampler reconstructs test images, so its row "
+            "measures reconstructions, not generated samples.",
+        ]
+    lines += [
+        "",
+        "| rank | images | FID | KID | precision | recall | IS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(rank: str, label: str, f: dict | None) -> str:
+        if f is None:
+            return f"| {rank} | {label} | non-finite samples | | | | |"
+        return (
+            f"| {rank} | {label} | {f['fid']:.4g} | {f['kid']:.3g} ± {f['kid_std']:.2g} | "
+            f"{f['precision']:.3f} | {f['recall']:.3f} | {f['inception_score']:.3g} |"
+        )
+
+    lines.append(row("floor", f"{n} training images (the floor)", figures["floor"]))
+    lines += [row(str(i), name, figures[name]) for i, name in enumerate(ranked, start=1)]
+    return lines
 
 
 def cmd_bench(args) -> int:

@@ -1,14 +1,18 @@
 """The ``genjax`` command as a user runs it: subprocesses that must write what they promise."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from genjax.cli import main
+from genjax.cli import TOUR_CNN_STEPS, _image_samples, _quality_markdown, main
 
 SCRIPT = shutil.which("genjax", path=str(Path(sys.executable).parent))
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "genjax.cli"]
@@ -49,12 +53,110 @@ def test_train_then_sample_writes_the_run_folder(tmp_path):
     assert (run / "samples" / "samples.png").stat().st_size > 0
 
 
+def _tiny_classifier(run_dir):
+    """A small digits CNN in ``run_dir``, so that a command only loads it."""
+    from genjax.classifier import train_cnn_classifier
+    from genjax.data import load_dataset
+
+    train_cnn_classifier(
+        load_dataset("digits"), steps=20, widths=(4, 8), strides=(1, 2), run_dir=run_dir
+    )
+
+
+def _fid_table(report: str) -> list[list[str]]:
+    lines = report.splitlines()
+    start = lines.index("## Image families ranked by FID")
+    table = [line for line in lines[start:] if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
+
+
 def test_tour_quick_writes_the_report(tmp_path):
+    _tiny_classifier(tmp_path / "tour" / "digits_cnn_quick")  # the tour loads the kept one
     _run("tour", "--quick", "--only", "autoencoder", "--out", "tour", cwd=tmp_path)
     report = (tmp_path / "tour" / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| autoencoder |"))
     assert "PCA, 8 components" in row and "| yes |" in row
     assert (tmp_path / "tour" / "autoencoder" / "reconstructions.png").stat().st_size > 0
+    floor, family = _fid_table(report)
+    assert floor[:2] == ["floor", "360 training images (the floor)"]
+    assert family[:2] == ["1", "autoencoder"]
+    for cells in (floor, family):
+        assert float(cells[2]) >= 0.0  # FID
+        assert math.isfinite(float(cells[3].split(" ± ")[0]))  # KID
+    assert "20 steps" in report and "`digits_cnn_quick`" in report  # the kept classifier
+
+
+@pytest.mark.slow
+def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path):
+    _run("tour", "--quick", "--only", "autoencoder", "vae_digits", "--out", "tour", cwd=tmp_path)
+    report = (tmp_path / "tour" / "report.md").read_text()
+    rows = _fid_table(report)
+    assert [r[0] for r in rows] == ["floor", "1", "2"]
+    assert {r[1] for r in rows[1:]} == {"autoencoder", "vae_digits"}
+    fids = [float(r[2]) for r in rows[1:]]
+    assert fids == sorted(fids)
+    assert f"{TOUR_CNN_STEPS[True]} steps" in report
+    assert (tmp_path / "tour" / "digits_cnn_quick" / "config.json").is_file()
+
+
+def test_quality_table_ranks_by_fid_below_the_floor():
+    def figures(fid):
+        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
+        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
+
+    quality = {
+        "figures": {
+            "floor": figures(1.0),
+            "a": figures(30.0),
+            "b": figures(2.0),
+            "c": None,
+            "d": figures(9.0),
+        },
+        "classifier": "digits_cnn",
+        "steps": 1500,
+        "accuracy": 0.98,
+        "n": 360,
+        "subset": 180,
+        "seconds": 1.0,
+    }
+    rows = _fid_table("\n".join(_quality_markdown(quality, ["a", "x", "b", "c", "d"], False)))
+    assert [r[:2] for r in rows] == [
+        ["floor", "360 training images (the floor)"],
+        ["1", "b"],
+        ["2", "d"],
+        ["3", "a"],
+        ["4", "c"],
+    ]
+    assert rows[-1][2] == "non-finite samples"
+
+
+def test_image_samples_draws_only_images_of_the_data_shape():
+    from genjax.data import Dataset
+    from genjax.train import Task
+
+    split = {"x": np.zeros((6, 8, 8, 1), np.float32), "y": np.zeros(6, np.int32)}
+    data, n = Dataset("tiny", split, split, 1, 17), 6
+    ran = []
+
+    def text(params, key, num):  # traceable, not images: must never run on values
+        ran.append(not isinstance(key, jax.core.Tracer))
+        return jnp.zeros((num, 32), jnp.int32)
+
+    def numpy_images(params, key, num):  # cannot be traced: run, then checked
+        return np.full((num, *data.shape), float(np.asarray(params)), np.float32)
+
+    def jax_images(params, key, num):
+        return jax.random.uniform(key, (num, *data.shape)) * params
+
+    key = jax.random.key(0)
+    loss = lambda *a: (0.0, {})
+    assert _image_samples(Task(init=None, loss=loss), 0.5, data, key) is None
+    assert _image_samples(Task(init=None, loss=loss, sample=text), 0.5, data, key) is None
+    assert ran == [False]
+    drawn = _image_samples(Task(init=None, loss=loss, sample=numpy_images), 0.5, data, key)
+    np.testing.assert_array_equal(drawn, np.full((n, *data.shape), 0.5, np.float32))
+    drawn = _image_samples(Task(init=None, loss=loss, sample=jax_images), 0.5, data, key)
+    assert drawn.shape == (n, *data.shape) and 0.0 <= drawn.min() and drawn.max() <= 0.5
 
 
 # The error paths run in-process: the same ``main`` as the console script, without a start-up.
@@ -89,13 +191,8 @@ def test_list_names_the_autoencoders(capsys):
 
 
 def test_interpret_writes_the_overlay_png(tmp_path, capsys):
-    from genjax.classifier import train_cnn_classifier
-    from genjax.data import load_dataset
-
-    run = tmp_path / "cnn"  # a small classifier, so that the command only loads it
-    train_cnn_classifier(
-        load_dataset("digits"), steps=20, widths=(4, 8), strides=(1, 2), run_dir=run
-    )
+    run = tmp_path / "cnn"
+    _tiny_classifier(run)
     args = ["interpret", "--classifier", str(run), "--out", str(tmp_path / "out")]
     assert main([*args, "--methods", "grad_cam", "guided_backprop"]) == 0
     png = tmp_path / "out" / "interpret.png"
