@@ -406,7 +406,7 @@ def figures_images(task: Task, params, dataset: Dataset, key, out_dir: Path) -> 
 def _config_2d(quick: bool) -> TrainConfig:
     if quick:
         return TrainConfig(
-            steps=500, batch_size=256, lr=3e-3, warmup_steps=50, ema_decay=None, log_every=250
+            steps=300, batch_size=256, lr=5e-3, warmup_steps=30, ema_decay=None, log_every=150
         )
     return TrainConfig(
         steps=10_000, batch_size=512, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=500
