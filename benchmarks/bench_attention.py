@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import dot_product_attention as flax_attention
 
-from benchmarks.harness import RESULTS, Row, flops_of, time_call
+from benchmarks.harness import LOOP, RESULTS, Row, time_call, train_loop_candidates
 from genjax import train
-from genjax.data import batch_indices, load_dataset
+from genjax.data import load_dataset
 from genjax.nn.attention import scaled_dot_product_attention
 from genjax.recipes import transformer as recipe
 
@@ -227,21 +227,8 @@ def _bench_train_step(h, label: str, options: dict, batch: int) -> None:
     task = recipe.make_char_task(data, options)
     config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS, ema_decay=None)
     state, tx = train.init_state(task, config, data.train)
-    device_data = jax.device_put(data.train)
-    chunk = train.make_train_chunk(task, config, tx, device_data)
-    n = len(data.train["x"])
-
-    @jax.jit
-    def one(s):  # one scan iteration of the chunk, for its FLOP count
-        idx = batch_indices(jax.random.key(1), s.step, n, batch)
-        b = {k: v[idx] for k, v in device_data.items()}
-        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, None)[0]
-
-    def scanned(s):
-        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
+    flops, candidates = train_loop_candidates(task, config, tx, state, data.train)
     opts = {**recipe.CHAR_DEFAULTS, **options}
-    step_flops = flops_of(one, state)
     group = (
         f"char Transformer train step, {label}: context {opts['context']}, width "
         f"{opts['features']}, {opts['num_layers']} layer(s), {opts['num_heads']} heads, batch "
@@ -249,12 +236,12 @@ def _bench_train_step(h, label: str, options: dict, batch: int) -> None:
     )
     h.measure(
         group,
-        "genjax loop (lax.scan chunk)",
-        scanned,
+        LOOP,
+        candidates[LOOP],
         state,
         items=STEPS * batch * opts["context"],
         unit="tokens",
-        flops=None if step_flops is None else STEPS * step_flops,
+        flops=flops,
     )
 
 

@@ -8,12 +8,11 @@ same step at MNIST size.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from benchmarks.harness import flops_of
+from benchmarks.harness import train_loop_candidates
 from genjax import train
-from genjax.data import Dataset, batch_indices, load_dataset
+from genjax.data import Dataset, load_dataset
 from genjax.recipes import autoencoder as recipe
 
 STEPS = 100
@@ -33,33 +32,9 @@ def _bench(h, shape, batch: int) -> None:
     task = recipe.make_task(data, {})
     config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS)
     state, tx = train.init_state(task, config, data.train)
-    device_data = jax.device_put(data.train)
-    chunk = train.make_train_chunk(task, config, tx, device_data)
-    n = len(data.train["x"])
-    data_key = jax.random.key(1)
-
-    @jax.jit
-    def one(s):
-        # The same work as one scan iteration: gather the step's batch, then update.
-        idx = batch_indices(data_key, s.step, n, batch)
-        b = {k: v[idx] for k, v in device_data.items()}
-        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
-
-    def scanned(s):
-        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
-    def python_loop(s):
-        for _ in range(STEPS):
-            s = one(s)
-        return s.params
-
-    step_flops = flops_of(one, state)
-    flops = None if step_flops is None else step_flops * STEPS
+    flops, candidates = train_loop_candidates(task, config, tx, state, data.train)
     group = f"AE train step {shape[0]}x{shape[1]}, batch {batch}, {STEPS} steps"
-    for name, fn in (
-        ("genjax loop (lax.scan chunk)", scanned),
-        ("python loop of jitted steps", python_loop),
-    ):
+    for name, fn in candidates.items():
         h.measure(group, name, fn, state, items=STEPS * batch, unit="examples", flops=flops)
 
 

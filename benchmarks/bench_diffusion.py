@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import flops_of
+from benchmarks.harness import flops_of, train_loop_candidates
 from genjax import diffusion as D
 from genjax import train
-from genjax.data import batch_indices, load_dataset
+from genjax.data import load_dataset
 from genjax.recipes import diffusion as recipe
 
 TRAIN_STEPS = 50
@@ -37,32 +37,9 @@ def _task_and_params(dataset, batch: int):
 
 def _bench_train(h, dataset) -> None:
     task, config, state, tx = _task_and_params(dataset, TRAIN_BATCH)
-    device_data = jax.device_put(dataset.train)
-    chunk = train.make_train_chunk(task, config, tx, device_data)
-    n = len(dataset.train["x"])
-    data_key = jax.random.key(1)
-
-    @jax.jit
-    def one(s):
-        # The same work as one scan iteration: gather the step's batch, then update.
-        idx = batch_indices(data_key, s.step, n, TRAIN_BATCH)
-        b = {k: v[idx] for k, v in device_data.items()}
-        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
-
-    def scanned(s):
-        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
-    def python_loop(s):
-        for _ in range(TRAIN_STEPS):
-            s = one(s)
-        return s.params
-
-    flops = _times(flops_of(one, state), TRAIN_STEPS)
+    flops, candidates = train_loop_candidates(task, config, tx, state, dataset.train)
     group = f"U-Net train step, digits 8x8 + labels, batch {TRAIN_BATCH}, {TRAIN_STEPS} steps"
-    for name, fn in (
-        ("genjax loop (lax.scan chunk)", scanned),
-        ("python loop of jitted steps", python_loop),
-    ):
+    for name, fn in candidates.items():
         h.measure(
             group, name, fn, state, items=TRAIN_STEPS * TRAIN_BATCH, unit="images", flops=flops
         )

@@ -19,10 +19,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from benchmarks.harness import flops_of
+from benchmarks.harness import LOOP, train_loop_candidates
 from genjax import flows as F
 from genjax import train
-from genjax.data import Dataset, batch_indices, load_dataset
+from genjax.data import Dataset, load_dataset
 from genjax.recipes import flows as recipe
 
 EVAL_BATCH = 256
@@ -73,29 +73,15 @@ def _bench(h, shape, quick: bool) -> None:
         unit="images",
     )
 
-    device_data = jax.device_put(data.train)
-    chunk = train.make_train_chunk(task, config, tx, device_data)
-    n = len(data.train["x"])
-
-    def one(s):
-        # The same work as one scan iteration: gather the step's batch, then update.
-        idx = batch_indices(jax.random.key(1), s.step, n, TRAIN_BATCH)
-        b = {k: v[idx] for k, v in device_data.items()}
-        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
-
-    step_flops = flops_of(one, state)
-
-    def scanned(s):
-        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
+    flops, candidates = train_loop_candidates(task, config, tx, state, data.train)
     h.measure(
         f"RealNVP train step {size}, batch {TRAIN_BATCH}, {steps} steps",
-        "genjax loop (lax.scan chunk)",
-        scanned,
+        LOOP,
+        candidates[LOOP],
         state,
         items=steps * TRAIN_BATCH,
         unit="images",
-        flops=None if step_flops is None else step_flops * steps,
+        flops=flops,
     )
 
 

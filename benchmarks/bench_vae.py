@@ -5,8 +5,8 @@ per timed call), three ways doing the same arithmetic:
 
 * the loop's scanned chunk (:func:`genjax.train.make_train_chunk`), as ``genjax train`` runs it;
 * one jitted step per Python iteration (:func:`genjax.vae.elbo` on :class:`genjax.vae.VAE`);
-* the same steps under ``lax.scan`` over pre-made batches (the step without the loop's
-  per-step shuffle of the whole training set, see ``genjax.data.batch_indices``);
+* the same steps under ``lax.scan`` over pre-made batches (the step without the loop's batch
+  gather and per-step metrics);
 * the same network, loss and optimiser in PyTorch eager mode (the optional ``bench`` extra,
   ``pip install -e ".[bench]"``), with one intra-op thread and with one per core. The rows are
   skipped, with a note, when torch is not importable.

@@ -83,6 +83,47 @@ def flops_of(fn: Callable, *args) -> float | None:
     return float(value) if value else None
 
 
+LOOP = "genjax loop (lax.scan chunk)"
+PYTHON_LOOP = "python loop of jitted steps"
+
+
+def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None, dict]:
+    """The training loop's scanned chunk and its reference, for ``config.log_every`` steps.
+
+    ``LOOP`` runs :func:`genjax.train.make_train_chunk` as ``genjax train`` does; ``PYTHON_LOOP``
+    dispatches the same update (gather the step's batch, :func:`genjax.train.standard_update`)
+    as one jitted step per Python iteration, the way a loop without ``lax.scan`` would. Both take
+    a :class:`genjax.train.TrainState` (the chunk gets a copy, since it donates its input).
+
+    Returns:
+      ``(flops, {name: fn})``: XLA's FLOP count for the whole chunk (``None`` if unknown) and
+      the two functions of the state.
+    """
+    from genjax import data, train
+
+    device_data = jax.device_put(dict(arrays))
+    chunk = train.make_train_chunk(task, config, tx, device_data)
+    n = data.num_examples(arrays)
+
+    @jax.jit
+    def one(s):
+        idx = data.batch_indices(jax.random.key(1), s.step, n, config.batch_size)
+        b = {k: v[idx] for k, v in device_data.items()}
+        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
+
+    def scanned(s):
+        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
+
+    def python_loop(s):
+        for _ in range(config.log_every):
+            s = one(s)
+        return s.params
+
+    step_flops = flops_of(one, state)
+    flops = None if step_flops is None else step_flops * config.log_every
+    return flops, {LOOP: scanned, PYTHON_LOOP: python_loop}
+
+
 class Harness:
     """Collects rows for one suite; see the module docstring."""
 
