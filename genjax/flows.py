@@ -298,16 +298,7 @@ def coupling_forward(
 
     Derivation: derivations/10-realnvp.md
     """
-    _check_event_ndims(x, event_ndims)
-    if jnp.shape(mask) != jnp.shape(x)[jnp.ndim(x) - event_ndims :]:
-        raise ValueError(
-            f"mask must have the event shape {jnp.shape(x)[jnp.ndim(x) - event_ndims :]}, got "
-            f"{jnp.shape(mask)}"
-        )
-    b = jnp.broadcast_to(mask, jnp.shape(x))  # [*batch, *event]
-    shift, log_scale = conditioner(b * x)
-    _check_same_shape(x, shift=shift, log_scale=log_scale)
-    return affine_forward(x, (1.0 - b) * shift, (1.0 - b) * log_scale, event_ndims)
+    return affine_forward(x, *_masked_conditioner(x, mask, conditioner, event_ndims), event_ndims)
 
 
 def coupling_inverse(
@@ -336,16 +327,20 @@ def coupling_inverse(
 
     Derivation: derivations/10-realnvp.md
     """
-    _check_event_ndims(y, event_ndims)
-    if jnp.shape(mask) != jnp.shape(y)[jnp.ndim(y) - event_ndims :]:
-        raise ValueError(
-            f"mask must have the event shape {jnp.shape(y)[jnp.ndim(y) - event_ndims :]}, got "
-            f"{jnp.shape(mask)}"
-        )
-    b = jnp.broadcast_to(mask, jnp.shape(y))  # [*batch, *event]
-    shift, log_scale = conditioner(b * y)
-    _check_same_shape(y, shift=shift, log_scale=log_scale)
-    return affine_inverse(y, (1.0 - b) * shift, (1.0 - b) * log_scale, event_ndims)
+    return affine_inverse(y, *_masked_conditioner(y, mask, conditioner, event_ndims), event_ndims)
+
+
+def _masked_conditioner(v, mask, conditioner, event_ndims: int):
+    """``((1 - b) * t, (1 - b) * s)`` with ``(t, s) = conditioner(b * v)``: the coupling's
+    shift and log-scale, zero on the kept half. ``b * v`` is the same for ``x`` and ``y``."""
+    _check_event_ndims(v, event_ndims)
+    event_shape = jnp.shape(v)[jnp.ndim(v) - event_ndims :]
+    if jnp.shape(mask) != event_shape:
+        raise ValueError(f"mask must have the event shape {event_shape}, got {jnp.shape(mask)}")
+    b = jnp.broadcast_to(mask, jnp.shape(v))  # [*batch, *event]
+    shift, log_scale = conditioner(b * v)
+    _check_same_shape(v, shift=shift, log_scale=log_scale)
+    return (1.0 - b) * shift, (1.0 - b) * log_scale
 
 
 # ----------------------------------------------------------------------------- logit
