@@ -191,7 +191,13 @@ TOUR_KID_SUBSETS = 100  #: KID subsets in the tour's sample-quality table
 
 def cmd_tour(args) -> int:
     """Train, evaluate and draw every selected recipe; rank the image families on ``digits`` by
-    FID/KID in the digits CNN's features; write ``report.md``."""
+    FID/KID in the digits CNN's features; write ``report.md``.
+
+    Each recipe's result (``<out>/<recipe>/result.json``) and image samples
+    (``<out>/<recipe>/samples.npy``) are kept, and the report covers every recipe with a result
+    in ``out`` from a tour of the same mode (full or quick): a tour of a few recipes updates
+    their rows in an earlier tour's report, and the FID table ranks them all with the same kept
+    classifier. A fresh ``--out`` gives a report of this tour alone."""
     selected = recipes.all_recipes()
     if args.only:
         unknown = set(args.only) - set(selected)
@@ -202,7 +208,6 @@ def cmd_tour(args) -> int:
     selected = {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, samples = [], {}
     for name, recipe in selected.items():
         tic = time.perf_counter()
         dataset = load_dataset(recipe.data)
@@ -217,20 +222,57 @@ def cmd_tour(args) -> int:
             else []
         )
         seconds = time.perf_counter() - tic
-        rows.append((recipe, report, seconds, figs))
         print(
             f"{name:28s} {report.metric} = {report.value:.5g}  "
             f"[{report.baseline}: {report.baseline_value:.5g}]  {seconds:.1f}s",
             flush=True,
         )
+        drawn = None
         if recipe.data == "digits":
             drawn = _image_samples(task, state.ema_params, dataset, jax.random.key(2))
-            if drawn is not None:
-                samples[name] = drawn
+        _keep_result(out / name, args.quick, report, seconds, figs, drawn)
+    rows, samples = _kept_results(out, args.quick)
     quality = _tour_quality(samples, out, args.quick) if samples else None
     (out / "report.md").write_text(_report_markdown(rows, args.quick, quality))
     print(out / "report.md")
     return 0
+
+
+def _keep_result(where: Path, quick: bool, report, seconds: float, figs, drawn) -> None:
+    """Write one recipe's tour result to ``where/result.json`` and its image samples (or the
+    absence of them) to ``where/samples.npy``."""
+    where.mkdir(parents=True, exist_ok=True)
+    result = {
+        "quick": quick,
+        "report": {**report._asdict(), "extra": dict(report.extra)},
+        "seconds": seconds,
+        "figures": [Path(f).name for f in figs],
+    }
+    samples = where / "samples.npy"
+    if drawn is None:
+        samples.unlink(missing_ok=True)
+    else:
+        np.save(samples, drawn)
+    (where / "result.json").write_text(json.dumps(result, indent=1, default=float))
+
+
+def _kept_results(out: Path, quick: bool):
+    """The rows ``(recipe, report, seconds, figure paths)`` and the image samples of every
+    registered recipe with a result of this tour mode in ``out``, in registry order."""
+    rows, samples = [], {}
+    for name, recipe in recipes.all_recipes().items():
+        where = out / name
+        try:
+            result = json.loads((where / "result.json").read_text())
+        except FileNotFoundError:
+            continue
+        if result["quick"] != quick:
+            continue
+        report = recipes.Report(**result["report"])
+        rows.append((recipe, report, result["seconds"], [where / f for f in result["figures"]]))
+        if (where / "samples.npy").is_file():
+            samples[name] = np.load(where / "samples.npy")
+    return rows, samples
 
 
 def _image_samples(task, params, dataset, key) -> np.ndarray | None:

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genjax.cli import TOUR_CNN_STEPS, _image_samples, _quality_markdown, main
+from genjax.cli import (
+    TOUR_CNN_STEPS,
+    _image_samples,
+    _keep_result,
+    _kept_results,
+    _quality_markdown,
+    main,
+)
+from genjax.recipes import Report
 
 SCRIPT = shutil.which("genjax", path=str(Path(sys.executable).parent))
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "genjax.cli"]
@@ -84,6 +92,28 @@ def test_tour_quick_writes_the_report(tmp_path):
         assert float(cells[2]) >= 0.0  # FID
         assert math.isfinite(float(cells[3].split(" ± ")[0]))  # KID
     assert "20 steps" in report and "`digits_cnn_quick`" in report  # the kept classifier
+
+
+def test_tour_results_are_kept_and_merged_by_mode(tmp_path):
+    def report(value):
+        return Report("m", np.float32(value), "b", 2.0, extra={"e": np.float64(value)})
+
+    images = np.zeros((3, 8, 8, 1), np.float32)
+    _keep_result(tmp_path / "vae_digits", True, report(1.0), 4.0, [], images)
+    _keep_result(tmp_path / "autoencoder", True, report(0.5), 3.0, [tmp_path / "a.png"], None)
+    _keep_result(tmp_path / "flow_digits", False, report(9.0), 5.0, [], images)  # full tour
+    rows, samples = _kept_results(tmp_path, quick=True)
+    assert [recipe.name for recipe, *_ in rows] == ["autoencoder", "vae_digits"]  # registry order
+    (_, first, seconds, figs), (_, second, _, _) = rows
+    assert first == report(0.5) and second.extra == {"e": 1.0} and seconds == 3.0
+    assert figs == [tmp_path / "autoencoder" / "a.png"]
+    assert list(samples) == ["vae_digits"] and samples["vae_digits"].shape == images.shape
+    _keep_result(tmp_path / "vae_digits", True, report(0.25), 1.0, [], None)  # rerun, no images
+    rows, samples = _kept_results(tmp_path, quick=True)
+    assert rows[1][1].value == 0.25 and samples == {}
+    assert [recipe.name for recipe, *_ in _kept_results(tmp_path, quick=False)[0]] == [
+        "flow_digits"
+    ]
 
 
 @pytest.mark.slow
