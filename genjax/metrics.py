@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from genjax.divergences import gaussian_w2
 
@@ -228,7 +229,9 @@ def frechet_distance(
     Derivation: derivations/14-metrics.md
     """
     arrays = [np.asarray(a, np.float64) for a in (mean1, cov1, mean2, cov2)]
-    with jax.enable_x64(True):
+    # XLA's eigh calls LAPACK, whose OpenBLAS threads contend with XLA's own: one BLAS thread
+    # is 40x faster on a busy 2-core machine (benchmarks/bench_metrics.py)
+    with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
         return float(gaussian_w2(*arrays))
 
 
