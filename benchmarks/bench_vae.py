@@ -93,24 +93,27 @@ def _jax_rows(h, data: np.ndarray) -> None:
 
     @jax.jit
     def step(params, opt_state, key, x):
-        grads = jax.grad(lambda p: loss(p, key, {"x": x})[0])(params)
+        # the loss value is returned, as PyTorch's loop computes it: without it XLA would drop
+        # the reduction over pixels and the softplus terms that only the value needs
+        value, grads = jax.value_and_grad(lambda p: loss(p, key, {"x": x})[0])(params)
         updates, opt_state = adam.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        return optax.apply_updates(params, updates), opt_state, value
 
     @jax.jit
     def scanned_steps(p):
         def body(carry, inputs):
             i, x = inputs
-            return step(*carry, jax.random.key(i), x), None
+            p, opt_state, value = step(*carry, jax.random.key(i), x)
+            return (p, opt_state), value
 
-        (p, _), _ = jax.lax.scan(body, (p, adam.init(p)), (jnp.arange(STEPS), batches))
-        return p
+        _, values = jax.lax.scan(body, (p, adam.init(p)), (jnp.arange(STEPS), batches))
+        return values
 
     def python_loop(p):
         opt_state = adam.init(p)
         for i in range(STEPS):
-            p, opt_state = step(p, opt_state, jax.random.key(i), batches[i])
-        return p
+            p, opt_state, value = step(p, opt_state, jax.random.key(i), batches[i])
+        return value
 
     step_flops = flops_of(step, params, adam.init(params), jax.random.key(0), batches[0])
     flops = None if step_flops is None else STEPS * step_flops

@@ -67,6 +67,12 @@ def _sum_event(v: jax.Array, event_ndims: int) -> jax.Array:
     return jnp.sum(v, axis=tuple(range(-event_ndims, 0))) if event_ndims else v
 
 
+def _flatten_event(v: jax.Array, event_ndims: int) -> jax.Array:
+    """``[*batch, *event] -> [*batch, prod(event)]``: XLA's CPU backend sums an elementwise
+    expression over one contiguous axis about twice as fast as over several."""
+    return jnp.reshape(v, (*jnp.shape(v)[: jnp.ndim(v) - event_ndims], -1))
+
+
 def _check_event_ndims(x, event_ndims: int, name: str = "x") -> None:
     if not isinstance(event_ndims, int) or isinstance(event_ndims, bool) or event_ndims < 0:
         raise ValueError(f"event_ndims must be an int >= 0, got {event_ndims!r}")
@@ -346,7 +352,8 @@ def bernoulli_log_likelihood(
     """
     _check_event_ndims(x, event_ndims)
     _check_same_shape("logits", logits, "x", x)
-    return _sum_event(x * logits - jax.nn.softplus(logits), event_ndims)
+    logits, x = _flatten_event(logits, event_ndims), _flatten_event(x, event_ndims)
+    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
 
 
 def discretized_logistic_log_likelihood(

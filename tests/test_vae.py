@@ -253,6 +253,19 @@ def test_bernoulli_log_likelihood_matches_scipy(logits):
     np.testing.assert_allclose(np.asarray(got)[moderate], pmf[moderate], rtol=1e-4, atol=1e-5)
 
 
+def test_bernoulli_log_likelihood_sums_exactly_the_event_axes():
+    """The image axes are flattened before the sum: every event_ndims gives the per-value terms
+    summed over the trailing event_ndims axes, keeping the batch axes."""
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 4, 1)) * 3.0
+    x = (jax.random.uniform(jax.random.key(1), (2, 3, 4, 1)) < 0.4).astype(jnp.float32)
+    per_value = V.bernoulli_log_likelihood(logits, x, event_ndims=0)
+    for k in range(5):
+        got = V.bernoulli_log_likelihood(logits, x, event_ndims=k)
+        want = jnp.sum(per_value, axis=tuple(range(4 - k, 4)))
+        assert got.shape == (2, 3, 4, 1)[: 4 - k]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
 def test_bernoulli_from_logits_is_exact_where_bce_on_sigmoid_fails():
     """log(sigmoid(l)) underflows in float32 for l < -104; the logits form stays exact."""
     logits, x = jnp.array([-120.0, 120.0]), jnp.array([1.0, 0.0])
