@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--only", nargs="*", default=None, help="recipe names to include")
     tour.add_argument("--out", default="runs/tour")
+    tour.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild report.md from the results kept in --out",
+    )
 
     b = sub.add_parser("bench", help="run benchmark suites (python -m benchmarks)")
     b.add_argument("suites", nargs="*")
@@ -206,6 +211,8 @@ def cmd_tour(args) -> int:
         selected = {k: v for k, v in selected.items() if k in args.only}
     quick_only = args.quick and not args.only
     selected = {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
+    if args.report_only:
+        selected = {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, recipe in selected.items():
@@ -232,6 +239,9 @@ def cmd_tour(args) -> int:
             drawn = _image_samples(task, state.ema_params, dataset, jax.random.key(2))
         _keep_result(out / name, args.quick, report, seconds, figs, drawn)
     rows, samples = _kept_results(out, args.quick)
+    if not rows:
+        mode = "quick " if args.quick else ""
+        raise SystemExit(f"{out}: no {mode}tour results to report")
     quality = _tour_quality(samples, out, args.quick) if samples else None
     (out / "report.md").write_text(_report_markdown(rows, args.quick, quality))
     print(out / "report.md")

@@ -116,6 +116,19 @@ def test_tour_results_are_kept_and_merged_by_mode(tmp_path):
     ]
 
 
+def test_tour_report_only_rebuilds_the_report_from_kept_results(tmp_path):
+    out = tmp_path / "tour"
+    with pytest.raises(SystemExit, match="no quick tour results"):
+        main(["tour", "--quick", "--report-only", "--out", str(out)])
+    report = Report("test MSE per pixel", 0.0125, "PCA, 8 components", 0.0246)
+    _keep_result(out / "autoencoder", True, report, 3.0, [], None)
+    assert main(["tour", "--quick", "--report-only", "--out", str(out)]) == 0
+    row = next(
+        line for line in (out / "report.md").read_text().splitlines() if "autoencoder" in line
+    )
+    assert "| 0.0125 |" in row and "| yes |" in row
+
+
 @pytest.mark.slow
 def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path):
     _run("tour", "--quick", "--only", "autoencoder", "vae_digits", "--out", "tour", cwd=tmp_path)
