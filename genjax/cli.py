@@ -192,6 +192,7 @@ def cmd_sample(args) -> int:
 
 TOUR_CNN_STEPS = {False: 1500, True: 300}  #: digits CNN budget of the tour, by ``--quick``
 TOUR_KID_SUBSETS = 100  #: KID subsets in the tour's sample-quality table
+TOUR_GMM_COMPONENTS = 10  #: components of the tour's baseline sampler (one per digit)
 
 
 def cmd_tour(args) -> int:
@@ -333,7 +334,8 @@ def _tour_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dic
     test = dataset.test["x"]
     n = len(test)
     pick = np.random.default_rng(0).choice(len(dataset.train["x"]), n, replace=False)
-    sets = {"floor": dataset.train["x"][pick], **samples}
+    sets = {"floor": dataset.train["x"][pick], "baseline": _gmm_samples(dataset.train["x"], n)}
+    sets.update(samples)
     subset = max(2, n // 2)
     figures = {}
     for name, images in sets.items():
@@ -356,6 +358,18 @@ def _tour_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dic
         "subset": subset,
         "seconds": time.perf_counter() - tic,
     }
+
+
+def _gmm_samples(images: np.ndarray, n: int) -> np.ndarray:
+    """``n`` samples of a full-covariance Gaussian mixture fitted to the flattened ``images``
+    (scikit-learn, seeded), clipped to the pixel range [0, 1]: the classical density model
+    every family's FID is compared with."""
+    from sklearn.mixture import GaussianMixture
+
+    flat = images.reshape(len(images), -1)  # [N, h*w*c]
+    gmm = GaussianMixture(TOUR_GMM_COMPONENTS, covariance_type="full", random_state=0)
+    drawn, _ = gmm.fit(flat).sample(n)  # [n, h*w*c]
+    return np.clip(drawn, 0.0, 1.0).reshape(n, *images.shape[1:]).astype(np.float32)
 
 
 def _report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
@@ -404,7 +418,8 @@ def _quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]
         f"(`genjax.classifier.DigitsCNN`, {quality['steps']} steps, "
         f"{100 * quality['accuracy']:.1f} % test accuracy, kept in "
         f"`{quality['classifier']}`). The floor is {n} training images against the same test "
-        "split: a model that matched the data would score about that. Lower FID and KID are "
+        "split: a model that matched the data would score about that; the baseline is a "
+        "classical density model's samples (clipped to [0, 1]). Lower FID and KID are "
         "better; FID is biased upwards at small N, so compare values within this table only. "
         f"Sampling aside, the table took {quality['seconds']:.1f} s (classifier training "
         "included when it was not kept from an earlier tour).",
@@ -437,6 +452,12 @@ def _quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]
         )
 
     lines.append(row("floor", f"{n} training images (the floor)", figures["floor"]))
+    if "baseline" in figures:
+        label = (
+            f"{n} samples of a {TOUR_GMM_COMPONENTS}-component full-covariance Gaussian "
+            "mixture fitted to the training images (the baseline)"
+        )
+        lines.append(row("baseline", label, figures["baseline"]))
     lines += [row(str(i), name, figures[name]) for i, name in enumerate(ranked, start=1)]
     return lines
 

@@ -85,10 +85,12 @@ def test_tour_quick_writes_the_report(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| autoencoder |"))
     assert "PCA, 8 components" in row and "| yes |" in row
     assert (tmp_path / "tour" / "autoencoder" / "reconstructions.png").stat().st_size > 0
-    floor, family = _fid_table(report)
+    floor, baseline, family = _fid_table(report)
     assert floor[:2] == ["floor", "360 training images (the floor)"]
+    assert baseline[0] == "baseline" and "Gaussian mixture" in baseline[1]
     assert family[:2] == ["1", "autoencoder"]
-    for cells in (floor, family):
+    assert float(family[2]) < float(baseline[2])  # reconstructions beat mixture samples
+    for cells in (floor, baseline, family):
         assert float(cells[2]) >= 0.0  # FID
         assert math.isfinite(float(cells[3].split(" ± ")[0]))  # KID
     assert "20 steps" in report and "`digits_cnn_quick`" in report  # the kept classifier
@@ -134,9 +136,9 @@ def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path)
     _run("tour", "--quick", "--only", "autoencoder", "vae_digits", "--out", "tour", cwd=tmp_path)
     report = (tmp_path / "tour" / "report.md").read_text()
     rows = _fid_table(report)
-    assert [r[0] for r in rows] == ["floor", "1", "2"]
-    assert {r[1] for r in rows[1:]} == {"autoencoder", "vae_digits"}
-    fids = [float(r[2]) for r in rows[1:]]
+    assert [r[0] for r in rows] == ["floor", "baseline", "1", "2"]
+    assert {r[1] for r in rows[2:]} == {"autoencoder", "vae_digits"}
+    fids = [float(r[2]) for r in rows[2:]]
     assert fids == sorted(fids)
     assert f"{TOUR_CNN_STEPS[True]} steps" in report
     assert (tmp_path / "tour" / "digits_cnn_quick" / "config.json").is_file()
@@ -150,6 +152,7 @@ def test_quality_table_ranks_by_fid_below_the_floor():
     quality = {
         "figures": {
             "floor": figures(1.0),
+            "baseline": figures(20.0),
             "a": figures(30.0),
             "b": figures(2.0),
             "c": None,
@@ -165,6 +168,7 @@ def test_quality_table_ranks_by_fid_below_the_floor():
     rows = _fid_table("\n".join(_quality_markdown(quality, ["a", "x", "b", "c", "d"], False)))
     assert [r[:2] for r in rows] == [
         ["floor", "360 training images (the floor)"],
+        ["baseline", rows[1][1]],
         ["1", "b"],
         ["2", "d"],
         ["3", "a"],
