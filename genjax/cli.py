@@ -368,7 +368,8 @@ def _gmm_samples(images: np.ndarray, n: int) -> np.ndarray:
 
     flat = images.reshape(len(images), -1)  # [N, h*w*c]
     gmm = GaussianMixture(TOUR_GMM_COMPONENTS, covariance_type="full", random_state=0)
-    drawn, _ = gmm.fit(flat).sample(n)  # [n, h*w*c]
+    drawn, _ = gmm.fit(flat).sample(n)  # [n, h*w*c], grouped by component
+    drawn = np.random.default_rng(0).permutation(drawn)  # IS splits need a mixed order
     return np.clip(drawn, 0.0, 1.0).reshape(n, *images.shape[1:]).astype(np.float32)
 
 
