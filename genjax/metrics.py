@@ -56,7 +56,9 @@ def inception_score(probs: Float[Array, "n classes"], splits: int = 10) -> tuple
       probs: ``[N, K]`` class probabilities of ``N`` generated samples (rows sum to 1).
       splits: number of parts; as in the reference code, part :math:`s` is rows
         ``[s * (N // splits), (s + 1) * (N // splits))`` and the last ``N % splits`` rows are
-        dropped.
+        dropped. The parts are contiguous, so samples drawn grouped by class (a conditional
+        sampler's label order, scikit-learn's ``GaussianMixture.sample``) must be shuffled
+        first: a part holding one class scores about 1.
 
     Returns:
       ``(mean, std)`` of the per-part scores (``std`` with ``ddof=0``, as the reference code).
