@@ -11,7 +11,7 @@ whose inner maximum is :math:`-\log 4 + 2\,\mathrm{JS}(p, q)` (derivations/08-ga
 Wasserstein critic :math:`f` (an unbounded score) instead estimates
 :math:`W_1(p, q) = \sup_{\|f\|_L \le 1} E_p f - E_q f` (Kantorovich–Rubinstein), with the
 Lipschitz constraint enforced by weight clipping, a gradient penalty, or spectral normalisation
-(derivations/08-gans.md).
+(derivations/09-wgan.md).
 
 **Conventions.** Losses take logits (or critic scores) ``[batch]`` and return per-example values
 ``[batch]``, to be averaged by the caller; all logs of sigmoids are ``softplus`` forms. Players
@@ -37,7 +37,7 @@ References:
 
   Miyato & Koyama, *cGANs with Projection Discriminator*, 2018, https://arxiv.org/abs/1802.05637
 
-Derivation: derivations/08-gans.md
+Derivation: derivations/08-gans.md (the game), derivations/09-wgan.md (Wasserstein critics)
 """
 
 from collections.abc import Callable
@@ -247,7 +247,7 @@ def critic_loss(
       >>> critic_loss(jnp.array([2.0]), jnp.array([0.5])).tolist()
       [-1.5]
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
     return fake_scores - real_scores
@@ -270,7 +270,7 @@ def wasserstein_generator_loss(fake_scores: Float[Array, " batch"]) -> Float[Arr
     Raises:
       ValueError: ``fake_scores`` is not 1-D.
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     return -_check_logits("fake_scores", fake_scores)
 
@@ -352,13 +352,13 @@ def gradient_penalty(
     Note:
       The norm is :math:`\sqrt{\|g\|^2 + 10^{-12}}`: :math:`\sqrt{\cdot}` has an infinite
       derivative at 0, which double backprop would turn into NaN for a critic that is flat at
-      :math:`\hat x` (derivations/08-gans.md).
+      :math:`\hat x` (derivations/09-wgan.md).
 
     References:
       Gulrajani et al., *Improved Training of Wasserstein GANs*, 2017,
       https://arxiv.org/abs/1704.00028 (Algorithm 1).
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     real, fake = jnp.asarray(real), jnp.asarray(fake)
     if real.shape != fake.shape or real.ndim < 2:
@@ -403,7 +403,7 @@ def clip_weights(params: Any, c: float) -> Any:
       >>> clip_weights({"w": jnp.array([-1.0, 0.005, 2.0])}, 0.01)["w"].tolist()
       [-0.01, 0.005, 0.01]
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     if not c > 0:
         raise ValueError(f"c must be positive, got {c}")

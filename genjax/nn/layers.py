@@ -15,7 +15,7 @@ r"""Layers shared by the families: strided and transposed convolutions, spectral
   an integer step, then an MLP) and :class:`ResBlock` (GroupNorm, SiLU, :class:`Conv`, plus a
   projection of the embedding, residual).
 
-Derivation: derivations/08-gans.md (section 7, spectral norm as a Lipschitz bound)
+Derivation: derivations/09-wgan.md (section 2, spectral norm as a Lipschitz bound)
 """
 
 import math
@@ -294,7 +294,7 @@ def power_iteration(
       Miyato et al., *Spectral Normalization for Generative Adversarial Networks*, 2018,
       https://arxiv.org/abs/1802.05957 (Algorithm 1).
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     w, u = jnp.asarray(w), jnp.asarray(u)
     if w.ndim != 2:
@@ -341,10 +341,10 @@ def spectral_normalize(
       For a convolution this normalises the reshaped kernel, as Miyato et al. do; the operator
       norm of the convolution itself can be larger, by at most
       :math:`\sqrt{\lceil k_h/s\rceil \lceil k_w/s\rceil}` (each input pixel enters that many
-      patches), so the 1-Lipschitz bound of derivations/08-gans.md holds for the matrix and only
+      patches), so the 1-Lipschitz bound of derivations/09-wgan.md holds for the matrix and only
       up to that factor for the conv layer.
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     sigma, u, _ = power_iteration(kernel_matrix(kernel), u, num_iters)
     return kernel / sigma, u, sigma
@@ -364,7 +364,7 @@ def spectral_norm_exact(kernel: Float[Array, "*fan_in out"]) -> Float[Array, ""]
       >>> float(spectral_norm_exact(jnp.array([[3.0, 0.0], [0.0, -4.0]])))
       4.0
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
     return jnp.linalg.svd(kernel_matrix(kernel), compute_uv=False)[0]
 
@@ -403,7 +403,7 @@ class SpectralDense(nn.Module):
       Miyato et al., *Spectral Normalization for Generative Adversarial Networks*, 2018,
       https://arxiv.org/abs/1802.05957
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
 
     features: int
@@ -437,7 +437,7 @@ class SpectralConv(nn.Module):
       num_iters: power-iteration steps per call.
       kernel_init: kernel initialiser.
 
-    Derivation: derivations/08-gans.md
+    Derivation: derivations/09-wgan.md
     """
 
     features: int
