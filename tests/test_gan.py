@@ -528,11 +528,10 @@ def test_conditional_digits_step_and_sampler(key):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "data, variant",
-    [("eight_gaussians", "wgan_gp"), ("eight_gaussians", "sngan"), ("gaussian_grid", "wgan_gp")],
+    [(d, v) for d in ("eight_gaussians", "gaussian_grid") for v in ("wgan_gp", "sngan")],
 )
 def test_lipschitz_games_cover_every_mode(data, variant):
-    # the README's mode-coverage study at the recipes' full budget (SN-GAN on the grid does not
-    # reach the goal: 20/25 modes, 49.6 % high quality)
+    # the README's mode-coverage study at the recipes' full budget and seed
     dataset = load_dataset(data)
     task = R.make_mixture_task(dataset, {"variant": variant})
     state = fit(task, dataset.train, R.mixture_config(False), progress=False)
