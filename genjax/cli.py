@@ -218,12 +218,8 @@ def cmd_tour(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, recipe in selected.items():
         tic = time.perf_counter()
-        dataset = load_dataset(recipe.data)
-        task = recipe.make_task(dataset, {})
-        config = recipe.config(args.quick)
-        state = train.fit(task, dataset.train, config, progress=False)
         key = jax.random.key(1)
-        report = recipe.evaluate(task, state.ema_params, dataset, key)
+        dataset, task, state, report = recipes.run(recipe, args.quick, key)
         figs = (
             recipe.figures(task, state.ema_params, dataset, key, out / name)
             if (recipe.figures)

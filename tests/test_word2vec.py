@@ -223,13 +223,8 @@ def test_tokenize_rejects_non_text():
 @pytest.mark.slow
 def test_word2vec_recipe_beats_the_unigram_baseline():
     """The recipe's quick budget already predicts held-out contexts better than the unigram."""
-    from genjax import recipes, train
-    from genjax.data import load_dataset
+    from genjax import recipes
 
-    recipe = recipes.get("word2vec")
-    dataset = load_dataset("digits")
-    task = recipe.make_task(dataset, {})
-    state = train.fit(task, dataset.train, recipe.config(True), progress=False)
-    report = recipe.evaluate(task, state.params, dataset, jax.random.key(0))
+    report = recipes.run(recipes.get("word2vec"), True, jax.random.key(0)).report
     assert report.beats_baseline
     assert report.extra["held_out_ns_loss"] < report.extra["held_out_ns_loss_unigram_scorer"]

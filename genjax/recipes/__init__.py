@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 
 import jax
 
-from genjax.data import Dataset
-from genjax.train import Task, TrainConfig
+from genjax.data import Dataset, load_dataset
+from genjax.train import Task, TrainConfig, TrainState, fit
 
 
 class Report(NamedTuple):
@@ -94,3 +94,21 @@ def get(name: str) -> Recipe:
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipes)}")
     return recipes[name]
+
+
+class Run(NamedTuple):
+    """What :func:`run` returns: the data, the task, the trained state and the report."""
+
+    dataset: Dataset
+    task: Task
+    state: TrainState
+    report: Report
+
+
+def run(recipe: Recipe, quick: bool, key: jax.Array) -> Run:
+    """Load ``recipe``'s data, train its task at its (``quick``) budget, and evaluate the EMA
+    parameters (the parameters themselves when the config has no EMA) with ``key``."""
+    dataset = load_dataset(recipe.data)
+    task = recipe.make_task(dataset, {})
+    state = fit(task, dataset.train, recipe.config(quick), progress=False)
+    return Run(dataset, task, state, recipe.evaluate(task, state.ema_params, dataset, key))
