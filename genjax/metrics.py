@@ -23,6 +23,7 @@ Derivation: derivations/14-metrics.md
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -36,6 +37,47 @@ from genjax.divergences import gaussian_w2
 
 PROB_ATOL = 1e-3  #: rows of ``probs`` must sum to 1 within this (float32 softmax round-off)
 LPIPS_EPS = 1e-10  #: added to the channel norm in :func:`lpips` (the reference code's value)
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+
+def bits_per_dim(
+    log_prob: Float[Array, "*batch"], num_dims: int, levels: int | None = None
+) -> Float[Array, "*batch"]:
+    r"""Negative log-likelihood in bits per dimension.
+
+    With :math:`\log p` = ``log_prob`` in nats for :math:`D` = ``num_dims`` values,
+
+    .. math:: \mathrm{bpd} = -\frac{\log p}{D \ln 2} \quad\text{(continuous data)}, \qquad
+       \mathrm{bpd} = -\frac{\log p - D \ln L}{D \ln 2} = -\frac{\log p}{D\ln 2} + \log_2 L
+
+    for data with :math:`L` = ``levels`` values per dimension, where :math:`\log p` is the
+    density of the dequantised data :math:`y = (k + u)/L` on the unit cube (each discrete value
+    owns a cell of volume :math:`L^{-D}`, so :math:`\log P(k) \ge E_u \log p(y) - D \ln L`).
+    A density of logit-transformed data must already include the logit's log-det
+    (:func:`genjax.flows.logit_forward`; :class:`genjax.flows.RealNVP` does).
+
+    Args:
+      log_prob: ``[*batch]`` log-density in nats.
+      num_dims: :math:`D`, e.g. ``H * W * C``.
+      levels: :math:`L` (17 for digits, 256 for 8-bit images), or ``None`` for continuous data.
+
+    Returns:
+      ``[*batch]`` bits per dimension (an upper bound on the discrete model's when ``levels``).
+
+    Example:
+      >>> round(float(bits_per_dim(jnp.float32(0.0), 64, 256)), 4)
+      8.0
+
+    Derivation: derivations/10-realnvp.md
+    """
+    if not isinstance(num_dims, int) or num_dims <= 0:
+        raise ValueError(f"num_dims must be a positive int, got {num_dims!r}")
+    if levels is not None and (not isinstance(levels, int) or levels < 2):
+        raise ValueError(f"levels must be an int >= 2 or None, got {levels!r}")
+    bpd = -log_prob / (num_dims * math.log(2.0))
+    return bpd if levels is None else bpd + math.log2(levels)
 
 
 # ----------------------------------------------------------------------------- Inception score
