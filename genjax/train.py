@@ -4,13 +4,18 @@ A family hands the loop a :class:`Task`: how to initialise parameters from a bat
 loss ``loss(params, key, batch) -> (loss, metrics)``. The loop owns everything else:
 
 * the optax optimiser built from :class:`TrainConfig` (Adam or AdamW, linear warm-up then cosine
-  decay, global-norm gradient clipping);
-* one jitted, state-donating update; ``jax.lax.scan`` runs ``log_every`` updates per dispatch;
+  decay, global-norm gradient clipping), or any ``optax.GradientTransformation`` given as
+  ``TrainConfig(optimizer=...)``;
+* one jitted, state-donating update; ``jax.lax.scan`` runs ``log_every`` updates per dispatch
+  (the last chunk is shorter when ``steps`` is not a multiple of ``log_every``);
 * an exponential moving average (EMA) of the parameters,
   :math:`\bar\theta_t = \delta\,\bar\theta_{t-1} + (1-\delta)\,\theta_t`;
 * a guard that stops with the step number and the offending metric when any metric is NaN/inf;
 * progress through tqdm, ``metrics.jsonl``, and orbax checkpoints written atomically, from which a
   run resumes bit for bit (every step's key and batch are functions of the step number alone).
+
+Evaluation, sampling and the tour use ``state.ema_params``, which equal ``state.params`` when
+``ema_decay`` is ``None``.
 
 Families whose update is not "one optimiser on one loss" (a GAN's alternating players, batch
 statistics) supply ``Task.update`` instead of relying on :func:`standard_update`; they still get
@@ -38,6 +43,23 @@ from tqdm.auto import tqdm
 
 from genjax import checkpoints, parallel
 from genjax import data as data_lib
+from genjax._checks import positive_int
+
+__all__ = [
+    "Task",
+    "TrainConfig",
+    "TrainState",
+    "TrainingDiverged",
+    "check_finite",
+    "ema_update",
+    "fit",
+    "init_state",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "make_train_chunk",
+    "read_config",
+    "standard_update",
+]
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -48,11 +70,17 @@ Metrics = dict[str, jax.Array]
 class TrainConfig:
     r"""Everything that decides a run's numbers. Written to ``config.json`` by :func:`fit`.
 
+    The defaults train with Adam at ``lr`` on a cosine schedule, gradients clipped to global norm
+    1.0 and an EMA of the parameters with decay 0.999; :func:`fit` prints them
+    (:meth:`describe`) when it shows progress.
+
     Attributes:
-      steps: number of optimiser updates.
+      steps: number of optimiser updates (any positive int).
       batch_size: examples per update (global, across devices).
       lr: peak learning rate.
-      optimizer: ``"adam"`` or ``"adamw"``.
+      optimizer: ``"adam"``, ``"adamw"``, or an ``optax.GradientTransformation`` used as given
+        (``lr``, ``b1``, ``b2``, ``weight_decay``, ``warmup_steps``, ``schedule``,
+        ``final_lr_fraction`` and ``clip_norm`` then do not apply; ``ema_decay`` does).
       weight_decay: decoupled weight decay (AdamW only).
       b1, b2: Adam moment decays.
       warmup_steps: linear warm-up from 0 to ``lr``.
@@ -60,7 +88,8 @@ class TrainConfig:
       final_lr_fraction: the cosine schedule's floor as a fraction of ``lr``.
       clip_norm: global gradient-norm clip; ``None`` disables it.
       ema_decay: EMA decay :math:`\delta`; ``None`` disables the EMA.
-      log_every: updates per scan dispatch, per log line and per checkpoint opportunity.
+      log_every: updates per scan dispatch, per log line and per checkpoint opportunity; the
+        last chunk holds the ``steps % log_every`` remaining updates.
       checkpoint_every: save every this many steps (a multiple of ``log_every``); ``None``
         saves only at the end.
       seed: the run's single source of randomness.
@@ -69,7 +98,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str | optax.GradientTransformation = "adam"
     weight_decay: float = 1e-4
     b1: float = 0.9
     b2: float = 0.999
@@ -83,13 +112,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _positive_int("steps", self.steps)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("log_every", self.log_every)
+        positive_int("steps", self.steps)
+        positive_int("batch_size", self.batch_size)
+        positive_int("log_every", self.log_every)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite float, got {self.lr}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if not isinstance(self.optimizer, optax.GradientTransformation) and (
+            self.optimizer not in ("adam", "adamw")
+        ):
+            raise ValueError(
+                "optimizer must be 'adam', 'adamw' or an optax.GradientTransformation, "
+                f"got {self.optimizer!r}"
+            )
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.warmup_steps < 0:
@@ -98,10 +132,6 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
-        if self.steps % self.log_every:
-            raise ValueError(
-                f"steps ({self.steps}) must be a multiple of log_every ({self.log_every})"
-            )
         if self.checkpoint_every is not None and (
             self.checkpoint_every <= 0 or self.checkpoint_every % self.log_every
         ):
@@ -110,10 +140,32 @@ class TrainConfig:
                 f"({self.log_every}), got {self.checkpoint_every}"
             )
 
+    @property
+    def custom_optimizer(self) -> bool:
+        """True when ``optimizer`` is a user's ``optax.GradientTransformation``."""
+        return isinstance(self.optimizer, optax.GradientTransformation)
 
-def _positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    def describe(self) -> str:
+        """One line naming the optimiser, learning rate, schedule, clipping and EMA."""
+        ema = "off" if self.ema_decay is None else f"{self.ema_decay:g}"
+        if self.custom_optimizer:
+            opt = "a user optax.GradientTransformation (its own rate, schedule and clipping)"
+        else:
+            schedule = (
+                "constant"
+                if self.schedule == "constant"
+                else f"cosine to {self.final_lr_fraction:g} x lr"
+            )
+            clip = "off" if self.clip_norm is None else f"global norm {self.clip_norm:g}"
+            opt = (
+                f"{self.optimizer} lr {self.lr:g}, warm-up {self.warmup_steps} steps, "
+                f"schedule {schedule}, clip {clip}"
+            )
+        evaluated = "EMA parameters" if self.ema_decay is not None else "parameters (no EMA)"
+        return (
+            f"train: {self.steps} steps of batch {self.batch_size}; {opt}; EMA {ema}; "
+            f"evaluation uses the {evaluated}"
+        )
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -144,7 +196,10 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The optax chain described by ``config``: clip, then Adam/AdamW on the schedule."""
+    """The optax chain described by ``config``: clip, then Adam/AdamW on the schedule; a
+    user's ``optax.GradientTransformation`` in ``config.optimizer`` as given."""
+    if config.custom_optimizer:
+        return config.optimizer
     schedule = learning_rate_schedule(config)
     if config.optimizer == "adamw":
         opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
@@ -179,24 +234,25 @@ UpdateFn = Callable[[TrainState, jax.Array, Batch], tuple[TrainState, Metrics]]
 
 
 class Task(NamedTuple):
-    """What a family hands the loop.
+    """What a family hands the loop (the contract of ``docs/api.md``, Training).
 
     Attributes:
       init: ``init(key, batch) -> params``, or ``-> (params, extra)`` when ``update`` needs
         extra state.
       loss: ``loss(params, key, batch) -> (scalar_loss, metrics_dict)``; pure and jittable.
-      sample: optional ``sample(params, key, n) -> array`` (images NHWC in [0, 1] for image
-        families), used by ``genjax sample`` and the tour.
+      sample: ``sample(params, key, n) -> array``, a plain function (images NHWC in [0, 1] for
+        image families), used by ``genjax sample`` and the tour; ``None`` when the recipe
+        draws nothing.
+      model: the recipe's setup object, which evaluation and figures read.
       update: optional ``update(state, key, batch, tx, ema_decay) -> (state, metrics)`` replacing
         :func:`standard_update`, for families with several players or mutable state.
-      model: optional handle on the family's model (e.g. its Flax module) for evaluation code.
     """
 
     init: Callable[..., Any]
     loss: Callable[[PyTree, jax.Array, Batch], tuple[jax.Array, Metrics]]
     sample: Callable[[PyTree, jax.Array, int], jax.Array] | None = None
-    update: Callable[..., tuple[TrainState, Metrics]] | None = None
     model: Any = None
+    update: Callable[..., tuple[TrainState, Metrics]] | None = None
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float | None) -> PyTree:
@@ -261,16 +317,21 @@ def make_train_chunk(
     arrays: Mapping[str, jax.Array],
     *,
     shard_batch: Callable[[Batch], Batch] = lambda b: b,
+    length: int | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
-    """A jitted function running ``config.log_every`` updates with ``jax.lax.scan``.
+    """A jitted function running ``length`` (default ``config.log_every``) updates with
+    ``jax.lax.scan``.
 
     Step :math:`t` uses the key ``fold_in(run_key, t)`` and the batch
     :func:`genjax.data.batch_indices` gives for ``t``; so the numbers a step produces depend on
-    the step number alone, which is what makes resuming exact. ``arrays`` stay on the device and
-    batches are gathered inside the scan. ``shard_batch`` lays each batch out over devices
-    (:func:`genjax.parallel.batch_sharder`). Returns ``chunk(state) -> (state, metrics)`` where
-    every metric has a leading axis of length ``log_every``.
+    the step number alone, which is what makes resuming exact and chunk lengths irrelevant to
+    the result. ``arrays`` stay on the device and batches are gathered inside the scan.
+    ``shard_batch`` lays each batch out over devices (:func:`genjax.parallel.batch_sharder`).
+    Returns ``chunk(state) -> (state, metrics)`` where every metric has a leading axis of
+    length ``length``.
     """
+    length = config.log_every if length is None else length
+    positive_int("length", length)
     _, step_root = jax.random.split(jax.random.key(config.seed))
     data_key, step_key = jax.random.split(step_root)
     num_examples = data_lib.num_examples(arrays)
@@ -286,8 +347,8 @@ def make_train_chunk(
         return standard_update(task.loss, state, key, batch, tx, config.ema_decay)
 
     per_epoch = num_examples // config.batch_size
-    # A chunk of log_every steps starting anywhere touches at most this many epochs.
-    chunk_epochs = (config.log_every - 1) // per_epoch + 2
+    # A chunk of `length` steps starting anywhere touches at most this many epochs.
+    chunk_epochs = (length - 1) // per_epoch + 2
 
     def chunk(state):
         first_epoch = state.step // per_epoch
@@ -298,7 +359,7 @@ def make_train_chunk(
             batch = shard_batch({k: v[idx] for k, v in arrays.items()})
             return update(state, jax.random.fold_in(step_key, state.step), batch)
 
-        return jax.lax.scan(body, state, length=config.log_every)
+        return jax.lax.scan(body, state, length=length)
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -336,22 +397,27 @@ def fit(
 ) -> TrainState:
     """Train ``task`` on ``arrays`` (a dict of equally long numpy arrays) as ``config`` says.
 
+    Updates run in scanned chunks that end at multiples of ``config.log_every`` and at the last
+    step, so any ``steps`` works; each chunk is one log line.
+
     Args:
       task: the family's :class:`Task`.
       arrays: training data, e.g. ``{"x": images, "y": labels}``; batches are dicts of the same
         keys with a leading ``batch_size`` axis.
-      config: the run's :class:`TrainConfig`.
+      config: the run's :class:`TrainConfig`; with ``progress`` its
+        :meth:`TrainConfig.describe` line is printed first.
       run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go. If it already
         holds a checkpoint, training resumes from the latest one.
       run_info: extra JSON-able facts stored in ``config.json`` (the recipe, data set, options).
       mesh: a device mesh from :func:`genjax.parallel.make_mesh`; batches are sharded over its
         ``"batch"`` axis and parameters replicated. ``None`` runs on the default device.
-      progress: show a tqdm bar with the live loss.
+      progress: print the config line and show a tqdm bar with the live loss.
       stop_after: stop (and checkpoint) after this many steps in total, as if interrupted;
         ``fit`` called again on the same ``run_dir`` carries on.
 
     Returns:
-      The final :class:`TrainState`.
+      The final :class:`TrainState`; evaluate ``state.ema_params`` (equal to ``state.params``
+      when ``config.ema_decay`` is ``None``).
 
     Raises:
       TrainingDiverged: a metric became NaN/inf; the message names the step and the metric.
@@ -365,7 +431,14 @@ def fit(
     device_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
     if mesh is not None:
         device_arrays = parallel.replicate(device_arrays, mesh)
-    chunk = make_train_chunk(task, config, tx, device_arrays, shard_batch=shard_batch)
+    chunks: dict[int, Callable] = {}
+
+    def chunk(state, length):
+        if length not in chunks:
+            chunks[length] = make_train_chunk(
+                task, config, tx, device_arrays, shard_batch=shard_batch, length=length
+            )
+        return chunks[length](state)
 
     manager = None
     if run_dir is not None:
@@ -379,21 +452,20 @@ def fit(
 
     start = int(state.step)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    if start % config.log_every:
-        raise ValueError(
-            f"checkpoint at step {start} is not a multiple of log_every={config.log_every}"
-        )
+    if progress:
+        print(config.describe(), flush=True)
     bar = tqdm(total=end, initial=start, disable=not progress, desc="train", unit="step")
     tic = time.perf_counter()
     try:
-        while int(state.step) + config.log_every <= end:
+        while int(state.step) < end:
             first = int(state.step)
-            state, metrics = chunk(state)
+            length = min(config.log_every - first % config.log_every, end - first)
+            state, metrics = chunk(state, length)
             metrics = jax.device_get(metrics)
             check_finite(metrics, first)
             summary = _summarise(metrics)
             step = int(state.step)
-            bar.update(config.log_every)
+            bar.update(length)
             bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4g}")
             if run_dir is not None:
                 record = {"step": step, "time": time.perf_counter() - tic, **summary}
@@ -410,7 +482,10 @@ def fit(
 
 
 def _write_config(run_dir: Path, config: TrainConfig, run_info: Mapping[str, Any] | None):
-    record = {"train": dataclasses.asdict(config), **(run_info or {})}
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if config.custom_optimizer:
+        fields["optimizer"] = _CUSTOM
+    record = {"train": fields, **(run_info or {})}
     tmp = run_dir / "config.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     tmp.replace(run_dir / "config.json")
@@ -422,4 +497,13 @@ def read_config(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a genjax run folder?")
     record = json.loads(path.read_text())
-    return TrainConfig(**record.pop("train")), record
+    fields = record.pop("train")
+    if fields.get("optimizer") == _CUSTOM:
+        raise ValueError(
+            f"{run_dir} was trained with a user optax.GradientTransformation, which config.json "
+            "cannot hold: build its TrainConfig again to restore it"
+        )
+    return TrainConfig(**fields), record
+
+
+_CUSTOM = "custom optax.GradientTransformation"

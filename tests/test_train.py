@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from genjax import train
+from genjax import data, train
 
 RTOL = 1e-5
 
@@ -106,7 +106,7 @@ def test_nan_guard_names_step_and_metric():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="multiple of log_every"):
-        train.TrainConfig(steps=150, log_every=100)
+        train.TrainConfig(steps=150, log_every=100, checkpoint_every=150)
     with pytest.raises(ValueError, match="optimizer"):
         train.TrainConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="lr must be"):
@@ -125,6 +125,69 @@ def test_optimizer_matches_optax_chain():
     u, _ = tx.update(grads, tx.init(params), params)
     v, _ = ref.update(grads, ref.init(params), params)
     np.testing.assert_allclose(u["w"], v["w"], rtol=RTOL)
+
+
+def test_partial_final_chunk_resumes_exactly(tmp_path):
+    """steps=30 with log_every=20 runs chunks of 20 and 10; stopped at 10 and resumed, the run
+    ends bit for bit where the uninterrupted one does."""
+    arrays, _ = linear_data()
+    config = dataclasses.replace(CONFIG, steps=30, checkpoint_every=20)
+    full = train.fit(linear_task(), arrays, config, run_dir=tmp_path / "a", progress=False)
+    assert int(full.step) == 30
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [20, 30]
+    train.fit(linear_task(), arrays, config, run_dir=tmp_path / "b", progress=False, stop_after=10)
+    resumed = train.fit(linear_task(), arrays, config, run_dir=tmp_path / "b", progress=False)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [10, 20, 30]
+    unchunked = train.fit(
+        linear_task(),
+        arrays,
+        dataclasses.replace(config, log_every=1, checkpoint_every=None),
+        progress=False,
+    )
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(unchunked), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL)
+
+
+def test_user_optax_transformation_trains_and_resumes(tmp_path):
+    """``TrainConfig(optimizer=optax.sgd(...))`` is used as given (no clipping, no schedule):
+    the first update is plain gradient descent on step 0's batch, and a stopped run resumes
+    exactly."""
+    arrays, w = linear_data()
+    lr = 0.05
+    config = dataclasses.replace(CONFIG, optimizer=optax.sgd(lr), ema_decay=None)
+    assert train.make_optimizer(config) is config.optimizer
+    one = train.fit(linear_task(), arrays, dataclasses.replace(config, steps=1), progress=False)
+    _, step_root = jax.random.split(jax.random.key(config.seed))
+    data_key, _ = jax.random.split(step_root)
+    idx = np.asarray(data.batch_indices(data_key, 0, len(arrays["x"]), config.batch_size))
+    batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
+    zero = {"w": jnp.zeros(w.shape)}
+    grad = jax.grad(lambda p: linear_task().loss(p, jax.random.key(0), batch)[0])(zero)
+    np.testing.assert_allclose(one.params["w"], -lr * grad["w"], rtol=RTOL)
+    full = train.fit(linear_task(), arrays, config, run_dir=tmp_path / "a", progress=False)
+    np.testing.assert_allclose(full.params["w"], w, atol=0.05)
+    train.fit(linear_task(), arrays, config, run_dir=tmp_path / "b", progress=False, stop_after=50)
+    resumed = train.fit(linear_task(), arrays, config, run_dir=tmp_path / "b", progress=False)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match=r"optax\.GradientTransformation"):
+        train.read_config(tmp_path / "a")
+
+
+def test_fit_prints_the_defaults_it_trains_with(capsys):
+    """EMA 0.999, clipping at 1.0 and the cosine schedule are on by default, and ``fit`` says
+    so in its first line."""
+    config = train.TrainConfig(steps=2, batch_size=8, log_every=1)
+    assert (config.ema_decay, config.clip_norm, config.schedule) == (0.999, 1.0, "cosine")
+    arrays, _ = linear_data(n=16)
+    train.fit(linear_task(), arrays, config, progress=True)
+    line = capsys.readouterr().out.splitlines()[0]
+    for part in ("adam lr 0.001", "cosine", "clip global norm 1", "EMA 0.999", "EMA parameters"):
+        assert part in line
 
 
 MULTI_DEVICE = """
