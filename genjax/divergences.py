@@ -5,7 +5,7 @@ leading axes are batch axes and the result has the batch shape. All logarithms a
 KL and JS are in nats (:math:`\mathrm{JS} \le \log 2`).
 
 Value checks: probability vectors must be non-negative and sum to one (within
-``PROB_ATOL``); this is checked whenever the arrays are concrete (eager calls) and raises
+``_PROB_ATOL``); this is checked whenever the arrays are concrete (eager calls) and raises
 ``ValueError``. Under ``jax.jit`` the values are abstract, so only shapes are checked there and
 the caller is responsible for passing normalised vectors.
 
@@ -17,23 +17,29 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-#: Tolerance on ``|sum(p) - 1|`` when validating concrete probability vectors.
-PROB_ATOL = 1e-4
+from genjax import _checks
 
+__all__ = [
+    "gaussian_kl",
+    "gaussian_w2",
+    "js",
+    "js_from_logits",
+    "kl",
+    "kl_from_logits",
+    "sliced_wasserstein",
+    "tvd",
+    "tvd_from_logits",
+    "wasserstein_1d",
+]
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_PROB_ATOL = 1e-4  # tolerance on |sum(p) - 1| when validating concrete probability vectors
 
 
 def _check_pair(name_p: str, p, name_q: str, q) -> tuple[Array, Array]:
     p, q = jnp.asarray(p), jnp.asarray(q)
-    if p.shape != q.shape:
-        raise ValueError(
-            f"{name_p} and {name_q} must have the same shape [..., k], got {p.shape} and {q.shape}"
-        )
+    _checks.same_shape(**{name_p: p, name_q: q})
     if p.ndim == 0 or p.shape[-1] == 0:
         raise ValueError(f"{name_p} must have shape [..., k] with k >= 1, got {p.shape}")
     if not jnp.issubdtype(p.dtype, jnp.floating):
@@ -44,16 +50,30 @@ def _check_pair(name_p: str, p, name_q: str, q) -> tuple[Array, Array]:
 
 
 def _check_probs(name: str, p: Array) -> None:
-    if not _is_concrete(p):
+    if not _checks.is_concrete(p):
         return
     if bool(jnp.any(p < 0)) or bool(jnp.any(jnp.isnan(p))):
         raise ValueError(f"{name} must be a probability vector: found negative or NaN entries")
     total = jnp.sum(p, axis=-1)
-    if bool(jnp.any(jnp.abs(total - 1.0) > PROB_ATOL)):
+    if bool(jnp.any(jnp.abs(total - 1.0) > _PROB_ATOL)):
         raise ValueError(
-            f"{name} must sum to 1 over the last axis (atol {PROB_ATOL}); got sums in "
+            f"{name} must sum to 1 over the last axis (atol {_PROB_ATOL}); got sums in "
             f"[{float(jnp.min(total)):.6g}, {float(jnp.max(total)):.6g}]"
         )
+
+
+def _check_prob_pair(p, q) -> tuple[Array, Array]:
+    """Shapes of ``p`` and ``q`` (same ``[..., k]``), then their values when concrete."""
+    p, q = _check_pair("p", p, "q", q)
+    _check_probs("p", p)
+    _check_probs("q", q)
+    return p, q
+
+
+def _check_order(p: float) -> float:
+    if not p >= 1.0:
+        raise ValueError(f"p must be >= 1, got {p}")
+    return float(p)
 
 
 def tvd(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array, "*batch"]:
@@ -70,20 +90,9 @@ def tvd(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array
     Returns:
       ``[...]`` distances in :math:`[0, 1]`.
 
-    Raises:
-      ValueError: shapes differ, ``k = 0``, or (for concrete arrays) entries are negative or do
-        not sum to one.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(tvd(jnp.array([1.0, 0.0]), jnp.array([0.5, 0.5])))
-      0.5
-
     Derivation: derivations/07-divergences.md
     """
-    p, q = _check_pair("p", p, "q", q)
-    _check_probs("p", p)
-    _check_probs("q", q)
+    p, q = _check_prob_pair(p, q)
     return _tvd_core(p, q)
 
 
@@ -107,17 +116,6 @@ def kl(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array,
     Returns:
       ``[...]`` divergences in nats, :math:`\ge 0`, possibly ``inf``.
 
-    Raises:
-      ValueError: shapes differ, ``k = 0``, or (for concrete arrays) entries are negative or do
-        not sum to one.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(kl(jnp.array([1.0, 0.0]), jnp.array([0.5, 0.5]))), 6)  # log 2
-      0.693147
-      >>> float(kl(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])))
-      inf
-
     Note:
       Forward :math:`\mathrm{KL}(p\|q)` (fitting :math:`q`) is mode covering; reverse
       :math:`\mathrm{KL}(q\|p)` is mode seeking (derivations/07-divergences.md). Matches
@@ -127,9 +125,7 @@ def kl(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array,
 
     Derivation: derivations/07-divergences.md
     """
-    p, q = _check_pair("p", p, "q", q)
-    _check_probs("p", p)
-    _check_probs("q", q)
+    p, q = _check_prob_pair(p, q)
     return _kl_core(p, q)
 
 
@@ -158,23 +154,13 @@ def js(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array,
     Returns:
       ``[...]`` divergences in nats.
 
-    Raises:
-      ValueError: as :func:`kl`.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(js(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))), 6)  # log 2
-      0.693147
-
     Note:
       This is the divergence itself, not its square root (``scipy.spatial.distance.jensenshannon``
       returns :math:`\sqrt{\mathrm{JS}}`).
 
     Derivation: derivations/07-divergences.md
     """
-    p, q = _check_pair("p", p, "q", q)
-    _check_probs("p", p)
-    _check_probs("q", q)
+    p, q = _check_prob_pair(p, q)
     return _js_core(p, q)
 
 
@@ -215,14 +201,6 @@ def kl_from_logits(
     Returns:
       ``[...]`` divergences in nats.
 
-    Raises:
-      ValueError: shapes differ or ``k = 0``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(kl_from_logits(jnp.array([0.0, 1.0]), jnp.array([5.0, 6.0])))  # shift-invariant
-      0.0
-
     Derivation: derivations/07-divergences.md
     """
     logits_p, logits_q = _check_pair("logits_p", logits_p, "logits_q", logits_q)
@@ -243,14 +221,6 @@ def js_from_logits(
 
     Returns:
       ``[...]`` divergences in nats, in :math:`[0, \log 2]`.
-
-    Raises:
-      ValueError: shapes differ or ``k = 0``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(js_from_logits(jnp.array([0.0, -jnp.inf]), jnp.array([-jnp.inf, 0.0]))), 6)
-      0.693147
 
     Derivation: derivations/07-divergences.md
     """
@@ -275,14 +245,6 @@ def tvd_from_logits(
 
     Returns:
       ``[...]`` distances in :math:`[0, 1]`.
-
-    Raises:
-      ValueError: shapes differ or ``k = 0``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(tvd_from_logits(jnp.array([0.0, -jnp.inf]), jnp.array([0.0, 0.0])))
-      0.5
 
     Derivation: derivations/07-divergences.md
     """
@@ -318,15 +280,6 @@ def gaussian_kl(
     Returns:
       ``[...]`` divergences in nats (the batch shape of ``mean_q``).
 
-    Raises:
-      ValueError: ``mean_q`` and ``log_var_q`` differ in shape, have rank 0, or ``mean_p`` /
-        ``log_var_p`` do not broadcast to their shape.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> gaussian_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3))).tolist()
-      [0.0, 0.0]
-
     Note:
       Parameterised by log-variance :math:`\log\sigma^2`, not standard deviation (PyTorch's
       ``Normal`` uses the scale); :math:`\sigma_q^2/\sigma_p^2` is computed as
@@ -340,11 +293,7 @@ def gaussian_kl(
     Derivation: derivations/07-divergences.md
     """
     mean_q, log_var_q = jnp.asarray(mean_q), jnp.asarray(log_var_q)
-    if mean_q.shape != log_var_q.shape:
-        raise ValueError(
-            f"mean_q and log_var_q must have the same shape [..., dim], got {mean_q.shape} and "
-            f"{log_var_q.shape}"
-        )
+    _checks.same_shape(mean_q=mean_q, log_var_q=log_var_q)
     if mean_q.ndim == 0:
         raise ValueError("mean_q must have shape [..., dim], got a scalar")
     shape = mean_q.shape
@@ -386,7 +335,9 @@ def _normalised_weights(name: str, weights, n: int, dtype) -> Array:
     weights = jnp.asarray(weights, dtype=dtype)
     if weights.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) like its samples, got {weights.shape}")
-    if _is_concrete(weights) and (bool(jnp.any(weights < 0)) or not float(jnp.sum(weights)) > 0):
+    if _checks.is_concrete(weights) and (
+        bool(jnp.any(weights < 0)) or not float(jnp.sum(weights)) > 0
+    ):
         raise ValueError(f"{name} must be non-negative with a positive sum")
     return weights / jnp.sum(weights)
 
@@ -421,15 +372,6 @@ def wasserstein_1d(
     Returns:
       Scalar :math:`W_p(\mu, \nu)`.
 
-    Raises:
-      ValueError: samples not 1-D or empty, weights of the wrong shape, negative or all zero
-        (checked when concrete), ``p < 1``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(wasserstein_1d(jnp.array([0.0, 1.0]), jnp.array([2.0, 3.0, 4.0, 5.0])))
-      3.0
-
     Note:
       For ``p = 1`` this matches ``scipy.stats.wasserstein_distance(x, y, x_weights, y_weights)``.
       Differentiable in ``x``, ``y`` (sorting is a permutation) and in the weights.
@@ -437,12 +379,11 @@ def wasserstein_1d(
     Derivation: derivations/07-divergences.md
     """
     x, y = _check_samples("x", x), _check_samples("y", y)
-    if not p >= 1.0:
-        raise ValueError(f"p must be >= 1, got {p}")
+    p = _check_order(p)
     dtype = jnp.result_type(x.dtype, y.dtype)
     a = _normalised_weights("x_weights", x_weights, x.shape[0], dtype)
     b = _normalised_weights("y_weights", y_weights, y.shape[0], dtype)
-    return _wasserstein_1d_core(x.astype(dtype), y.astype(dtype), a, b, float(p))
+    return _wasserstein_1d_core(x.astype(dtype), y.astype(dtype), a, b, p)
 
 
 @functools.partial(jax.jit, static_argnames="p")
@@ -467,7 +408,7 @@ def sliced_wasserstein(
     key: PRNGKeyArray,
     x: Float[Array, "n dim"],
     y: Float[Array, "m dim"],
-    num_projections: int,
+    num_projections: int = 256,
     p: float = 1.0,
     *,
     noise: Float[Array, "num_projections dim"] | None = None,
@@ -487,23 +428,13 @@ def sliced_wasserstein(
       key: PRNG key for the directions.
       x: ``[n, dim]`` samples of :math:`\mu`.
       y: ``[m, dim]`` samples of :math:`\nu` (same ``dim``).
-      num_projections: :math:`L \ge 1`.
+      num_projections: :math:`L \ge 1` (the standard error falls as :math:`1/\sqrt L`).
       p: the order :math:`p \ge 1`.
       noise: optional ``[num_projections, dim]`` Gaussian draws :math:`g_l` replacing the ones from
         ``key`` (normalised here).
 
     Returns:
       Scalar estimate of :math:`\mathrm{SW}_p`.
-
-    Raises:
-      ValueError: wrong ranks, empty samples, mismatched ``dim``, ``num_projections < 1``,
-        ``noise`` of the wrong shape.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> x = jnp.zeros((4, 2))
-      >>> float(sliced_wasserstein(jax.random.key(0), x, x, num_projections=8))
-      0.0
 
     References:
       Bonneel et al., *Sliced and Radon Wasserstein Barycenters of Measures*, 2015,
@@ -518,17 +449,14 @@ def sliced_wasserstein(
             raise ValueError(f"{name} must have shape [n, dim] with n >= 1, got {v.shape}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dim, got {x.shape[1]} and {y.shape[1]}")
-    if not isinstance(num_projections, int | np.integer) or num_projections < 1:
-        raise ValueError(f"num_projections must be a positive int, got {num_projections!r}")
+    _checks.positive_int("num_projections", num_projections)
     dim = x.shape[1]
     if noise is None:
         noise = jax.random.normal(key, (num_projections, dim), dtype=jnp.float32)
     noise = jnp.asarray(noise)
     if noise.shape != (num_projections, dim):
         raise ValueError(f"noise must have shape ({num_projections}, {dim}), got {noise.shape}")
-    if not p >= 1.0:
-        raise ValueError(f"p must be >= 1, got {p}")
-    return _sliced_core(x, y, noise, float(p))
+    return _sliced_core(x, y, noise, _check_order(p))
 
 
 @functools.partial(jax.jit, static_argnames="p")
@@ -575,14 +503,6 @@ def gaussian_w2(
 
     Returns:
       Scalar :math:`W_2^2 \ge 0` (squared, as in FID; take ``sqrt`` for :math:`W_2`).
-
-    Raises:
-      ValueError: means not ``[dim]``, covariances not ``[dim, dim]``, or dims that differ.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(gaussian_w2(jnp.zeros(1), jnp.eye(1), jnp.ones(1), 4.0 * jnp.eye(1)))  # 1 + 1
-      2.0
 
     Note:
       The usual FID code takes ``scipy.linalg.sqrtm(C1 @ C2)`` of a non-symmetric product and
