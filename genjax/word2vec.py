@@ -36,11 +36,26 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from genjax import _checks
+
+__all__ = [
+    "SkipGram",
+    "Vocab",
+    "build_vocab",
+    "context_log_probs",
+    "cosine_similarity",
+    "nearest_neighbours",
+    "negative_sampling_loss",
+    "noise_distribution",
+    "sample_negatives",
+    "skipgram_pairs",
+    "subsample",
+    "subsample_probability",
+    "tokenize",
+    "triplet_loss",
+]
+
 _WORD = re.compile(r"[a-z]+")
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -73,18 +88,12 @@ def negative_sampling_loss(
       Mikolov et al., *Distributed Representations of Words and Phrases and their
       Compositionality*, 2013, https://arxiv.org/abs/1310.4546
 
-    >>> z = jnp.zeros((2, 3))
-    >>> negative_sampling_loss(z, z, jnp.zeros((2, 4, 3))).round(4).tolist()  # 5 log 2
-    [3.4657, 3.4657]
-
     Derivation: derivations/16-word2vec.md
     """
     center, context, negatives = (jnp.asarray(a) for a in (center, context, negatives))
-    if center.ndim < 1 or center.shape != context.shape:
-        raise ValueError(
-            f"center and context must have the same shape [*batch, d], got {center.shape} and "
-            f"{context.shape}"
-        )
+    _checks.same_shape(center=center, context=context)
+    if center.ndim < 1:
+        raise ValueError(f"center must have shape [*batch, d], got {center.shape}")
     if negatives.shape[:-2] != center.shape[:-1] or negatives.shape[-1:] != center.shape[-1:]:
         raise ValueError(
             f"negatives must have shape [*batch, K, d] with *batch = {center.shape[:-1]} and "
@@ -124,11 +133,9 @@ def triplet_loss(
     Derivation: derivations/16-word2vec.md
     """
     anchor, positive, negative = (jnp.asarray(a) for a in (anchor, positive, negative))
-    if anchor.ndim < 1 or not anchor.shape == positive.shape == negative.shape:
-        raise ValueError(
-            "anchor, positive and negative must share one shape [*batch, d], got "
-            f"{anchor.shape}, {positive.shape}, {negative.shape}"
-        )
+    _checks.same_shape(anchor=anchor, positive=positive, negative=negative)
+    if anchor.ndim < 1:
+        raise ValueError(f"anchor must have shape [*batch, d], got {anchor.shape}")
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
 
@@ -163,9 +170,6 @@ def noise_distribution(counts: Float[Array, " v"], power: float = 0.75) -> Float
       Mikolov et al., *Distributed Representations of Words and Phrases and their
       Compositionality*, 2013, https://arxiv.org/abs/1310.4546
 
-    >>> noise_distribution(jnp.array([1.0, 16.0]), power=0.5).tolist()
-    [0.2, 0.8]
-
     Derivation: derivations/16-word2vec.md
     """
     counts = jnp.asarray(counts, jnp.float32)
@@ -173,7 +177,7 @@ def noise_distribution(counts: Float[Array, " v"], power: float = 0.75) -> Float
         raise ValueError(f"counts must have shape [V] with V >= 1, got {counts.shape}")
     if not (np.isfinite(power) and power >= 0):
         raise ValueError(f"power must be a finite float >= 0, got {power}")
-    if _is_concrete(counts) and (bool(jnp.any(counts < 0)) or not bool(jnp.any(counts > 0))):
+    if _checks.is_concrete(counts) and (bool(jnp.any(counts < 0)) or not bool(jnp.any(counts > 0))):
         raise ValueError("counts must be non-negative with at least one positive entry")
     weights = jnp.where(counts > 0, counts, 1.0) ** power
     weights = jnp.where(counts > 0, weights, 0.0 if power > 0 else 1.0)
@@ -205,9 +209,6 @@ def subsample_probability(freqs: Float[Array, " v"], threshold: float = 1e-5) ->
       Mikolov et al., *Distributed Representations of Words and Phrases and their
       Compositionality*, 2013, https://arxiv.org/abs/1310.4546
 
-    >>> subsample_probability(jnp.array([0.04, 1e-6]), threshold=1e-2).tolist()
-    [0.5, 0.0]
-
     Derivation: derivations/16-word2vec.md
     """
     freqs = jnp.asarray(freqs, jnp.float32)
@@ -215,7 +216,7 @@ def subsample_probability(freqs: Float[Array, " v"], threshold: float = 1e-5) ->
         raise ValueError(f"freqs must have shape [V], got {freqs.shape}")
     if not (np.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a positive finite float, got {threshold}")
-    if _is_concrete(freqs) and bool(jnp.any((freqs < 0) | (freqs > 1) | jnp.isnan(freqs))):
+    if _checks.is_concrete(freqs) and bool(jnp.any((freqs < 0) | (freqs > 1) | jnp.isnan(freqs))):
         raise ValueError("freqs must be relative frequencies in [0, 1]")
     safe = jnp.where(freqs > 0, freqs, 1.0)
     return jnp.where(freqs > threshold, 1.0 - jnp.sqrt(threshold / safe), 0.0)
@@ -225,7 +226,10 @@ def subsample_probability(freqs: Float[Array, " v"], threshold: float = 1e-5) ->
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case runs of ASCII letters: ``"Hello, world 2"`` → ``["hello", "world"]``."""
+    """Lower-case runs of ASCII letters: ``"Hello, world 2"`` → ``["hello", "world"]``.
+
+    Derivation: derivations/16-word2vec.md
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return _WORD.findall(text.lower())
@@ -238,6 +242,8 @@ class Vocab:
     Attributes:
       words: the kept words, most frequent first (ties alphabetical); a word's id is its index.
       counts: int64 ``[V]``, each word's count in the text the vocabulary was built from.
+
+    Derivation: derivations/16-word2vec.md
     """
 
     words: tuple[str, ...]
@@ -257,9 +263,11 @@ class Vocab:
 
 
 def build_vocab(tokens: Sequence[str], min_count: int = 5) -> Vocab:
-    """The words occurring at least ``min_count`` times, most frequent first."""
-    if not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+    """The words occurring at least ``min_count`` times, most frequent first.
+
+    Derivation: derivations/16-word2vec.md
+    """
+    _checks.positive_int("min_count", min_count)
     counter = collections.Counter(tokens)
     kept = sorted((w for w, c in counter.items() if c >= min_count), key=lambda w: (-counter[w], w))
     if not kept:
@@ -287,8 +295,7 @@ def skipgram_pairs(ids: Int[Array, " n"], window: int) -> Int[Array, "pairs 2"]:
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must have shape [n], got {ids.shape}")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
+    _checks.positive_int("window", window)
     offsets = np.concatenate([np.arange(-window, 0), np.arange(1, window + 1)])  # [2w]
     positions = np.arange(len(ids))[:, None]  # [n, 1]
     other = positions + offsets[None, :]  # [n, 2w]
@@ -298,10 +305,17 @@ def skipgram_pairs(ids: Int[Array, " n"], window: int) -> Int[Array, "pairs 2"]:
 
 
 def subsample(key: PRNGKeyArray, ids: Int[Array, " n"], discard: Float[Array, " v"]) -> np.ndarray:
-    """Drop each token of ``ids`` with probability ``discard[id]``; returns the kept ids.
+    """Drop each token of ``ids`` with probability ``discard[id]``.
 
-    ``discard`` comes from :func:`subsample_probability`. Eager (the result's length depends on
-    the draw).
+    Args:
+      key: PRNG key for one uniform per token.
+      ids: token ids ``[n]``.
+      discard: discard probabilities ``[V]`` from :func:`subsample_probability`.
+
+    Returns:
+      The kept ids, numpy ``[n_kept]`` (eager: the length depends on the draw).
+
+    Derivation: derivations/16-word2vec.md
     """
     ids = np.asarray(ids)
     u = np.asarray(jax.random.uniform(key, ids.shape))
@@ -316,6 +330,8 @@ def sample_negatives(
     Inverse-CDF sampling: id :math:`= \min\{i : F_i > u\}` for :math:`u \sim U[0, F_V)` with
     :math:`F` the cumulative sum, one uniform and a binary search per draw (a Gumbel-max draw
     would cost :math:`V` uniforms per draw). Words of probability 0 are never drawn.
+
+    Derivation: derivations/16-word2vec.md
     """
     noise_probs = jnp.asarray(noise_probs, jnp.float32)
     if noise_probs.ndim != 1:
@@ -419,7 +435,10 @@ def cosine_similarity(
     a: Float[Array, "n d"], b: Float[Array, "m d"], eps: float = 1e-8
 ) -> Float[Array, "n m"]:
     r""":math:`\cos(a_i, b_j) = a_i^\top b_j / (\lVert a_i\rVert\lVert b_j\rVert)`, ``[n, m]``
-    (norms floored at ``eps``)."""
+    (norms floored at ``eps``).
+
+    Derivation: derivations/16-word2vec.md
+    """
     a, b = jnp.asarray(a), jnp.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be [n, d] and [m, d], got {a.shape} and {b.shape}")

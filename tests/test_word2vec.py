@@ -188,7 +188,7 @@ def test_tokenize_and_vocab():
             lambda: w2v.negative_sampling_loss(
                 jnp.ones((2, 3)), jnp.ones((2, 4)), jnp.ones((2, 1, 3))
             ),
-            "same shape",
+            r"shapes must match: center \(2, 3\), context \(2, 4\)",
         ),
         (
             lambda: w2v.negative_sampling_loss(
@@ -205,7 +205,7 @@ def test_tokenize_and_vocab():
         (lambda: w2v.skipgram_pairs(np.arange(5), 0), "window"),
         (lambda: w2v.skipgram_pairs(np.ones((2, 2)), 1), r"\[n\]"),
         (lambda: w2v.nearest_neighbours(jnp.ones((3, 2)), jnp.array([0]), k=3), "k must"),
-        (lambda: w2v.triplet_loss(jnp.ones(2), jnp.ones(2), jnp.ones(3)), "share one shape"),
+        (lambda: w2v.triplet_loss(jnp.ones(2), jnp.ones(2), jnp.ones(3)), "shapes must match"),
         (lambda: w2v.triplet_loss(jnp.ones(2), jnp.ones(2), jnp.ones(2), margin=-1.0), "margin"),
         (lambda: w2v.build_vocab(["a"], min_count=2), "no word"),
     ],
