@@ -1,6 +1,6 @@
-"""Layers: the patch convolutions against lax/flax, and spectral normalisation against the SVD
-(power-iteration convergence, the gradient u v^T, the mutable u collection, the conv bound of
-derivations/08-gans.md)."""
+"""Layers: the patch convolutions and their im2col patches against lax/flax, and spectral
+normalisation against the SVD (power-iteration convergence, the gradient u v^T, the mutable u
+collection, the conv bound of derivations/09-wgan.md)."""
 
 import functools
 import math
@@ -19,6 +19,7 @@ from genjax.nn.layers import (
     ConvTranspose,
     SpectralConv,
     SpectralDense,
+    conv_patches,
     conv_transpose,
     kernel_matrix,
     power_iteration,
@@ -115,6 +116,29 @@ def test_conv_double_gradient_matches_lax(key):
     ours = jax.jit(jax.grad(lambda k: penalty(k, strided_conv)))(kernel)
     ref = jax.jit(jax.grad(lambda k: penalty(k, _lax_conv)))(kernel)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=CONV_ATOL)
+
+
+def test_conv_patches_matches_slices_and_conv(key):
+    x = jax.random.normal(key, (2, 5, 6, 3))
+    p = conv_patches(x)
+    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    slices = [padded[:, i : i + 5, j : j + 6] for i in range(3) for j in range(3)]
+    np.testing.assert_array_equal(p, jnp.concatenate(slices, -1))  # [2, 5, 6, 27]
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))  # [kh, kw, in, out]
+
+    def via_patches(v):
+        return jnp.einsum("bhwp,po->bhwo", conv_patches(v), kernel.reshape(27, 4))
+
+    def via_conv(v):
+        return jax.lax.conv_general_dilated(v, kernel, (1, 1), "SAME", dimension_numbers=DN)
+
+    np.testing.assert_allclose(via_patches(x), via_conv(x), rtol=1e-4, atol=1e-4)
+    g1 = jax.grad(lambda v: jnp.sum(jnp.sin(via_patches(v))))(x)
+    g2 = jax.grad(lambda v: jnp.sum(jnp.sin(via_conv(v))))(x)
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(via_patches(x), strided_conv(x, kernel, 1, 1), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="size must be a positive odd int"):
+        conv_patches(x, 2)
 
 
 def test_conv_modules_shapes_and_errors(key):
@@ -220,7 +244,7 @@ def test_spectral_dense_u_is_mutable_and_converges_one_step_per_call(key):
 
 def test_spectral_conv_layer_bound_on_operator_norm(key):
     # the normalised matrix has norm 1; the conv operator's norm is at most
-    # sqrt(ceil(k/s)^2) times that (derivations/08-gans.md)
+    # sqrt(ceil(k/s)^2) times that (derivations/09-wgan.md)
     layer = SpectralConv(4, kernel_size=4, stride=2, padding=1, num_iters=50)
     x = jax.random.normal(key, (1, 8, 8, 2))
     variables = layer.init(key, x)

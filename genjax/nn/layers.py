@@ -1,11 +1,12 @@
 r"""Layers shared by the families: strided and transposed convolutions, spectral normalisation.
 
-* :func:`strided_conv` and :func:`conv_transpose` compute convolutions as a sum of shifted,
-  strided slices times a matrix (an explicit im2col). Their gradients, and the gradients of those
-  gradients (a WGAN-GP penalty differentiates twice), are pads, slices and matrix products, never
-  convolutions; on CPU inside ``jax.lax.scan`` this is ~40x faster than autodiff of
-  ``lax.conv_general_dilated`` for the 8x8–32x32 images used here (see :func:`strided_conv`).
-  :class:`Conv` and :class:`ConvTranspose` wrap them.
+* :func:`strided_conv` and :func:`conv_transpose` compute convolutions as shifted, strided
+  slices times a matrix (an explicit im2col, the one in genjax; :func:`conv_patches` exposes its
+  "same"-padded patches). Their gradients, and the gradients of those gradients (a WGAN-GP
+  penalty differentiates twice), are pads, slices and matrix products, never convolutions, which
+  XLA on CPU runs much faster inside ``jax.lax.scan`` than autodiff of
+  ``lax.conv_general_dilated`` (jax-ml/jax issue 12868). :class:`Conv` and
+  :class:`ConvTranspose` wrap them.
 * Spectral normalisation: :func:`power_iteration` estimates the largest singular value
   :math:`\sigma(W)` of a weight matrix from a persistent vector :math:`u`,
   :func:`spectral_normalize` divides the kernel by it, :func:`spectral_norm_exact` is the SVD
@@ -28,6 +29,25 @@ from jaxtyping import Array, Float
 
 from genjax.nn.positional import sinusoidal_encoding
 
+__all__ = [
+    "EPS",
+    "SPECTRAL",
+    "Conv",
+    "ConvTranspose",
+    "ResBlock",
+    "SpectralConv",
+    "SpectralDense",
+    "TimeEmbedding",
+    "conv_patches",
+    "conv_transpose",
+    "group_count",
+    "kernel_matrix",
+    "power_iteration",
+    "spectral_norm_exact",
+    "spectral_normalize",
+    "strided_conv",
+]
+
 SPECTRAL = "spectral"  #: the Flax collection holding the power-iteration vectors ``u``
 EPS = 1e-12  #: added under the square root of vector norms in the power iteration
 
@@ -49,22 +69,56 @@ def _check_conv(x, kernel, stride: int, padding: int) -> None:
         raise ValueError(f"padding must be a non-negative int, got {padding!r}")
 
 
-def _patch_matmul(x: Array, kernel: Array, stride: int) -> Array:
-    # x already padded: y[b, i, j, o] = sum_{p, q, c} x[b, s i + p, s j + q, c] K[p, q, c, o]
-    kh, kw, c, o = kernel.shape
+def _im2col(x: Array, kh: int, kw: int, stride: int) -> Array:
+    """The ``kh`` x ``kw`` patches of an already padded ``x [b, H, W, C]`` at stride ``stride``:
+    ``[b, out_h, out_w, kh kw, C]``, slot ``p kw + q`` holding ``x[b, s i + p, s j + q]``."""
     out_h = (x.shape[1] - kh) // stride + 1
     out_w = (x.shape[2] - kw) // stride + 1
     if out_h < 1 or out_w < 1:
-        raise ValueError(
-            f"kernel {kernel.shape[:2]} is larger than the padded input {x.shape[1:3]}"
-        )
+        raise ValueError(f"kernel {(kh, kw)} is larger than the padded input {x.shape[1:3]}")
     slices = [
         x[:, p : p + stride * (out_h - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
         for p in range(kh)
         for q in range(kw)
     ]
-    patches = jnp.stack(slices, axis=3)  # [b, out_h, out_w, kh*kw, C]
+    return jnp.stack(slices, axis=3)  # [b, out_h, out_w, kh*kw, C]
+
+
+def _patch_matmul(x: Array, kernel: Array, stride: int) -> Array:
+    # x already padded: y[b, i, j, o] = sum_{p, q, c} x[b, s i + p, s j + q, c] K[p, q, c, o]
+    kh, kw, c, o = kernel.shape
+    patches = _im2col(x, kh, kw, stride)  # [b, out_h, out_w, kh*kw, C]
     return jnp.einsum("bhwkc,kco->bhwo", patches, kernel.reshape(kh * kw, c, o))  # [b, h, w, O]
+
+
+def conv_patches(x: Float[Array, "*batch H W C"], size: int = 3) -> Float[Array, "*batch H W P"]:
+    r"""The ``size`` x ``size`` neighbourhood of every pixel, zero-padded, stacked on channels.
+
+    .. math:: P_{h, w, (i k + j) C + c} = x_{h + i - r,\; w + j - r,\; c}, \qquad
+       r = \lfloor k/2 \rfloor
+
+    with :math:`k` = ``size`` (zero outside the image): the patches of :func:`strided_conv` at
+    stride 1 with "same" padding, so a dense layer on them is that convolution (im2col).
+
+    Args:
+      x: ``[*batch, H, W, C]``.
+      size: odd kernel side :math:`k`.
+
+    Returns:
+      ``[*batch, H, W, size * size * C]``.
+
+    Derivation: derivations/10-realnvp.md
+    """
+    if jnp.ndim(x) < 3:
+        raise ValueError(f"x must be [*batch, H, W, C], got shape {jnp.shape(x)}")
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd int, got {size!r}")
+    *batch, h, w, c = jnp.shape(x)
+    r = size // 2
+    flat = jnp.reshape(x, (-1, h, w, c))  # [prod(batch), H, W, C]
+    flat = jnp.pad(flat, [(0, 0), (r, r), (r, r), (0, 0)])  # [prod(batch), H+2r, W+2r, C]
+    patches = _im2col(flat, size, size, 1)  # [prod(batch), H, W, k², C]
+    return jnp.reshape(patches, (*batch, h, w, size * size * c))  # [*batch, H, W, k² C]
 
 
 def strided_conv(
@@ -90,21 +144,15 @@ def strided_conv(
     Returns:
       ``[batch, H2, W2, O]``.
 
-    Raises:
-      ValueError: wrong ranks, channel mismatch, bad stride/padding, kernel larger than the input.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> strided_conv(jnp.ones((1, 8, 8, 1)), jnp.ones((4, 4, 1, 2)), stride=2, padding=1).shape
-      (1, 4, 4, 2)
-
     Note:
       Same numbers as ``jax.lax.conv_general_dilated(x, kernel, (s, s), [(P, P), (P, P)],
       dimension_numbers=("NHWC", "HWIO", "NHWC"))``. It is written as :math:`k_h k_w` strided
       slices and one ``einsum`` because XLA on CPU runs the convolutions that autodiff emits for
-      a gradient 10–50x slower inside a ``while`` loop (jax-ml/jax issue 12868), and a GAN's
+      a gradient much slower inside a ``while`` loop (jax-ml/jax issue 12868), and a GAN's
       training step is a scan whose gradient penalty differentiates twice; slices differentiate
       to pads and the ``einsum`` to matrix products.
+
+    Derivation: derivations/09-wgan.md
     """
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     _check_conv(x, kernel, stride, padding)
@@ -136,19 +184,13 @@ def conv_transpose(
     Returns:
       ``[batch, H2, W2, O]``.
 
-    Raises:
-      ValueError: as :func:`strided_conv`, a non-square kernel or ``padding > kh - 1``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> conv_transpose(jnp.ones((1, 4, 4, 3)), jnp.ones((4, 4, 3, 1)), 2, 1).shape
-      (1, 8, 8, 1)
-
     Note:
       Equals ``jax.lax.conv_general_dilated`` with ``lhs_dilation=(s, s)`` and padding
       :math:`k-1-P`, and flax's ``nn.ConvTranspose`` (``transpose_kernel=False``) with that
       padding. PyTorch's ``ConvTranspose2d(C, O, k, s, P)`` gives the same output shape; its
       weight ``[C, O, k, k]`` corresponds to our ``kernel`` flipped in both spatial axes.
+
+    Derivation: derivations/09-wgan.md
     """
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     _check_conv(x, kernel, stride, padding)
@@ -161,6 +203,12 @@ def conv_transpose(
     config = [(0, 0, 0), (edge, edge, stride - 1), (edge, edge, stride - 1), (0, 0, 0)]
     x = jax.lax.pad(x, jnp.zeros((), x.dtype), config)  # [b, (H-1)s + 1 + 2 edge, ..., C]
     return _patch_matmul(x, kernel, 1)
+
+
+def _conv_kernel(module: nn.Module, x: Array) -> Array:
+    """The ``[k, k, C, O]`` kernel of a conv module (named and shaped as flax's ``nn.Conv``)."""
+    shape = (module.kernel_size, module.kernel_size, x.shape[-1], module.features)
+    return module.param("kernel", module.kernel_init, shape)
 
 
 def _add_bias(module: nn.Module, y: Array) -> Array:
@@ -182,6 +230,8 @@ class Conv(nn.Module):
       padding: :math:`P`.
       use_bias: add a learned bias.
       kernel_init: kernel initialiser (flax's default, LeCun normal).
+
+    Derivation: derivations/09-wgan.md
     """
 
     features: int
@@ -193,9 +243,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[Array, "batch H W C"]) -> Float[Array, "batch H2 W2 O"]:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        y = strided_conv(x, kernel, self.stride, self.padding)
+        y = strided_conv(x, _conv_kernel(self, x), self.stride, self.padding)
         return _add_bias(self, y)
 
 
@@ -209,6 +257,8 @@ class ConvTranspose(nn.Module):
       padding: :math:`P`.
       use_bias: add a learned bias.
       kernel_init: kernel initialiser.
+
+    Derivation: derivations/09-wgan.md
     """
 
     features: int
@@ -220,9 +270,7 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[Array, "batch H W C"]) -> Float[Array, "batch H2 W2 O"]:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        y = conv_transpose(x, kernel, self.stride, self.padding)
+        y = conv_transpose(x, _conv_kernel(self, x), self.stride, self.padding)
         return _add_bias(self, y)
 
 
@@ -242,8 +290,7 @@ def kernel_matrix(kernel: Float[Array, "*fan_in out"]) -> Float[Array, "out fan_
     Returns:
       ``[out, fan_in]``.
 
-    Raises:
-      ValueError: ``kernel`` has fewer than 2 axes.
+    Derivation: derivations/09-wgan.md
     """
     kernel = jnp.asarray(kernel)
     if kernel.ndim < 2:
@@ -280,9 +327,6 @@ def power_iteration(
     Returns:
       ``(sigma, u, v)``: the estimate :math:`\hat\sigma` (scalar), the new ``u [out]`` and
       ``v [fan_in]``.
-
-    Raises:
-      ValueError: ``w`` is not 2-D, ``u`` is not ``[out]``, or ``num_iters < 1``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -333,9 +377,6 @@ def spectral_normalize(
 
     Returns:
       ``(normalised kernel [..., out], new u [out], sigma [])``.
-
-    Raises:
-      ValueError: as :func:`kernel_matrix` and :func:`power_iteration`.
 
     Note:
       For a convolution this normalises the reshaped kernel, as Miyato et al. do; the operator
@@ -452,9 +493,7 @@ class SpectralConv(nn.Module):
     def __call__(
         self, x: Float[Array, "batch H W C"], update_stats: bool = False
     ) -> Float[Array, "batch H2 W2 O"]:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape)
-        w_bar = _spectral_kernel(self, kernel, update_stats, self.num_iters)
+        w_bar = _spectral_kernel(self, _conv_kernel(self, x), update_stats, self.num_iters)
         y = strided_conv(x, w_bar, self.stride, self.padding)
         return _add_bias(self, y)
 
@@ -500,7 +539,10 @@ class TimeEmbedding(nn.Module):
 
 def group_count(num_groups: int, channels: int) -> int:
     """The largest number of GroupNorm groups that divides ``channels`` and is at most
-    ``num_groups`` (their greatest common divisor)."""
+    ``num_groups`` (their greatest common divisor).
+
+    Derivation: derivations/11-ddpm.md
+    """
     return math.gcd(num_groups, channels)
 
 
