@@ -6,7 +6,7 @@ r"""Sample-quality metrics: FID and KID at Inception scale, and the feature extr
   (``numpy.cov``, then ``scipy.linalg.sqrtm`` of the non-symmetric product
   :math:`\Sigma_1\Sigma_2`, real part), which is the reference row. The row name gives the
   relative difference of the two values. A second group times the Fréchet distance alone, from
-  the same means and covariances (:func:`genjax.metrics.frechet_distance` against ``sqrtm``).
+  the same means and covariances (:func:`genjax.metrics.fid_from_statistics` against ``sqrtm``).
 * KID on the same features, 100 subsets of 1000 rows (Bińkowski et al.'s defaults):
   :func:`genjax.metrics.kid` (one jitted ``lax.map`` over the subsets, float32) beside a numpy
   loop over the subsets in the style of the paper's code (float32). Both build three
@@ -99,8 +99,8 @@ def _bench_fid(h, n: int, dim: int, repeats: int) -> None:
     args = (m1, c1, m2, c2)
     h.measure(
         group,
-        "genjax.metrics.frechet_distance (eigh)",
-        metrics.frechet_distance,
+        "genjax.metrics.fid_from_statistics (eigh)",
+        metrics.fid_from_statistics,
         *args,
         repeats=repeats,
     )

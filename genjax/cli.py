@@ -337,7 +337,9 @@ def _tour_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dic
     for name, images in sets.items():
         key = jax.random.key(3)
         figures[name] = (
-            metrics.image_quality(key, net, test, images, TOUR_KID_SUBSETS, subset)
+            metrics.image_quality(
+                key, net, test, images, num_subsets=TOUR_KID_SUBSETS, subset_size=subset
+            )
             if np.all(np.isfinite(images))
             else None  # non-finite samples: no features to compare
         )

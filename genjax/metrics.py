@@ -3,19 +3,19 @@ r"""Sample-quality metrics for generative models: IS, FID, KID, precision/recall
 Every metric reads a classifier's outputs, not pixels: the class probabilities
 :math:`p(y \mid x)` for the Inception score, penultimate features :math:`\phi(x)` for FID, KID
 and precision/recall, and several layers of feature maps for the LPIPS-style distance. Without a
-download, the classifier is the digits CNN of :mod:`genjax.classifier` (global-average-pool
-features); a larger network (Inception-v3, VGG) can be loaded from a local ``.npz`` file there.
+download, the classifier is the digits CNN of :mod:`genjax.classifier`.
 
-* :func:`inception_score` — :math:`\exp \mathbb E_x \mathrm{KL}(p(y\mid x)\,\|\,p(y))`, mean and
-  standard deviation over splits (Salimans et al. 2016).
-* :func:`frechet_distance`, :func:`fid` — the squared 2-Wasserstein distance between the
-  Gaussians fitted to two feature sets (Heusel et al. 2017); the closed form is
-  :func:`genjax.divergences.gaussian_w2`, evaluated here in float64.
-* :func:`kid` — the unbiased MMD² with the cubic polynomial kernel, averaged over random
-  subsets (Bińkowski et al. 2018); :func:`mmd2_unbiased`, :func:`polynomial_kernel`.
-* :func:`precision_recall` — the k-NN manifold precision and recall (Kynkäänniemi et al. 2019).
-* :func:`lpips` — channel-normalised deep-feature distance, per-layer weights, spatial average
-  (Zhang et al. 2018).
+Two layers:
+
+* the **jit-able core** takes arrays (features, probabilities, feature maps) and returns JAX
+  arrays in the inputs' float dtype (at least float32), so it runs inside ``jax.jit`` and
+  ``vmap``: :func:`frechet_distance`, :func:`kid`, :func:`precision_recall`,
+  :func:`inception_score`, :func:`mmd2_unbiased`, :func:`polynomial_kernel`,
+  :func:`lpips_from_features`, :func:`lpips`, :func:`bits_per_dim`;
+* the **host wrappers** take NumPy or JAX arrays (or images and a feature extractor) and return
+  Python floats for reports: :func:`fid` and :func:`fid_from_statistics` (float64 statistics
+  and ``eigh`` with one BLAS thread), :func:`feature_statistics`, :func:`sample_quality`,
+  :func:`image_quality`.
 
 Derivation: derivations/14-metrics.md
 """
@@ -33,10 +33,36 @@ import numpy as np
 from jaxtyping import Array, Float
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
+from genjax._checks import is_concrete, positive_int
 from genjax.divergences import gaussian_w2
+
+__all__ = [
+    "LPIPS_EPS",
+    "PROB_ATOL",
+    "bits_per_dim",
+    "feature_statistics",
+    "fid",
+    "fid_from_statistics",
+    "frechet_distance",
+    "image_quality",
+    "inception_score",
+    "kid",
+    "lpips",
+    "lpips_from_features",
+    "mmd2_unbiased",
+    "polynomial_kernel",
+    "precision_recall",
+    "sample_quality",
+]
 
 PROB_ATOL = 1e-3  #: rows of ``probs`` must sum to 1 within this (float32 softmax round-off)
 LPIPS_EPS = 1e-10  #: added to the channel norm in :func:`lpips` (the reference code's value)
+
+
+def _float(x) -> Array:
+    """``x`` as a JAX array of its float dtype, at least float32 (the core's working dtype)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -45,7 +71,7 @@ LPIPS_EPS = 1e-10  #: added to the channel norm in :func:`lpips` (the reference 
 def bits_per_dim(
     log_prob: Float[Array, "*batch"], num_dims: int, levels: int | None = None
 ) -> Float[Array, "*batch"]:
-    r"""Negative log-likelihood in bits per dimension.
+    r"""Negative log-likelihood in bits per dimension (jit-able core).
 
     With :math:`\log p` = ``log_prob`` in nats for :math:`D` = ``num_dims`` values,
 
@@ -66,14 +92,9 @@ def bits_per_dim(
     Returns:
       ``[*batch]`` bits per dimension (an upper bound on the discrete model's when ``levels``).
 
-    Example:
-      >>> round(float(bits_per_dim(jnp.float32(0.0), 64, 256)), 4)
-      8.0
-
     Derivation: derivations/10-realnvp.md
     """
-    if not isinstance(num_dims, int) or num_dims <= 0:
-        raise ValueError(f"num_dims must be a positive int, got {num_dims!r}")
+    positive_int("num_dims", num_dims)
     if levels is not None and (not isinstance(levels, int) or levels < 2):
         raise ValueError(f"levels must be an int >= 2 or None, got {levels!r}")
     bpd = -log_prob / (num_dims * math.log(2.0))
@@ -83,8 +104,10 @@ def bits_per_dim(
 # ----------------------------------------------------------------------------- Inception score
 
 
-def inception_score(probs: Float[Array, "n classes"], splits: int = 10) -> tuple[float, float]:
-    r"""Inception score: mean and standard deviation over ``splits`` equal parts.
+def inception_score(
+    probs: Float[Array, "n classes"], splits: int = 10
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    r"""Inception score from probabilities: mean and std over ``splits`` parts (jit-able core).
 
     .. math:: \mathrm{IS} = \exp\Big(\frac1n \sum_{i=1}^n
               \mathrm{KL}\big(p(y \mid x_i) \,\|\, \hat p(y)\big)\Big),
@@ -95,29 +118,20 @@ def inception_score(probs: Float[Array, "n classes"], splits: int = 10) -> tuple
     same prediction, :math:`K` when every prediction is one-hot and the classes are used equally.
 
     Args:
-      probs: ``[N, K]`` class probabilities of ``N`` generated samples (rows sum to 1).
+      probs: ``[N, K]`` class probabilities of ``N`` generated samples (rows sum to 1; checked
+        outside ``jit``, within ``PROB_ATOL``, so that logits passed by mistake are an error).
       splits: number of parts; as in the reference code, part :math:`s` is rows
         ``[s * (N // splits), (s + 1) * (N // splits))`` and the last ``N % splits`` rows are
         dropped. The parts are contiguous, so samples drawn grouped by class (a conditional
-        sampler's label order, scikit-learn's ``GaussianMixture.sample``) must be shuffled
-        first: a part holding one class scores about 1.
+        sampler's label order) must be shuffled first: a part holding one class scores about 1.
 
     Returns:
-      ``(mean, std)`` of the per-part scores (``std`` with ``ddof=0``, as the reference code).
-
-    Raises:
-      ValueError: ``probs`` not 2-D, negative, rows not summing to 1 (within ``PROB_ATOL``),
-        or ``splits`` not in ``[1, N]``.
-
-    Example:
-      >>> import numpy as np
-      >>> inception_score(np.eye(4), splits=1)
-      (4.0, 0.0)
+      ``(mean, std)`` of the per-part scores, scalar arrays (``std`` with ``ddof=0``, as the
+      reference code).
 
     Note:
-      IS never looks at real data: it rewards confident, diverse predictions, so a model that
-      emits one perfect image per class scores the maximum, and it is blind to diversity within
-      a class (derivations/14-metrics.md, "limits").
+      IS never looks at real data: it rewards confident, diverse predictions and is blind to
+      diversity within a class (derivations/14-metrics.md, "limits").
 
     References:
       Salimans et al., *Improved Techniques for Training GANs*, 2016,
@@ -126,9 +140,20 @@ def inception_score(probs: Float[Array, "n classes"], splits: int = 10) -> tuple
 
     Derivation: derivations/14-metrics.md
     """
-    p = np.asarray(probs, np.float64)
+    p = _float(probs)
     if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
         raise ValueError(f"probs must have shape [N, classes], got {p.shape}")
+    if is_concrete(probs):
+        _check_probabilities(np.asarray(probs, np.float64))
+    if not isinstance(splits, int) or not 1 <= splits <= p.shape[0]:
+        raise ValueError(f"splits must be an int in [1, N={p.shape[0]}], got {splits!r}")
+    size = p.shape[0] // splits
+    parts = p[: splits * size].reshape(splits, size, p.shape[1])  # [splits, size, K]
+    scores = _inception_scores(parts)  # [splits]
+    return jnp.mean(scores), jnp.std(scores)
+
+
+def _check_probabilities(p: np.ndarray) -> None:
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError("probs must be finite and non-negative")
     sums = p.sum(axis=1)
@@ -138,12 +163,6 @@ def inception_score(probs: Float[Array, "n classes"], splits: int = 10) -> tuple
             f"probs rows must sum to 1 (within {PROB_ATOL}); a row sums to {worst:.6g}: "
             "pass softmax probabilities, not logits"
         )
-    if not isinstance(splits, int) or not 1 <= splits <= p.shape[0]:
-        raise ValueError(f"splits must be an int in [1, N={p.shape[0]}], got {splits!r}")
-    size = p.shape[0] // splits
-    parts = p[: splits * size].reshape(splits, size, p.shape[1])  # [splits, size, K]
-    scores = np.asarray(_inception_scores(jnp.asarray(parts, jnp.float32)), np.float64)
-    return float(np.mean(scores)), float(np.std(scores))
 
 
 @jax.jit
@@ -152,37 +171,91 @@ def _inception_scores(parts: Array) -> Array:
     # xlogy: 0 log 0 = 0; where p > 0 the marginal is > 0 too.
     kl = jnp.sum(
         jax.scipy.special.xlogy(parts, parts) - jax.scipy.special.xlogy(parts, marginal), -1
-    )
+    )  # [splits, size]
     return jnp.exp(jnp.mean(kl, axis=1))  # [splits]
 
 
 # ----------------------------------------------------------------------------- FID
 
 
-def _check_features(name: str, x) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have shape [N, dim], got {x.shape}")
-    if not np.all(np.isfinite(x)):
+def _check_features(name: str, x) -> None:
+    """``[N, dim]`` with ``N, dim > 0``; finite when the values are concrete (outside ``jit``)."""
+    shape = jnp.shape(x)
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must have shape [N, dim], got {shape}")
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name} must be finite")
-    return x
 
 
-def _check_feature_pair(features1, features2) -> tuple[np.ndarray, np.ndarray]:
-    f1 = _check_features("features1", features1)
-    f2 = _check_features("features2", features2)
-    if f1.shape[1] != f2.shape[1]:
+def _check_feature_pair(x, y, names: tuple[str, str] = ("features1", "features2")) -> None:
+    for name, f in zip(names, (x, y), strict=True):
+        _check_features(name, f)
+    if jnp.shape(x)[1] != jnp.shape(y)[1]:
         raise ValueError(
-            f"features1 and features2 must have the same width, got {f1.shape[1]} and "
-            f"{f2.shape[1]}: were they computed by the same extractor?"
+            f"{names[0]} and {names[1]} must have the same width, got {jnp.shape(x)[1]} and "
+            f"{jnp.shape(y)[1]}: were they computed by the same extractor?"
         )
-    return f1, f2
+
+
+def _check_covariance_samples(features1, features2) -> None:
+    for name, f in (("features1", features1), ("features2", features2)):
+        if jnp.shape(f)[0] < 2:
+            raise ValueError(
+                f"{name} needs at least 2 samples for a covariance, got {jnp.shape(f)[0]}"
+            )
+
+
+def frechet_distance(
+    features1: Float[Array, "n1 dim"], features2: Float[Array, "n2 dim"]
+) -> Float[Array, ""]:
+    r"""Fréchet distance between the Gaussians fitted to two feature sets (jit-able core of FID).
+
+    .. math:: d^2 = \|\mu_1 - \mu_2\|^2 + \operatorname{tr}\Big(\Sigma_1 + \Sigma_2
+              - 2\big(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}\big)^{1/2}\Big)
+
+    where :math:`(\mu_j, \Sigma_j)` are the mean and the unbiased covariance of ``features{j}``,
+    combined by :func:`genjax.divergences.gaussian_w2` (symmetric ``eigh`` square roots).
+
+    Args:
+      features1: ``[N1, dim]`` features of one sample set, ``N1 >= 2``.
+      features2: ``[N2, dim]`` features of the other, ``N2 >= 2``.
+
+    Returns:
+      Scalar :math:`d^2 \ge 0` in the inputs' float dtype (at least float32).
+
+    Note:
+      This path runs in the inputs' dtype, inside ``jit``. FID is a difference of traces of
+      size :math:`10^2`–:math:`10^3`, so float32 leaves relative errors near :math:`10^{-4}`
+      (``tests/test_metrics.py::test_frechet_distance_in_float32``); pass float64 features
+      under ``jax.enable_x64`` for the host path's accuracy, or call :func:`fid`.
+
+    References:
+      Heusel et al., *GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
+      Equilibrium*, 2017, https://arxiv.org/abs/1706.08500; Dowson & Landau, *The Fréchet
+      distance between multivariate normal distributions*, 1982.
+
+    Derivation: derivations/14-metrics.md
+    """
+    _check_feature_pair(features1, features2)
+    _check_covariance_samples(features1, features2)
+    dtype = jnp.promote_types(jnp.result_type(features1, features2), jnp.float32)
+    return _frechet_distance(jnp.asarray(features1, dtype), jnp.asarray(features2, dtype))
+
+
+@jax.jit
+def _frechet_distance(f1: Array, f2: Array) -> Array:
+    def statistics(f):
+        mean = jnp.mean(f, axis=0, keepdims=True)  # [1, dim]
+        centred = f - mean  # [N, dim]
+        return mean[0], centred.T @ centred / (f.shape[0] - 1)  # [dim], [dim, dim]
+
+    return gaussian_w2(*statistics(f1), *statistics(f2))
 
 
 def feature_statistics(
     features: Float[Array, "n dim"],
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Mean and unbiased covariance of a feature set, in float64.
+    r"""Mean and unbiased covariance of a feature set, in float64 (host wrapper).
 
     .. math:: \mu = \frac1n \sum_i \phi_i, \qquad
               \Sigma = \frac1{n-1} \sum_i (\phi_i - \mu)(\phi_i - \mu)^\top
@@ -191,19 +264,17 @@ def feature_statistics(
       features: ``[N, dim]`` features :math:`\phi_i`, ``N >= 2``.
 
     Returns:
-      ``(mean [dim], cov [dim, dim])`` float64 numpy arrays (cache the real data's pair).
-
-    Raises:
-      ValueError: not ``[N, dim]``, non-finite, or ``N < 2``.
+      ``(mean [dim], cov [dim, dim])`` float64 NumPy arrays (cache the real data's pair for
+      :func:`fid_from_statistics`).
 
     Warns:
-      UserWarning: ``N <= dim``: the covariance has rank at most ``N - 1`` and is singular.
-      The Fréchet distance stays well defined (see :func:`frechet_distance`) but is biased
-      upwards by the few samples; use more samples than feature dimensions.
+      UserWarning: ``N <= dim``: the covariance has rank at most ``N - 1`` and is singular. The
+      Fréchet distance stays well defined but is biased upwards by the few samples.
 
     Derivation: derivations/14-metrics.md
     """
-    f = _check_features("features", features).astype(np.float64)
+    _check_features("features", features)
+    f = np.asarray(features, np.float64)
     n, dim = f.shape
     if n < 2:
         raise ValueError(f"features needs at least 2 samples for a covariance, got {n}")
@@ -220,23 +291,22 @@ def feature_statistics(
     return mean, cov
 
 
-def frechet_distance(
+def fid_from_statistics(
     mean1: Float[Array, " dim"],
     cov1: Float[Array, "dim dim"],
     mean2: Float[Array, " dim"],
     cov2: Float[Array, "dim dim"],
 ) -> float:
     r"""Fréchet distance between :math:`\mathcal N(\mu_1, \Sigma_1)` and
-    :math:`\mathcal N(\mu_2, \Sigma_2)`, i.e. their squared 2-Wasserstein distance.
+    :math:`\mathcal N(\mu_2, \Sigma_2)` in float64 (host wrapper).
 
     .. math:: d^2 = \|\mu_1 - \mu_2\|^2 + \operatorname{tr}\Big(\Sigma_1 + \Sigma_2
               - 2\big(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}\big)^{1/2}\Big)
 
     with :math:`\mu_1` = ``mean1``, :math:`\Sigma_1` = ``cov1``, :math:`\mu_2` = ``mean2``,
-    :math:`\Sigma_2` = ``cov2``. The formula is :func:`genjax.divergences.gaussian_w2` (one
-    implementation); this function runs it in float64 (``jax.enable_x64``), because FID is a
-    difference of traces of size :math:`10^2`–:math:`10^3` and float32 leaves errors of
-    :math:`10^{-2}`.
+    :math:`\Sigma_2` = ``cov2``: :func:`genjax.divergences.gaussian_w2` run in float64
+    (``jax.enable_x64``) with one BLAS thread, so that XLA's ``eigh`` (LAPACK) does not contend
+    with XLA's own threads.
 
     Args:
       mean1: ``[dim]`` mean :math:`\mu_1`.
@@ -247,46 +317,33 @@ def frechet_distance(
     Returns:
       :math:`d^2 \ge 0` as a Python float.
 
-    Raises:
-      ValueError: shapes that are not ``[dim]``/``[dim, dim]`` or dims that differ.
-
-    Example:
-      >>> import numpy as np
-      >>> frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2))  # 2 + 2 (2-1)^2
-      4.0
-
     Note:
-      Near-singular covariances. The reference code (``pytorch-fid``) takes
-      ``scipy.linalg.sqrtm(S1 @ S2)`` of a non-symmetric product, which fails or turns complex
-      when a covariance is singular (fewer samples than dimensions) and is patched by adding
-      :math:`10^{-6} I` to both. Here both square roots are of symmetric PSD matrices, taken by
-      ``eigh`` with the round-off negative eigenvalues clipped to 0, so a singular covariance
-      needs no offset and the result is finite and :math:`\ge 0` for any PSD input; it equals
-      the pytorch-fid value whenever that one is finite
-      (``tests/test_metrics.py::test_fid_matches_scipy_sqrtm``).
+      The reference code (``pytorch-fid``) takes ``scipy.linalg.sqrtm(S1 @ S2)`` of a
+      non-symmetric product, which fails or turns complex when a covariance is singular and is
+      patched by adding :math:`10^{-6} I` to both. Here both square roots are of symmetric PSD
+      matrices, taken by ``eigh`` with round-off negative eigenvalues clipped to 0, so a
+      singular covariance needs no offset; the value equals pytorch-fid's whenever that one is
+      finite (``tests/test_metrics.py::test_fid_matches_scipy_sqrtm``).
 
     References:
-      Heusel et al., *GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
-      Equilibrium*, 2017, https://arxiv.org/abs/1706.08500; Dowson & Landau, *The Fréchet
-      distance between multivariate normal distributions*, 1982.
+      Heusel et al., 2017, https://arxiv.org/abs/1706.08500
 
     Derivation: derivations/14-metrics.md
     """
     arrays = [np.asarray(a, np.float64) for a in (mean1, cov1, mean2, cov2)]
-    # XLA's eigh calls LAPACK, whose OpenBLAS threads contend with XLA's own: one BLAS thread
-    # is 40x faster on a busy 2-core machine (benchmarks/bench_metrics.py)
     with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
         return float(gaussian_w2(*arrays))
 
 
 def fid(features1: Float[Array, "n1 dim"], features2: Float[Array, "n2 dim"]) -> float:
-    r"""Fréchet Inception Distance between two feature sets.
+    r"""Fréchet Inception Distance between two feature sets, in float64 (host wrapper).
 
     .. math:: \mathrm{FID} = \|\mu_1 - \mu_2\|^2 + \operatorname{tr}\Big(\Sigma_1 + \Sigma_2
               - 2\big(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}\big)^{1/2}\Big)
 
-    where :math:`(\mu_j, \Sigma_j)` are the mean and unbiased covariance of ``features{j}``
-    (:func:`feature_statistics`), combined by :func:`frechet_distance` in float64.
+    where :math:`(\mu_j, \Sigma_j)` are the float64 mean and unbiased covariance of
+    ``features{j}`` (:func:`feature_statistics`), combined by :func:`fid_from_statistics`. The
+    jit-able form in the inputs' dtype is :func:`frechet_distance`.
 
     Args:
       features1: ``[N1, dim]`` features of one sample set (e.g. the real test images).
@@ -296,28 +353,22 @@ def fid(features1: Float[Array, "n1 dim"], features2: Float[Array, "n2 dim"]) ->
       FID :math:`\ge 0` as a Python float; 0 for identical sets, symmetric, invariant to the
       order of samples and to an orthogonal rotation of both sets.
 
-    Raises:
-      ValueError: not 2-D, non-finite, different widths, or fewer than 2 samples.
-
     Warns:
       UserWarning: fewer samples than feature dimensions (see :func:`feature_statistics`).
 
     Note:
       FID is biased: its expectation over finite samples exceeds the population value by a
       term of order :math:`\operatorname{tr}\Sigma / N`; compare values at the same ``N`` only
-      (Bińkowski et al. 2018). The "floor" of a data set is the FID of its test split against
-      its train split.
+      (Bińkowski et al. 2018).
 
     References:
       Heusel et al., 2017, https://arxiv.org/abs/1706.08500
 
     Derivation: derivations/14-metrics.md
     """
-    f1, f2 = _check_feature_pair(features1, features2)
-    for name, f in (("features1", f1), ("features2", f2)):
-        if len(f) < 2:
-            raise ValueError(f"{name} needs at least 2 samples for a covariance, got {len(f)}")
-    return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    _check_feature_pair(features1, features2)
+    _check_covariance_samples(features1, features2)
+    return fid_from_statistics(*feature_statistics(features1), *feature_statistics(features2))
 
 
 # ----------------------------------------------------------------------------- KID
@@ -330,7 +381,7 @@ def polynomial_kernel(
     gamma: float | None = None,
     coef0: float = 1.0,
 ) -> Float[Array, "n m"]:
-    r"""Polynomial kernel :math:`k(x, y) = (\gamma\, x^\top y + c)^p`.
+    r"""Polynomial kernel :math:`k(x, y) = (\gamma\, x^\top y + c)^p` (jit-able core).
 
     Args:
       x: ``[n, dim]``.
@@ -353,14 +404,14 @@ def mmd2_unbiased(
     y: Float[Array, "m dim"],
     kernel: Callable[[Array, Array], Array] = polynomial_kernel,
 ) -> Float[Array, ""]:
-    r"""Unbiased estimate of the squared maximum mean discrepancy.
+    r"""Unbiased estimate of the squared maximum mean discrepancy (jit-able core).
 
     .. math:: \widehat{\mathrm{MMD}}^2_u = \frac{1}{n(n-1)}\sum_{i \ne j} k(x_i, x_j)
               + \frac{1}{m(m-1)}\sum_{i \ne j} k(y_i, y_j)
               - \frac{2}{nm}\sum_{i, j} k(x_i, y_j)
 
-    Its expectation is exactly :math:`\mathrm{MMD}^2(P, Q)`, 0 when both samples come from
-    one distribution, so single estimates can be negative.
+    with :math:`k` = ``kernel``. Its expectation is exactly :math:`\mathrm{MMD}^2(P, Q)`, 0 when
+    both samples come from one distribution, so single estimates can be negative.
 
     Args:
       x: ``[n, dim]`` samples of :math:`P`, ``n >= 2``.
@@ -388,8 +439,9 @@ def kid(
     features2: Float[Array, "n2 dim"],
     num_subsets: int = 100,
     subset_size: int = 1000,
-) -> tuple[float, float]:
-    r"""Kernel Inception Distance: unbiased MMD² with a cubic kernel, over random subsets.
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    r"""Kernel Inception Distance: unbiased MMD² with a cubic kernel over random subsets
+    (jit-able core).
 
     .. math:: \mathrm{KID} = \frac1S \sum_{s=1}^S \widehat{\mathrm{MMD}}^2_u
               \big(X^{(s)}, Y^{(s)}\big), \qquad
@@ -403,39 +455,29 @@ def kid(
       key: PRNG key for the subsets.
       features1: ``[N1, dim]`` features, e.g. of real images.
       features2: ``[N2, dim]`` features, e.g. of generated images.
-      num_subsets: :math:`S`.
-      subset_size: rows per subset; capped at ``min(N1, N2)`` (the digits test split has 360
-        images), so with small sets each subset is a permutation of the smaller set.
+      num_subsets: :math:`S` (a Python int: static under ``jit``).
+      subset_size: rows per subset; capped at ``min(N1, N2)``, so with small sets each subset
+        is a permutation of the smaller set.
 
     Returns:
-      ``(mean, std)`` over the subsets, as Python floats. Unlike FID, the mean is an unbiased
-      estimate of the population value (0 for one distribution) at any sample size.
-
-    Raises:
-      ValueError: bad shapes, different widths, fewer than 2 samples, non-positive sizes.
-
-    Note:
-      Computed in float32 (jit); the kernel values are :math:`O(1)` because of the :math:`1/d`
-      scaling, so float32 leaves relative errors near :math:`10^{-6}` of the kernel scale.
+      ``(mean, std)`` over the subsets, scalar arrays in the inputs' float dtype (at least
+      float32). Unlike FID, the mean is an unbiased estimate of the population value (0 for one
+      distribution) at any sample size.
 
     References:
       Bińkowski et al., *Demystifying MMD GANs*, 2018, https://arxiv.org/abs/1801.01401
 
     Derivation: derivations/14-metrics.md
     """
-    f1, f2 = _check_feature_pair(features1, features2)
-    for name, value in (("num_subsets", num_subsets), ("subset_size", subset_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    size = min(subset_size, f1.shape[0], f2.shape[0])
+    _check_feature_pair(features1, features2)
+    positive_int("num_subsets", num_subsets)
+    positive_int("subset_size", subset_size)
+    n1, n2 = jnp.shape(features1)[0], jnp.shape(features2)[0]
+    size = min(subset_size, n1, n2)
     if size < 2:
-        raise ValueError(f"kid needs at least 2 samples in each set, got {len(f1)} and {len(f2)}")
-    values = np.asarray(
-        _kid_subsets(
-            key, jnp.asarray(f1, jnp.float32), jnp.asarray(f2, jnp.float32), num_subsets, size
-        )
-    )
-    return float(np.mean(values)), float(np.std(values))
+        raise ValueError(f"kid needs at least 2 samples in each set, got {n1} and {n2}")
+    values = _kid_subsets(key, _float(features1), _float(features2), num_subsets, size)
+    return jnp.mean(values), jnp.std(values)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -468,13 +510,13 @@ def _knn_radii(x: Array, k: int) -> Array:
 @jax.jit
 def _coverage(queries: Array, support: Array, radii: Array) -> Array:
     d = _pairwise_sq_dists(queries, support)  # [q, s]
-    return jnp.mean(jnp.any(d <= radii[None, :], axis=1).astype(jnp.float32))
+    return jnp.mean(jnp.any(d <= radii[None, :], axis=1).astype(queries.dtype))
 
 
 def precision_recall(
     real: Float[Array, "n dim"], fake: Float[Array, "m dim"], k: int = 3
-) -> tuple[float, float]:
-    r"""Improved precision and recall of a generative model (k-NN manifolds).
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    r"""Improved precision and recall of a generative model, from k-NN manifolds (jit-able core).
 
     Each set :math:`\Phi` defines a manifold, the union of balls around its points with radius
     the distance to the point's :math:`k`-th nearest neighbour in :math:`\Phi`:
@@ -488,7 +530,7 @@ def precision_recall(
 
     with :math:`\Phi_r` = ``real`` and :math:`\Phi_g` = ``fake``. Precision is the share of
     samples that look real (quality); recall is the share of the real data the model covers
-    (diversity). FID folds both into one number.
+    (diversity).
 
     Args:
       real: ``[N, dim]`` features of real images.
@@ -496,14 +538,10 @@ def precision_recall(
       k: neighbourhood size (3 in the paper); needs ``k < min(N, M)``.
 
     Returns:
-      ``(precision, recall)`` in ``[0, 1]``.
-
-    Raises:
-      ValueError: bad shapes, different widths, or ``k`` out of range.
+      ``(precision, recall)``, scalar arrays in ``[0, 1]``.
 
     Note:
-      Uses all pairwise distances, :math:`O((N + M)^2)` memory: fine for the digits sets and
-      up to ~10 000 samples.
+      Uses all pairwise distances, :math:`O((N + M)^2)` memory: fine up to ~10 000 samples.
 
     References:
       Kynkäänniemi et al., *Improved Precision and Recall Metric for Assessing Generative
@@ -511,15 +549,13 @@ def precision_recall(
 
     Derivation: derivations/14-metrics.md
     """
-    r, f = _check_feature_pair(real, fake)
-    if not isinstance(k, int) or not 1 <= k < min(len(r), len(f)):
-        raise ValueError(
-            f"k must be an int in [1, min(N, M) - 1 = {min(len(r), len(f)) - 1}], got {k!r}"
-        )
-    r, f = jnp.asarray(r, jnp.float32), jnp.asarray(f, jnp.float32)
-    precision = _coverage(f, r, _knn_radii(r, k))
-    recall = _coverage(r, f, _knn_radii(f, k))
-    return float(precision), float(recall)
+    _check_feature_pair(real, fake, ("real", "fake"))
+    smaller = min(jnp.shape(real)[0], jnp.shape(fake)[0])
+    if not isinstance(k, int) or not 1 <= k < smaller:
+        raise ValueError(f"k must be an int in [1, min(N, M) - 1 = {smaller - 1}], got {k!r}")
+    dtype = jnp.promote_types(jnp.result_type(real, fake), jnp.float32)
+    r, f = jnp.asarray(real, dtype), jnp.asarray(fake, dtype)
+    return _coverage(f, r, _knn_radii(r, k)), _coverage(r, f, _knn_radii(f, k))
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -530,7 +566,7 @@ def lpips_from_features(
     layers2: Sequence[Float[Array, "n h w c"]],
     weights: Sequence[Float[Array, " c"]] | None = None,
 ) -> Float[Array, " n"]:
-    r"""LPIPS-style distance from precomputed feature maps.
+    r"""LPIPS-style distance from precomputed feature maps (jit-able core).
 
     .. math:: d(x, y) = \sum_l \frac{1}{H_l W_l} \sum_{h, w} \sum_c w_{l,c}
               \big(\hat\phi^l_{hwc}(x) - \hat\phi^l_{hwc}(y)\big)^2,
@@ -548,9 +584,6 @@ def lpips_from_features(
 
     Returns:
       ``[N]`` distances; 0 for identical inputs and symmetric in ``x, y``.
-
-    Raises:
-      ValueError: layer lists of different lengths or shapes, wrong weight shapes.
 
     References:
       Zhang et al., *The Unreasonable Effectiveness of Deep Features as a Perceptual Metric*,
@@ -595,7 +628,8 @@ def lpips(
     layers_fn: Callable[[Array], Sequence[Array]],
     weights: Sequence[Float[Array, " c"]] | None = None,
 ) -> Float[Array, " n"]:
-    r"""LPIPS-style perceptual distance between images ``x`` and ``y``, pair by pair.
+    r"""LPIPS-style perceptual distance between images ``x`` and ``y``, pair by pair (jit-able
+    core).
 
     :func:`lpips_from_features` applied to ``layers_fn(x)`` and ``layers_fn(y)``; with the
     digits CNN, ``layers_fn`` is :meth:`genjax.classifier.CNNClassifier.layers` (its ReLU
@@ -609,9 +643,6 @@ def lpips(
 
     Returns:
       ``[N]`` distances.
-
-    Raises:
-      ValueError: ``x`` and ``y`` of different shapes.
 
     Derivation: derivations/14-metrics.md
     """
@@ -628,28 +659,42 @@ def sample_quality(
     key: jax.Array,
     real_features: Float[Array, "n dim"],
     fake_features: Float[Array, "m dim"],
+    *,
     num_subsets: int = 100,
     subset_size: int = 1000,
 ) -> dict[str, float]:
-    """FID, KID (mean, std), precision and recall of ``fake_features`` against ``real_features``.
+    r"""FID, KID (mean, std), precision and recall of ``fake_features`` against
+    ``real_features``, as Python floats (host wrapper).
 
-    The figures a recipe puts in ``Report.extra`` so that the tour ranks every family with one
-    metric; features from :meth:`genjax.classifier.CNNClassifier.features`.
+    :func:`fid` (float64), :func:`kid` (``num_subsets`` subsets of ``subset_size``) and
+    :func:`precision_recall` (:math:`k = 3`) on the same two feature sets: the figures a recipe
+    puts in ``Report.extra`` so that the tour ranks every family with one metric.
+
+    Args:
+      key: PRNG key for KID's subsets.
+      real_features: ``[N, dim]`` reference features.
+      fake_features: ``[M, dim]`` features to judge.
+      num_subsets: KID's number of subsets.
+      subset_size: KID's rows per subset.
 
     Returns:
-      ``{"fid", "kid", "kid_std", "precision", "recall"}``.
+      ``{"fid", "kid", "kid_std", "precision", "recall"}`` as Python floats.
+
+    Derivation: derivations/14-metrics.md
     """
-    kid_mean, kid_std = kid(key, real_features, fake_features, num_subsets, subset_size)
+    kid_mean, kid_std = kid(
+        key, real_features, fake_features, num_subsets=num_subsets, subset_size=subset_size
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fid_value = fid(real_features, fake_features)
     precision, recall = precision_recall(real_features, fake_features)
     return {
         "fid": fid_value,
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
+        "kid": float(kid_mean),
+        "kid_std": float(kid_std),
+        "precision": float(precision),
+        "recall": float(recall),
     }
 
 
@@ -658,10 +703,12 @@ def image_quality(
     extractor,
     real_images: Float[Array, "n H W C"],
     fake_images: Float[Array, "m H W C"],
+    *,
     num_subsets: int = 100,
     subset_size: int = 1000,
 ) -> dict[str, float]:
-    """:func:`sample_quality` and the Inception score of images, through one extractor.
+    """:func:`sample_quality` and the Inception score of images through one extractor, as
+    Python floats (host wrapper).
 
     Args:
       key: PRNG key for KID's subsets.
@@ -670,18 +717,23 @@ def image_quality(
       real_images: ``[N, H, W, C]`` reference images (the training split, for a model's
         samples; the floor is the test split against it).
       fake_images: ``[M, H, W, C]`` images to judge.
+      num_subsets: KID's number of subsets.
+      subset_size: KID's rows per subset.
 
     Returns:
-      ``{"fid", "kid", "kid_std", "precision", "recall", "inception_score"}``, the
-      ``Report.extra`` a recipe adds so that every family is ranked with the same numbers.
+      ``{"fid", "kid", "kid_std", "precision", "recall", "inception_score"}``: the
+      ``Report.extra`` a recipe adds so that every family is ranked with the same numbers
+      (the Inception score over ``min(10, M)`` splits).
+
+    Derivation: derivations/14-metrics.md
     """
     out = sample_quality(
         key,
         extractor.features(real_images),
         extractor.features(fake_images),
-        num_subsets,
-        subset_size,
+        num_subsets=num_subsets,
+        subset_size=subset_size,
     )
     splits = min(10, len(fake_images))
-    out["inception_score"] = inception_score(extractor.probs(fake_images), splits)[0]
+    out["inception_score"] = float(inception_score(extractor.probs(fake_images), splits)[0])
     return out

@@ -16,6 +16,7 @@ from genjax.divergences import gaussian_w2
 from genjax.metrics import (
     feature_statistics,
     fid,
+    fid_from_statistics,
     frechet_distance,
     image_quality,
     inception_score,
@@ -31,6 +32,7 @@ from genjax.metrics import (
 RTOL = 1e-6  # float64 FID against a float64 reference
 ATOL = 1e-9  # float64 round-off on traces of size <= 1e2
 F32_RTOL = 1e-5  # float32 IS / kernels against float64 references
+F32_FID_RTOL = 1e-4  # the jit-able Fréchet distance in float32 against float64, dim <= 128
 Z = 5.0  # Monte Carlo half-width in standard errors
 
 
@@ -64,9 +66,8 @@ def test_inception_score_is_num_classes_for_confident_uniform_coverage():
     assert mean == pytest.approx(10.0, rel=F32_RTOL) and std == pytest.approx(0.0, abs=1e-5)
 
 
-@given(st.integers(0, 2**16), st.sampled_from([1, 3, 5]))
-def test_inception_score_matches_naive_loop(seed, splits):
-    """reference implementation: the original per-split loop in float64; bounds 1 <= IS <= K."""
+def _naive_inception_scores(seed: int, splits: int) -> tuple[np.ndarray, list[float]]:
+    """Random probabilities [53, 7] and the original per-split loop's scores, in float64."""
     rng = np.random.default_rng(seed)
     logits = 3.0 * rng.normal(size=(53, 7))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -76,10 +77,28 @@ def test_inception_score_matches_naive_loop(seed, splits):
         part = probs[s * size : (s + 1) * size]
         py = part.mean(0)
         scores.append(np.exp(np.mean([np.sum(p * (np.log(p) - np.log(py))) for p in part])))
+    return probs, scores
+
+
+@given(st.integers(0, 2**16), st.sampled_from([1, 3, 5]))
+def test_inception_score_matches_naive_loop(seed, splits):
+    """reference implementation: the original per-split loop in float64; bounds 1 <= IS <= K."""
+    probs, scores = _naive_inception_scores(seed, splits)
     mean, std = inception_score(probs.astype(np.float32), splits=splits)
     assert mean == pytest.approx(np.mean(scores), rel=F32_RTOL)
     assert std == pytest.approx(np.std(scores), rel=1e-3, abs=1e-5)
     assert 1.0 - 1e-5 <= mean <= 7.0 + 1e-5
+
+
+@pytest.mark.parametrize("splits", [1, 3, 5])
+def test_inception_score_under_jit_matches_naive_loop(splits):
+    """reference implementation: the jit-able core under jax.jit returns JAX scalars equal to
+    the float64 loop (same tolerances as eagerly)."""
+    probs, scores = _naive_inception_scores(17, splits)
+    mean, std = jax.jit(inception_score, static_argnums=1)(probs.astype(np.float32), splits)
+    assert isinstance(mean, jax.Array) and isinstance(std, jax.Array)
+    assert float(mean) == pytest.approx(np.mean(scores), rel=F32_RTOL)
+    assert float(std) == pytest.approx(np.std(scores), rel=1e-3, abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +131,31 @@ def test_fid_matches_scipy_sqrtm(seed, dim):
     assert fid(f1, f2) == pytest.approx(_pytorch_fid_reference(f1, f2), rel=RTOL, abs=ATOL)
 
 
+@pytest.mark.parametrize(("seed", "dim"), [(0, 4), (1, 16), (2, 64)])
+def test_frechet_distance_under_jit_matches_scipy_sqrtm(seed, dim):
+    """reference implementation: the jit-able core under jax.jit, on float64 features
+    (jax.enable_x64), against pytorch-fid's formula with fid's tolerances; it returns a float64
+    JAX scalar equal to the host path fid to round-off."""
+    f1, f2 = _features(seed, 500, dim), _features(seed + 10, 400, dim, shift=0.3)
+    with jax.enable_x64(True):
+        value = jax.jit(frechet_distance)(jnp.asarray(f1), jnp.asarray(f2))
+        assert isinstance(value, jax.Array) and value.dtype == jnp.float64
+        value = float(value)
+    assert value == pytest.approx(_pytorch_fid_reference(f1, f2), rel=RTOL, abs=ATOL)
+    assert value == pytest.approx(fid(f1, f2), rel=RTOL, abs=ATOL)
+
+
+@pytest.mark.parametrize(("seed", "dim"), [(0, 4), (1, 16), (2, 64), (3, 128)])
+def test_frechet_distance_in_float32(seed, dim):
+    """documented precision: float32 features give a float32 result (under jit) within
+    F32_FID_RTOL of pytorch-fid's float64 value; fid is a Python float."""
+    f1, f2 = _features(seed, 500, dim), _features(seed + 10, 400, dim, shift=0.3)
+    value = jax.jit(frechet_distance)(f1.astype(np.float32), f2.astype(np.float32))
+    assert value.dtype == jnp.float32
+    assert float(value) == pytest.approx(_pytorch_fid_reference(f1, f2), rel=F32_FID_RTOL)
+    assert type(fid(f1, f2)) is float
+
+
 def test_fid_equals_gaussian_w2_of_the_empirical_statistics():
     """closed form: FID is genjax.divergences.gaussian_w2 of the sample mean and covariance."""
     f1, f2 = _features(3, 200, 8), _features(4, 250, 8, shift=1.0)
@@ -124,10 +168,10 @@ def test_fid_equals_gaussian_w2_of_the_empirical_statistics():
     np.testing.assert_allclose(mean, f1.mean(0), rtol=1e-12)
 
 
-def test_frechet_distance_closed_forms():
+def test_fid_from_statistics_closed_forms():
     """closed form: 1-D (m1 - m2)^2 + (s1 - s2)^2; commuting (diagonal) covariances
     |m1 - m2|^2 + sum (sqrt a - sqrt b)^2."""
-    value = frechet_distance(
+    value = fid_from_statistics(
         np.array([0.5]), np.array([[4.0]]), np.array([-1.0]), np.array([[9.0]])
     )
     assert value == pytest.approx(1.5**2 + (2.0 - 3.0) ** 2, rel=RTOL)
@@ -135,7 +179,7 @@ def test_frechet_distance_closed_forms():
     a, b = rng.uniform(0.1, 3.0, 32), rng.uniform(0.1, 3.0, 32)
     m1, m2 = rng.normal(size=32), rng.normal(size=32)
     expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expected, rel=RTOL)
+    assert fid_from_statistics(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expected, rel=RTOL)
 
 
 def test_fid_of_gaussian_samples_approaches_the_population_w2():
@@ -192,11 +236,13 @@ def test_fid_with_fewer_samples_than_features_warns_and_stays_finite():
 def test_fid_rejects_bad_input(f1, f2, message):
     with pytest.raises(ValueError, match=message):
         fid(f1, f2)
+    with pytest.raises(ValueError, match=message):
+        frechet_distance(f1, f2)
 
 
-def test_frechet_distance_rejects_mismatched_dims():
+def test_fid_from_statistics_rejects_mismatched_dims():
     with pytest.raises(ValueError, match="mean2 must have shape"):
-        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+        fid_from_statistics(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
 
 # ----------------------------------------------------------------------------- KID
@@ -246,6 +292,23 @@ def test_kid_separates_shifted_sets_and_subsets_are_seeded(key):
     assert full == pytest.approx(expected, rel=1e-4, abs=1e-6) and full_std < 1e-6
 
 
+def test_kid_under_jit_equals_eager_and_the_full_set_mmd2(key):
+    """invariant: the jit-able core gives the same (mean, std) under jax.jit as eagerly, as JAX
+    scalars; with subset_size >= N it is the full-set MMD^2 (same tolerances as eagerly)."""
+    f = _features(11, 600, 8)
+    f1, f2 = f[:300], f[300:]
+    options = {"num_subsets": 20, "subset_size": 100}
+    jitted = jax.jit(lambda k, a, b: kid(k, a, b, **options))
+    got, want = jitted(key, f1, f2), kid(key, f1, f2, **options)
+    assert all(isinstance(v, jax.Array) for v in got)
+    np.testing.assert_allclose(got, want, rtol=F32_RTOL, atol=1e-7)
+    full, full_std = jax.jit(lambda k, a, b: kid(k, a, b, num_subsets=3, subset_size=10_000))(
+        key, f1, f2
+    )
+    expected = float(mmd2_unbiased(jnp.asarray(f1, jnp.float32), jnp.asarray(f2, jnp.float32)))
+    assert float(full) == pytest.approx(expected, rel=1e-4, abs=1e-6) and float(full_std) < 1e-6
+
+
 def test_kid_rejects_bad_input(key):
     with pytest.raises(ValueError, match="same width"):
         kid(key, np.zeros((10, 3)), np.zeros((10, 4)))
@@ -275,6 +338,19 @@ def test_precision_recall_identities_and_mode_dropping():
     dropped = rng.normal(size=(400, 2)) * 0.5
     precision, recall = precision_recall(real, dropped, k=3)
     assert precision > 0.97 and 0.3 < recall <= 0.5
+
+
+def test_precision_recall_under_jit():
+    """closed form and identities under jax.jit: the hand example (1/2, 1), a set against
+    itself (1, 1), a far-away set (0, 0), returned as JAX scalars."""
+    jitted = jax.jit(precision_recall, static_argnames="k")
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    precision, recall = jitted(real, np.array([[0.5], [10.0]]), k=1)
+    assert isinstance(precision, jax.Array)
+    assert float(precision) == pytest.approx(0.5) and float(recall) == pytest.approx(1.0)
+    cloud = np.random.default_rng(13).normal(size=(50, 2))
+    assert tuple(map(float, jitted(cloud, cloud))) == (1.0, 1.0)
+    assert tuple(map(float, jitted(cloud, cloud + 100.0))) == (0.0, 0.0)
 
 
 def test_precision_recall_rejects_bad_k():
@@ -340,6 +416,7 @@ def test_sample_quality_reports_every_metric(key):
     """identity: a set against itself gives FID ~ 0, precision = recall = 1."""
     f = _features(14, 120, 4)
     report = sample_quality(key, f, f, num_subsets=5, subset_size=50)
+    assert all(type(v) is float for v in report.values())
     assert set(report) == {"fid", "kid", "kid_std", "precision", "recall"}
     assert report["fid"] < 1e-8 and report["precision"] == report["recall"] == 1.0
 
