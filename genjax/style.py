@@ -27,7 +27,9 @@ Derivation: derivations/17-style-transfer.md
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -36,13 +38,37 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from genjax import _checks
 from genjax.nn.layers import strided_conv
 
+__all__ = [
+    "PATTERNS",
+    "Features",
+    "StyleResult",
+    "StyleTargets",
+    "average_pool",
+    "content_loss",
+    "gram_matrix",
+    "load_image",
+    "logit",
+    "pattern",
+    "plot_history",
+    "random_feature_kernels",
+    "random_features",
+    "style_loss",
+    "style_targets",
+    "stylization_loss",
+    "stylize",
+    "total_variation",
+    "vgg_features",
+]
+
+#: A feature extractor: ``images [B, H, W, C] -> [one map [B, H_l, W_l, C_l] per layer]``.
 Features = Callable[[jax.Array], Sequence[jax.Array]]
 
-DEFAULT_FACTORS = (1, 2, 4, 8)
-DEFAULT_KERNEL = 5
-DEFAULT_FILTERS = 32
+_FACTORS = (1, 2, 4, 8)  # pooling factor per scale of the random features
+_KERNEL = 5
+_FILTERS = 32
 
 
 def _check_maps(name: str, x) -> jax.Array:
@@ -77,9 +103,6 @@ def gram_matrix(features: Float[Array, "*batch h w c"]) -> Float[Array, "*batch 
       Gatys, Ecker, Bethge, *A Neural Algorithm of Artistic Style*, 2015,
       https://arxiv.org/abs/1508.06576
 
-    >>> gram_matrix(jnp.ones((2, 2, 3))).tolist()[0]
-    [1.0, 1.0, 1.0]
-
     Derivation: derivations/17-style-transfer.md
     """
     features = _check_maps("features", features)
@@ -102,10 +125,7 @@ def content_loss(
     Derivation: derivations/17-style-transfer.md
     """
     features, target = _check_maps("features", features), _check_maps("target", target)
-    if features.shape != target.shape:
-        raise ValueError(
-            f"features and target must have the same shape, got {features.shape} and {target.shape}"
-        )
+    _checks.same_shape(features=features, target=target)
     return jnp.mean(jnp.square(features - target), axis=(-3, -2, -1))
 
 
@@ -198,9 +218,9 @@ def total_variation(images: Float[Array, "*batch h w c"], power: int = 2) -> Flo
 def random_feature_kernels(
     key: PRNGKeyArray,
     channels: int = 3,
-    num_scales: int = len(DEFAULT_FACTORS),
-    kernel_size: int = DEFAULT_KERNEL,
-    filters: int = DEFAULT_FILTERS,
+    num_scales: int = len(_FACTORS),
+    kernel_size: int = _KERNEL,
+    filters: int = _FILTERS,
 ) -> list[jax.Array]:
     r"""Random convolution kernels, one bank per scale: ``[k, k, channels, filters]`` each.
 
@@ -216,11 +236,8 @@ def random_feature_kernels(
     """
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
-    if num_scales < 1 or filters < 1 or channels < 1:
-        raise ValueError(
-            f"num_scales, filters and channels must be >= 1, got {num_scales}, {filters}, "
-            f"{channels}"
-        )
+    for name, value in (("num_scales", num_scales), ("filters", filters), ("channels", channels)):
+        _checks.positive_int(name, value)
     k = kernel_size
     kernels = []
     for sub in jax.random.split(key, num_scales):
@@ -231,7 +248,10 @@ def random_feature_kernels(
 
 def average_pool(images: Float[Array, "b h w c"], factor: int) -> Float[Array, "b h2 w2 c"]:
     """Mean over non-overlapping ``factor x factor`` blocks; ``H`` and ``W`` must be multiples
-    of ``factor``."""
+    of ``factor``.
+
+    Derivation: derivations/17-style-transfer.md
+    """
     b, h, w, c = images.shape
     if h % factor or w % factor:
         raise ValueError(f"image size {(h, w)} must be a multiple of the pooling factor {factor}")
@@ -242,7 +262,7 @@ def average_pool(images: Float[Array, "b h w c"], factor: int) -> Float[Array, "
 def random_features(
     kernels: Sequence[jax.Array],
     images: Float[Array, "b h w c"],
-    factors: Sequence[int] = DEFAULT_FACTORS,
+    factors: Sequence[int] = _FACTORS,
 ) -> list[jax.Array]:
     r"""One layer of random filters over an image pyramid:
     :math:`F^l = \mathrm{ReLU}\big(W_l * \mathrm{pool}_{f_l}(x - \tfrac12)\big)`.
@@ -251,12 +271,8 @@ def random_features(
     convolves it ("same" padding) with its own random bank, so a :math:`k\times k` kernel sees
     :math:`k f_l` pixels: with :math:`k = 5`, receptive fields of 5 to 40 pixels. Ustyuzhaninov
     et al. reach the large scales with large kernels (up to :math:`55\times 55`) at full
-    resolution; the pyramid gives the same spread of receptive fields at a fraction of the cost
-    (a :math:`15\times15` bank alone costs ~50x a :math:`5\times5` one per step).
-
-    The convolution is :func:`genjax.nn.layers.strided_conv` (slices and one einsum), whose
-    gradient XLA on CPU runs faster inside the optimisation's ``lax.scan`` than the native
-    convolution's.
+    resolution; the pyramid gives the same spread of receptive fields with :math:`5\times5`
+    kernels. The convolution is :func:`genjax.nn.layers.strided_conv` (slices and one einsum).
 
     Args:
       kernels: from :func:`random_feature_kernels`, one per factor.
@@ -319,14 +335,21 @@ def vgg_features(
 
 
 class StyleTargets(NamedTuple):
-    """What the objective compares against: content maps and style Gram matrices, per layer."""
+    """What the objective compares against: content maps :math:`P^l` and style Gram matrices
+    :math:`A^l`, one per layer.
+
+    Derivation: derivations/17-style-transfer.md
+    """
 
     content: list[jax.Array]
     grams: list[jax.Array]
 
 
 def style_targets(features: Features, content: jax.Array, style: jax.Array) -> StyleTargets:
-    """Content maps of ``content`` and Gram matrices of ``style`` (images ``[1, H, W, C]``)."""
+    """Content maps of ``content`` and Gram matrices of ``style`` (images ``[1, H, W, C]``).
+
+    Derivation: derivations/17-style-transfer.md
+    """
     return StyleTargets(list(features(content)), [gram_matrix(f) for f in features(style)])
 
 
@@ -369,7 +392,14 @@ def stylization_loss(
 
 
 def logit(p: jax.Array, eps: float = 1e-3) -> jax.Array:
-    """Inverse sigmoid of ``p`` clipped to ``[eps, 1 - eps]``: the image's free parameters."""
+    r"""The image's free parameters :math:`z = \log p - \log(1 - p)` of pixels ``p`` clipped to
+    ``[eps, 1 - eps]``.
+
+    This is ``jax.scipy.special.logit(jnp.clip(p, eps, 1 - eps))``; the clip keeps pixels at
+    exactly 0 or 1 at finite logits, so that :math:`z_0` of the content image can move.
+
+    Derivation: derivations/17-style-transfer.md
+    """
     p = jnp.clip(p, eps, 1.0 - eps)
     return jnp.log(p) - jnp.log1p(-p)
 
@@ -377,7 +407,10 @@ def logit(p: jax.Array, eps: float = 1e-3) -> jax.Array:
 class StyleResult(NamedTuple):
     """``image [1, H, W, C]`` in [0, 1] and per-step ``history`` of the loss and its parts
     (``"loss"``, ``"content"``, ``"style"``, ``"tv"``; each ``[steps + 1]``, entry 0 at the
-    start)."""
+    start).
+
+    Derivation: derivations/17-style-transfer.md
+    """
 
     image: jax.Array
     history: dict[str, np.ndarray]
@@ -386,7 +419,7 @@ class StyleResult(NamedTuple):
 def stylize(
     content: Float[Array, "1 h w c"],
     style: Float[Array, "1 h2 w2 c"],
-    features: Features,
+    features: Features | None = None,
     *,
     steps: int = 300,
     lr: float = 0.05,
@@ -406,7 +439,9 @@ def stylize(
     Args:
       content: ``[1, H, W, C]`` in [0, 1].
       style: ``[1, H', W', C]`` in [0, 1].
-      features: the extractor (e.g. ``functools.partial(random_features, kernels)``).
+      features: the extractor; ``None`` is the module's default, :func:`random_features` with
+        :func:`random_feature_kernels` drawn from ``jax.random.key(0)`` (fixed, so a call is
+        reproducible; ``H`` and ``W`` must then be multiples of 8).
       steps: Adam updates.
       lr: Adam learning rate on :math:`z`.
       content_weight, style_weight, tv_weight, content_layers, layer_weights: see
@@ -430,8 +465,10 @@ def stylize(
             f"content and style must have the same channels, got {content.shape[-1]} and "
             f"{style.shape[-1]}"
         )
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    _checks.positive_int("steps", steps)
+    if features is None:
+        kernels = random_feature_kernels(jax.random.key(0), channels=content.shape[-1])
+        features = functools.partial(random_features, kernels)
     weights = dict(
         content_weight=content_weight,
         style_weight=style_weight,
@@ -478,6 +515,8 @@ def pattern(name: str, size: int = 48) -> np.ndarray:
     * ``"stripes"``: thin diagonal yellow/purple stripes (style);
     * ``"checks"``: a small green/orange checkerboard (style);
     * ``"waves"``: interfering sinusoids in cyan and magenta (style).
+
+    Derivation: derivations/17-style-transfer.md
     """
     if name not in PATTERNS:
         raise ValueError(f"pattern name must be one of {PATTERNS}, got {name!r}")
@@ -506,7 +545,10 @@ def pattern(name: str, size: int = 48) -> np.ndarray:
 
 def load_image(source: str, size: int) -> np.ndarray:
     """A content or style image ``[1, size, size, 3]`` in [0, 1]: a :func:`pattern` name, or the
-    path of a PNG/JPEG file (grey is repeated to RGB, alpha dropped, resized bilinearly)."""
+    path of a PNG/JPEG file (grey is repeated to RGB, alpha dropped, resized bilinearly).
+
+    Derivation: derivations/17-style-transfer.md
+    """
     if source in PATTERNS:
         return pattern(source, size)
     import matplotlib.image
@@ -526,25 +568,20 @@ def load_image(source: str, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized), 0.0, 1.0)[None]  # [1, size, size, 3]
 
 
-def plot_history(history: dict[str, np.ndarray], path) -> str:
-    """Style loss (log scale) and content loss against the Adam step as a PNG; returns the
-    path."""
-    import matplotlib
+def plot_history(history: dict[str, np.ndarray], path) -> Path:
+    """Style loss (log scale) and content loss of a :class:`StyleResult` history against the
+    Adam step, drawn by :func:`genjax.viz.twin_curves`; returns the PNG's path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Derivation: derivations/17-style-transfer.md
+    """
+    from genjax import viz
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.semilogy(history["style"], color="C0", label="style loss (log, left)")
-    twin = ax.twinx()
-    twin.plot(history["content"], color="C1", label="content loss (right)")
     reduction = history["style"][0] / history["style"][-1]
-    ax.set_title(f"style loss reduced {reduction:.1f}x")
-    ax.set_xlabel("Adam step")
-    ax.set_ylabel("style loss", color="C0")
-    twin.set_ylabel("content loss", color="C1")
-    fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return viz.twin_curves(
+        ("style loss", history["style"]),
+        ("content loss", history["content"]),
+        path,
+        log_left=True,
+        xlabel="Adam step",
+        title=f"style loss reduced {reduction:.1f}x",
+    )

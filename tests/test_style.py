@@ -129,6 +129,19 @@ def test_stylize_lowers_the_style_loss_from_the_content_image(key):
     assert float(result.image.min()) > 0.0 and float(result.image.max()) < 1.0
 
 
+def test_stylize_defaults_to_random_features_from_key_zero():
+    """The default extractor is random_features with the kernels of jax.random.key(0): the
+    history's first entry is the objective of the start image under those features."""
+    content, target = style.pattern("shapes", 8), style.pattern("stripes", 8)
+    kernels = style.random_feature_kernels(jax.random.key(0))
+    feats = functools.partial(style.random_features, kernels)
+    start = jax.nn.sigmoid(style.logit(jnp.asarray(content)))
+    _, parts = style.stylization_loss(start, style.style_targets(feats, content, target), feats)
+    history = style.stylize(content, target, steps=1).history
+    assert float(parts["style"]) > 0
+    np.testing.assert_allclose(history["style"][0], parts["style"], rtol=1e-4)
+
+
 def test_patterns_are_images_in_the_unit_interval():
     for name in style.PATTERNS:
         img = style.pattern(name, 16)
@@ -140,7 +153,10 @@ def test_patterns_are_images_in_the_unit_interval():
     "call, match",
     [
         (lambda: style.gram_matrix(jnp.ones((4, 4))), r"\[\*batch, H, W, C\]"),
-        (lambda: style.content_loss(jnp.ones((1, 2, 2, 3)), jnp.ones((1, 2, 2, 4))), "same shape"),
+        (
+            lambda: style.content_loss(jnp.ones((1, 2, 2, 3)), jnp.ones((1, 2, 2, 4))),
+            "shapes must match",
+        ),
         (lambda: style.style_loss([jnp.ones((1, 2, 2, 3))], []), "equal length"),
         (
             lambda: style.style_loss([jnp.ones((1, 2, 2, 3))], [jnp.ones((1, 4, 4))]),
@@ -174,7 +190,7 @@ def test_style_transfer_recipe_meets_its_goal():
     """The tour budget reduces the style loss at least 10x with content within the bound."""
     from genjax import recipes
 
-    report = recipes.run(recipes.get("style_transfer"), False, jax.random.key(0)).report
+    report = recipes.run(jax.random.key(0), recipes.get("style_transfer"), False).report
     assert report.extra["style_reduction_factor"] >= 10.0
     assert report.extra["content_ratio"] <= report.extra["content_bound"]
 
