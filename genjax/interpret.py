@@ -40,6 +40,24 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+__all__ = [
+    "METHODS",
+    "SplitModel",
+    "activation_maximisation",
+    "cam",
+    "deconv_relu",
+    "deconvnet",
+    "grad_cam",
+    "guided_backprop",
+    "guided_grad_cam",
+    "guided_relu",
+    "heatmap",
+    "saliency",
+    "saliency_map",
+    "save_overlays",
+    "upsample",
+]
+
 # ----------------------------------------------------------------------------- ReLU rules
 
 
@@ -100,6 +118,8 @@ class SplitModel(NamedTuple):
 
     Calling it, ``model(params, x, relu=...)``, runs ``head(features(x))``: it is an
     ``apply_fn`` too.
+
+    Derivation: derivations/15-interpretation.md
     """
 
     features: Callable
@@ -132,6 +152,13 @@ def _check_classes(logits: Array, target: Array) -> None:
         return
     if t.min() < 0 or t.max() >= logits.shape[1]:
         raise ValueError(f"target must be in [0, {logits.shape[1]}), got {t.min()}..{t.max()}")
+
+
+def _check_call(logits_fn: Callable, x, target) -> tuple[Array, Array]:
+    # x and target, then the logits' shape (by tracing logits_fn, no compute) and target's range.
+    x, target = _check_inputs(x, target)
+    _check_classes(jax.eval_shape(logits_fn, x), target)
+    return x, target
 
 
 def _check_split(apply_fn) -> SplitModel:
@@ -169,9 +196,14 @@ def _input_gradient_core(apply_fn, relu, params, x, target):
 
 
 def _input_gradient(apply_fn, params, x, target, relu) -> Array:
-    x, target = _check_inputs(x, target)
-    _check_classes(jax.eval_shape(lambda v: apply_fn(params, v, relu=relu), x), target)
+    x, target = _check_call(lambda v: apply_fn(params, v, relu=relu), x, target)
     return _jit_static(_input_gradient_core, apply_fn, relu)(params, x, target)
+
+
+def _class_map(core, apply_fn, params, x, target) -> Array:
+    model = _check_split(apply_fn)
+    x, target = _check_call(lambda v: model(params, v), x, target)
+    return _jit_static(core, model.features, model.head)(params, x, target)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -199,10 +231,6 @@ def saliency(
       ``[N, H, W, C]`` gradient of each image's target logit (use :func:`saliency_map` for the
       usual ``max_c |S|`` picture).
 
-    Raises:
-      ValueError: ``x`` not 4-D, ``target`` of the wrong shape or out of range.
-      TypeError: ``target`` not integer.
-
     References:
       Simonyan et al., *Deep Inside Convolutional Networks: Visualising Image Classification
       Models and Saliency Maps*, 2013, https://arxiv.org/abs/1312.6034
@@ -213,7 +241,10 @@ def saliency(
 
 
 def saliency_map(gradient: Float[Array, "n H W C"]) -> Float[Array, "n H W"]:
-    r"""The picture of a gradient: :math:`\max_{\text{channel}} |S|` per pixel, ``[N, H, W]``."""
+    r"""The picture of a gradient: :math:`\max_{\text{channel}} |S|` per pixel, ``[N, H, W]``.
+
+    Derivation: derivations/15-interpretation.md
+    """
     return jnp.max(jnp.abs(gradient), axis=-1)
 
 
@@ -226,8 +257,7 @@ def guided_backprop(
     r"""Guided backpropagation: the input gradient with every ReLU's backward rule replaced by
     :math:`R^{l} = \mathbb 1[f^l > 0]\,\mathbb 1[R^{l+1} > 0]\,R^{l+1}` (:func:`guided_relu`).
 
-    Args / Returns / Raises: as :func:`saliency`; ``apply_fn`` must use the ``relu`` it is
-    given.
+    Args / Returns: as :func:`saliency`; ``apply_fn`` must use the ``relu`` it is given.
 
     Note:
       Guided backprop ignores negative evidence and is nearly independent of the class and of
@@ -288,19 +318,13 @@ def cam(
     Returns:
       ``[N, h, w]`` maps at the resolution of :math:`A` (:func:`upsample` to overlay them).
 
-    Raises:
-      TypeError: ``apply_fn`` not a :class:`SplitModel`.
-
     References:
       Zhou et al., *Learning Deep Features for Discriminative Localization*, 2016,
       https://arxiv.org/abs/1512.04150
 
     Derivation: derivations/15-interpretation.md
     """
-    model = _check_split(apply_fn)
-    x, target = _check_inputs(x, target)
-    _check_classes(jax.eval_shape(lambda v: model(params, v), x), target)
-    return _jit_static(_cam_core, model.features, model.head)(params, x, target)
+    return _class_map(_cam_core, apply_fn, params, x, target)
 
 
 def _cam_core(features, head, params, x, target):
@@ -326,7 +350,7 @@ def grad_cam(
     :math:`L^c = \mathrm{ReLU}(M^c) / (hw)` with :math:`M^c` the :func:`cam` map; Grad-CAM
     extends CAM to any differentiable head.
 
-    Args / Returns / Raises: as :func:`cam`.
+    Args / Returns: as :func:`cam`.
 
     References:
       Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
@@ -334,10 +358,7 @@ def grad_cam(
 
     Derivation: derivations/15-interpretation.md
     """
-    model = _check_split(apply_fn)
-    x, target = _check_inputs(x, target)
-    _check_classes(jax.eval_shape(lambda v: model(params, v), x), target)
-    return _jit_static(_grad_cam_core, model.features, model.head)(params, x, target)
+    return _class_map(_grad_cam_core, apply_fn, params, x, target)
 
 
 def _grad_cam_core(features, head, params, x, target):
@@ -348,7 +369,10 @@ def _grad_cam_core(features, head, params, x, target):
 
 
 def upsample(maps: Float[Array, "n h w"], size: tuple[int, int]) -> Float[Array, "n H W"]:
-    """Bilinear resize of ``[N, h, w]`` class maps to ``size = (H, W)`` (for overlays)."""
+    """Bilinear resize of ``[N, h, w]`` class maps to ``size = (H, W)`` (for overlays).
+
+    Derivation: derivations/15-interpretation.md
+    """
     return jax.image.resize(maps, (maps.shape[0], *size), method="bilinear")
 
 
@@ -361,7 +385,7 @@ def guided_grad_cam(
     r"""Guided Grad-CAM: guided backprop times the Grad-CAM map upsampled to the input,
     :math:`G^c \odot \operatorname{up}(L^c)`: fine detail, restricted to the class's region.
 
-    Args / Raises: as :func:`cam`. Returns ``[N, H, W, C]``.
+    Args: as :func:`cam`. Returns ``[N, H, W, C]``.
 
     Derivation: derivations/15-interpretation.md
     """
@@ -414,8 +438,7 @@ def activation_maximisation(
 
     Derivation: derivations/15-interpretation.md
     """
-    x, target = _check_inputs(x, target)
-    _check_classes(jax.eval_shape(lambda v: apply_fn(params, v), x), target)
+    x, target = _check_call(lambda v: apply_fn(params, v), x, target)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if not lr > 0 or not l2 >= 0:
@@ -452,7 +475,10 @@ METHODS = {
 
 def heatmap(method: str, model: SplitModel, params, x, target) -> np.ndarray:
     """``[N, H, W]`` non-negative map of ``METHODS[method]`` at the input's resolution,
-    scaled to [0, 1] per image: class maps upsampled and rectified, gradients as ``max_c |S|``."""
+    scaled to [0, 1] per image: class maps upsampled and rectified, gradients as ``max_c |S|``.
+
+    Derivation: derivations/15-interpretation.md
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     x = jnp.asarray(x)
@@ -468,28 +494,12 @@ def heatmap(method: str, model: SplitModel, params, x, target) -> np.ndarray:
 def save_overlays(
     images, maps: dict[str, np.ndarray], path, titles: list[str] | None = None
 ) -> Path:
-    """One PNG: a row per entry of ``maps`` (``[N, H, W]`` in [0, 1]) drawn as a heat map over
-    the grey ``images [N, H, W, C]``, a column per image, ``titles`` above the columns."""
-    import matplotlib.pyplot as plt
+    """One PNG (:func:`genjax.viz.heat_overlays`): a row per entry of ``maps`` (``[N, H, W]`` in
+    [0, 1], e.g. from :func:`heatmap`) over the grey ``images [N, H, W, C]``, a column per image,
+    ``titles`` above the columns.
 
+    Derivation: derivations/15-interpretation.md
+    """
     from genjax import viz
 
-    images = np.asarray(images, np.float32)
-    grey = images.mean(axis=-1)  # [N, H, W]
-    rows = ["input", *maps]
-    fig, axes = plt.subplots(
-        len(rows), len(images), figsize=(0.8 * len(images), 0.85 * len(rows)), squeeze=False
-    )
-    for r, name in enumerate(rows):
-        for c in range(len(images)):
-            ax = axes[r, c]
-            ax.imshow(grey[c], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            if name != "input":
-                ax.imshow(maps[name][c], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name.replace("_", " "), fontsize=7)
-            if r == 0 and titles:
-                ax.set_title(titles[c], fontsize=7)
-    return viz._save(fig, path)
+    return viz.heat_overlays(images, maps, path, titles)
