@@ -253,7 +253,7 @@ def _frechet_distance(f1: Array, f2: Array) -> Array:
 
 
 def feature_statistics(
-    features: Float[Array, "n dim"],
+    features: Float[np.ndarray | Array, "n dim"],
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Mean and unbiased covariance of a feature set, in float64 (host wrapper).
 
@@ -335,7 +335,9 @@ def fid_from_statistics(
         return float(gaussian_w2(*arrays))
 
 
-def fid(features1: Float[Array, "n1 dim"], features2: Float[Array, "n2 dim"]) -> float:
+def fid(
+    features1: Float[np.ndarray | Array, "n1 dim"], features2: Float[np.ndarray | Array, "n2 dim"]
+) -> float:
     r"""Fréchet Inception Distance between two feature sets, in float64 (host wrapper).
 
     .. math:: \mathrm{FID} = \|\mu_1 - \mu_2\|^2 + \operatorname{tr}\Big(\Sigma_1 + \Sigma_2
@@ -657,8 +659,8 @@ def lpips(
 
 def sample_quality(
     key: jax.Array,
-    real_features: Float[Array, "n dim"],
-    fake_features: Float[Array, "m dim"],
+    real_features: Float[np.ndarray | Array, "n dim"],
+    fake_features: Float[np.ndarray | Array, "m dim"],
     *,
     num_subsets: int = 100,
     subset_size: int = 1000,

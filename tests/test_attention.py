@@ -2,6 +2,7 @@
 masked keys get no weight and no gradient, key/value permutation invariance, the causal
 receptive field) and the variance argument of derivations/03-attention.md."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -162,6 +163,74 @@ def test_value_dim_may_differ_from_head_dim():
     np.testing.assert_allclose(out, reference_impl(q, k, v, mask), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (6, 1), (3, 3)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_query_attention_matches_jax_nn_and_repeated_heads(heads, kv_heads, masked):
+    """Grouped-query (kv_heads < heads) and multi-query (kv_heads = 1) attention: the same
+    numbers as jax.nn.dot_product_attention, and as ordinary attention with each key/value head
+    repeated for its heads // kv_heads query heads (query head h reads kv head h // G)."""
+    q = normal(0, (2, 5, heads, 8))
+    k, v = normal(1, (2, 2, 7, kv_heads, 8))
+    mask = normal(2, (2, 1, 5, 7)) > -1.0 if masked else None
+    m = full_mask(None if mask is None else np.asarray(mask), q, k)
+    ours = sdpa(q, k, v, mask=mask)
+    assert ours.shape == (2, 5, heads, 8)
+    ref = jax_sdpa(q, k, v, mask=m)
+    a = attended(m)
+    np.testing.assert_allclose(np.where(a, ours, 0.0), np.where(a, ref, 0.0), rtol=RTOL, atol=ATOL)
+    group = heads // kv_heads
+    repeated = sdpa(q, np.repeat(k, group, axis=2), np.repeat(v, group, axis=2), mask=mask)
+    np.testing.assert_allclose(ours, repeated, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        ours,
+        reference_impl(q, *(np.repeat(a, group, 2) for a in (k, v)), mask),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+
+
+def test_unbatched_inputs_match_jax_nn_and_the_batched_call():
+    """[length, heads, head_dim] inputs (no batch axis), with grouped heads, a rank-3 mask and a
+    bias: the output is [q_len, heads, v_dim], equal to jax.nn.dot_product_attention's and to
+    the batched call's row; the weights are [heads, q_len, k_len]."""
+    q, k, v = normal(0, (5, 4, 8)), normal(1, (6, 2, 8)), normal(2, (6, 2, 8))
+    mask = normal(3, (4, 5, 6)) > -1.0
+    bias = normal(4, (1, 5, 6))
+    out = sdpa(q, k, v, mask=mask, bias=bias)
+    assert out.shape == (5, 4, 8)
+    ref = jax_sdpa(q, k, v, bias=bias, mask=mask)
+    np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
+    batched = sdpa(q[None], k[None], v[None], mask=mask, bias=bias)[0]
+    np.testing.assert_allclose(out, batched, rtol=RTOL, atol=ATOL)
+    weights = weights_fn(q, k, mask=mask, bias=bias)
+    assert weights.shape == (4, 5, 6)
+    np.testing.assert_allclose(weights, weights_fn(q[None], k[None], mask=mask, bias=bias)[0])
+    assert attention_scores(q, k).shape == (4, 5, 6)
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), [(6, 6), (4, 7), (7, 4)])
+def test_is_causal_matches_jax_nn_and_the_causal_mask(q_len, k_len):
+    """is_causal=True: the same numbers as jax.nn.dot_product_attention(is_causal=True),
+    including q_len != k_len (the top-left lower triangle), also with a padding mask and grouped
+    heads; for a square problem it equals mask=causal_mask(length)."""
+    q = normal(0, (2, q_len, 4, 8))
+    k, v = normal(1, (2, 2, k_len, 2, 8))
+    causal_sdpa = jax.jit(functools.partial(scaled_dot_product_attention, is_causal=True))
+    jax_causal = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=True))
+    np.testing.assert_allclose(causal_sdpa(q, k, v), jax_causal(q, k, v), rtol=RTOL, atol=ATOL)
+    pad = padding_mask(jnp.array([k_len, 3]), k_len)  # row 1 keeps keys 0, 1, 2
+    full = np.broadcast_to(np.asarray(pad), (2, 4, q_len, k_len))
+    np.testing.assert_allclose(
+        causal_sdpa(q, k, v, mask=pad), jax_causal(q, k, v, mask=full), rtol=RTOL, atol=ATOL
+    )
+    w = jax.jit(functools.partial(attention_weights, is_causal=True))(q, k)
+    np.testing.assert_array_equal(w[0, 0] > 0, np.tril(np.ones((q_len, k_len), bool)))
+    if q_len == k_len:
+        np.testing.assert_allclose(
+            causal_sdpa(q, k, v), sdpa(q, k, v, mask=causal_mask(q_len)), rtol=RTOL, atol=ATOL
+        )
+
+
 def test_fully_masked_row_gives_zero_output_and_finite_gradients():
     q, k, v = normal(0, (3, 1, 4, 2, 8))
     mask = jnp.ones((1, 1, 4, 4), bool).at[..., 2, :].set(False)  # query 2 sees no key
@@ -300,6 +369,32 @@ def test_multi_head_attention_matches_flax_module(cross):
     )
 
 
+def test_multi_head_attention_with_fewer_kv_heads_equals_repeated_kv_projections():
+    """num_kv_heads=2 of 4 heads: key/value kernels of 2 heads, and the same output as
+    ordinary multi-head attention whose key/value kernels repeat each head for its 2 query
+    heads."""
+    x = normal(0, (2, 5, 16))
+    gqa = MultiHeadAttention(num_heads=4, num_kv_heads=2)
+    params = jax.jit(gqa.init)(INIT_KEY, x)
+    assert params["params"]["key"]["kernel"].shape == (16, 2, 4)
+    assert params["params"]["value"]["bias"].shape == (2, 4)
+    assert params["params"]["query"]["kernel"].shape == (16, 4, 4)
+    repeat = lambda a: jnp.repeat(a, 2, axis=-2)  # kernel [16, K, 4] or bias [K, 4]
+    full = {
+        "params": {
+            **params["params"],
+            **{name: jax.tree.map(repeat, params["params"][name]) for name in ("key", "value")},
+        }
+    }
+    mask = causal_mask(5)
+    np.testing.assert_allclose(
+        jax.jit(gqa.apply)(params, x, mask=mask),
+        jax.jit(MultiHeadAttention(num_heads=4).apply)(full, x, mask=mask),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+
+
 def test_multi_head_attention_dropout_and_injected_attention_fn():
     x = normal(0, (2, 5, 8))
     calls = []
@@ -327,6 +422,20 @@ def test_multi_head_attention_dropout_and_injected_attention_fn():
         (lambda q, k, v: scaled_dot_product_attention(q, k[..., :3], v), "head dims differ"),
         (lambda q, k, v: scaled_dot_product_attention(q[0], k, v), "query must have shape"),
         (lambda q, k, v: scaled_dot_product_attention(q, k, v[:, :2]), "value"),
+        (
+            lambda q, k, v: scaled_dot_product_attention(q[:, :, :1], k, v),
+            r"query heads \(1\) must be a multiple of key/value heads \(2\)",
+        ),
+        (
+            lambda q, k, v: scaled_dot_product_attention(q, *jnp.ones((2, 2, 4, 2, 4))),
+            "agree on batch",
+        ),
+        (
+            lambda q, k, v: MultiHeadAttention(num_heads=2, num_kv_heads=3).init(
+                jax.random.key(0), q[:, :, 0]
+            ),
+            "num_kv_heads",
+        ),
         (
             lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=jnp.ones((3, 5), bool)),
             "does not broadcast",
