@@ -123,6 +123,10 @@ def kl(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array,
       :math:`p_i = 0` are masked out with a double ``where``, so their gradient is 0 rather than
       NaN (the true one-sided derivative in :math:`p_i` is :math:`-\infty` there).
 
+    References:
+      Kullback & Leibler, *On Information and Sufficiency*, 1951,
+      https://doi.org/10.1214/aoms/1177729694
+
     Derivation: derivations/07-divergences.md
     """
     p, q = _check_prob_pair(p, q)
@@ -157,6 +161,10 @@ def js(p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]) -> Float[Array,
     Note:
       This is the divergence itself, not its square root (``scipy.spatial.distance.jensenshannon``
       returns :math:`\sqrt{\mathrm{JS}}`).
+
+    References:
+      Lin, *Divergence Measures Based on the Shannon Entropy*, 1991,
+      https://doi.org/10.1109/18.61115
 
     Derivation: derivations/07-divergences.md
     """
