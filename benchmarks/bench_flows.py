@@ -7,7 +7,7 @@ the values). Per size:
 
 * ``log_prob``: :meth:`genjax.flows.RealNVP.log_prob` (forward pass + log-dets) on a batch of
   dequantised images, in images/s. This is the cost of one exact likelihood evaluation.
-* ``sample``: :meth:`genjax.flows.RealNVP.sample` (a normal draw + the inverse pass), in
+* ``sample``: :func:`genjax.flows.sample` (a normal draw + the inverse pass), in
   images/s. A flow samples in one network pass, unlike a diffusion chain.
 * train step: the loop's scanned chunk (:func:`genjax.train.make_train_chunk`) running the
   recipe's update (dequantise, bits/dim loss, gradient, Adam, EMA), beside its reference, one
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.harness import train_loop_candidates
 from genjax import flows as F
 from genjax import train
-from genjax.data import Dataset, load_dataset
+from genjax.data import Dataset, dequantize, load_dataset
 from genjax.recipes import flows as recipe
 
 EVAL_BATCH = 256
@@ -43,8 +43,7 @@ def _dataset(shape) -> Dataset:
 def _bench(h, shape, quick: bool) -> None:
     data = _dataset(shape)
     task = recipe.make_task(data, {})
-    setup = recipe.setup_of(task)
-    model = setup.model
+    model = task.model.model
     steps = TRAIN_STEPS // 2 if quick else TRAIN_STEPS
     config = train.TrainConfig(steps=steps, batch_size=TRAIN_BATCH, log_every=steps)
     state, tx = train.init_state(task, config, data.train)
@@ -52,7 +51,7 @@ def _bench(h, shape, quick: bool) -> None:
     size = f"{shape[0]}x{shape[1]}"
 
     x = np.resize(data.train["x"], (EVAL_BATCH, *shape))  # [EVAL_BATCH, H, W, 1]
-    y = F.dequantize(jax.random.key(0), jax.numpy.asarray(x), data.levels)
+    y = dequantize(jax.random.key(0), jax.numpy.asarray(x), data.levels)
     log_prob = jax.jit(lambda p, v: model.apply(p, v))
     h.measure(
         f"RealNVP log_prob {size}, batch {EVAL_BATCH}",
@@ -63,10 +62,10 @@ def _bench(h, shape, quick: bool) -> None:
         items=EVAL_BATCH,
         unit="images",
     )
-    sample = jax.jit(lambda p, k: model.apply(p, k, EVAL_BATCH, 1.0, method="sample"))
+    sample = jax.jit(lambda p, k: F.sample(k, model, p, EVAL_BATCH))
     h.measure(
         f"RealNVP sample {size}, batch {EVAL_BATCH}",
-        "genjax RealNVP.sample (jit)",
+        "genjax flows.sample (jit)",
         sample,
         params,
         jax.random.key(1),

@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 from genjax import data as data_lib
 from genjax import flows as F
+from genjax import metrics
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -46,19 +47,17 @@ def _perturb(params, key, scale=PERTURB):
     return jax.tree.unflatten(tree, noisy)
 
 
-def _jacobian_logdet(f, x, jacobian=jax.jacfwd):
+def _jacobian_logdet(f, x):
     """``slogdet`` of the autodiff Jacobian of ``f`` at every example of ``x [batch, *event]``.
 
     ``f`` maps a batch to ``(y, log_det)``; the Jacobian of one example's map is taken on the
     flattened event, ``[D, D]``. Returns ``[batch]``; a singular Jacobian fails the test.
-    ``jacobian=jax.jacrev`` for maps through :func:`genjax.flows.conv_patches`, whose custom VJP
-    has no forward mode.
     """
     shape, d = x.shape[1:], math.prod(x.shape[1:])
 
     def one(v):  # v [D]
         g = lambda u: jnp.reshape(f(jnp.reshape(u, (1, *shape)))[0], (d,))  # [D]
-        return jnp.linalg.slogdet(jacobian(g)(v))  # sign, log|det| of [D, D]
+        return jnp.linalg.slogdet(jax.jacfwd(g)(v))  # sign, log|det| of [D, D]
 
     sign, logdet = jax.vmap(one)(jnp.reshape(x, (-1, d)))
     assert np.all(np.asarray(sign) != 0.0)
@@ -94,7 +93,7 @@ def _jitted(module, method):
     return _JITTED[id(module), method][1]
 
 
-def _check_bijector(module, params, x, jacobian=jax.jacfwd, atol=INVERSE_ATOL):
+def _check_bijector(module, params, x, atol=INVERSE_ATOL):
     """Round trips both ways, batch-shaped log-dets, fwd = -inv, log-det = slogdet(Jacobian)."""
     fwd = functools.partial(_jitted(module, "forward_and_log_det"), params)
     inv = functools.partial(_jitted(module, "inverse_and_log_det"), params)
@@ -106,8 +105,8 @@ def _check_bijector(module, params, x, jacobian=jax.jacfwd, atol=INVERSE_ATOL):
     np.testing.assert_allclose(ld_fwd, -ld_inv, atol=atol)
     y_new = y + 0.1 * jax.random.normal(jax.random.key(99), y.shape)  # not an output of fwd
     np.testing.assert_allclose(fwd(inv(y_new)[0])[0], y_new, atol=atol)
-    np.testing.assert_allclose(ld_fwd, _jacobian_logdet(fwd, x, jacobian), atol=LOGDET_ATOL)
-    np.testing.assert_allclose(ld_inv, _jacobian_logdet(inv, y, jacobian), atol=LOGDET_ATOL)
+    np.testing.assert_allclose(ld_fwd, _jacobian_logdet(fwd, x), atol=LOGDET_ATOL)
+    np.testing.assert_allclose(ld_inv, _jacobian_logdet(inv, y), atol=LOGDET_ATOL)
     return y, ld_fwd
 
 
@@ -273,29 +272,6 @@ def test_squeeze_rejects_unsqueezable_sizes():
         F.squeeze(jnp.zeros((4, 4)))
 
 
-def test_conv_patches_matches_slices_and_conv(key):
-    x = jax.random.normal(key, (2, 5, 6, 3))
-    p = F.conv_patches(x)
-    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    slices = [padded[:, i : i + 5, j : j + 6] for i in range(3) for j in range(3)]
-    np.testing.assert_array_equal(p, jnp.concatenate(slices, -1))  # [2, 5, 6, 27]
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))  # [kh, kw, in, out]
-
-    def via_patches(v):
-        return jnp.einsum("bhwp,po->bhwo", F.conv_patches(v), kernel.reshape(27, 4))
-
-    def via_conv(v):
-        dims = ("NHWC", "HWIO", "NHWC")
-        return jax.lax.conv_general_dilated(v, kernel, (1, 1), "SAME", dimension_numbers=dims)
-
-    np.testing.assert_allclose(via_patches(x), via_conv(x), rtol=1e-4, atol=1e-4)
-    g1 = jax.grad(lambda v: jnp.sum(jnp.sin(via_patches(v))))(x)
-    g2 = jax.grad(lambda v: jnp.sum(jnp.sin(via_conv(v))))(x)
-    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="size must be a positive odd int"):
-        F.conv_patches(x, 2)
-
-
 # ----------------------------------------------------------------------------- bijector modules
 
 
@@ -316,7 +292,7 @@ def test_affine_coupling_image_layer(key, mask):
     x = jax.random.normal(key, (2, 4, 4, 2))
     module = F.AffineCoupling(F.ResNetConditioner(4, 1), mask, 1, event_ndims=3)
     params = _module_and_params(module, key, x)
-    y, _ = _check_bijector(module, params, x, jax.jacrev)
+    y, _ = _check_bijector(module, params, x)
     kept = np.asarray(F.make_mask(mask, (4, 4, 2), 1)) == 1
     np.testing.assert_array_equal(np.asarray(y)[:, kept], np.asarray(x)[:, kept])
     assert not np.allclose(np.asarray(y)[:, ~kept], np.asarray(x)[:, ~kept])
@@ -426,7 +402,7 @@ def test_realnvp_vector_inverse_and_logdet(vector_flow, x):
 def test_realnvp_image_inverse_and_logdet(image_flow):
     model, params = image_flow
     x = jax.random.uniform(jax.random.key(5), (1, 4, 4, 1), minval=0.05, maxval=0.95)
-    _check_bijector(model, params, x, jax.jacrev)
+    _check_bijector(model, params, x)
     z = model.apply(params, x, method="forward")
     assert z.shape == x.shape
 
@@ -468,12 +444,12 @@ def test_realnvp_same_with_and_without_jit(vector_flow):
 def test_realnvp_sample_is_inverse_of_scaled_normal(vector_flow):
     model, params = vector_flow
     key = jax.random.key(7)
-    x = model.apply(params, key, 5, 0.7, method="sample")
+    x = F.sample(key, model, params, 5, temperature=0.7)
     z = 0.7 * jax.random.normal(key, (5, 2))
     np.testing.assert_allclose(x, model.apply(params, z, method="inverse"), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.apply(params, x, method="forward"), z, atol=INVERSE_ATOL)
     with pytest.raises(ValueError, match="n must be a positive int"):
-        model.apply(params, key, 0, method="sample")
+        F.sample(key, model, params, 0)
 
 
 def test_realnvp_density_integrates_to_one(vector_flow):
@@ -522,31 +498,36 @@ def test_affine_flow_recovers_gaussian_log_likelihood(key):
 def test_bits_per_dim_hand_computation():
     log_p = jnp.array([-100.0, 0.0])
     np.testing.assert_allclose(
-        F.bits_per_dim(log_p, 64, 17), [100 / (64 * math.log(2)) + math.log2(17), math.log2(17)]
+        metrics.bits_per_dim(log_p, 64, 17),
+        [100 / (64 * math.log(2)) + math.log2(17), math.log2(17)],
     )
-    np.testing.assert_allclose(F.bits_per_dim(log_p, 64), [100 / (64 * math.log(2)), 0.0])
+    np.testing.assert_allclose(metrics.bits_per_dim(log_p, 64), [100 / (64 * math.log(2)), 0.0])
     # a density constant on each dequantisation cell: bpd = cross-entropy of the discrete law
     probs = np.array([0.5, 0.25, 0.25])  # P(k) over L = 3 levels, D = 1
     k = np.array([0, 1, 2, 0])
     log_density = np.log(probs[k] * 3)  # p(y) = P(k) * L on cell k
-    bpd = F.bits_per_dim(jnp.asarray(log_density), 1, 3)
+    bpd = metrics.bits_per_dim(jnp.asarray(log_density), 1, 3)
     np.testing.assert_allclose(bpd, -np.log2(probs[k]), rtol=RTOL)
     with pytest.raises(ValueError, match="num_dims must be a positive int"):
-        F.bits_per_dim(log_p, 0)
+        metrics.bits_per_dim(log_p, 0)
     with pytest.raises(ValueError, match="levels must be an int >= 2"):
-        F.bits_per_dim(log_p, 4, 1)
+        metrics.bits_per_dim(log_p, 4, 1)
 
 
-def test_dequantize_matches_data_and_stays_in_cell(key):
+def test_dequantize_matches_formula_and_stays_in_cell(key):
+    """genjax.data.dequantize: y = (round(16 x) + u) / 17 with u the key's uniform draw."""
     x = jnp.round(jax.random.uniform(key, (50, 8, 8, 1)) * 16) / 16
-    y = F.dequantize(jax.random.key(3), x, 17)
-    np.testing.assert_array_equal(y, data_lib.dequantize(jax.random.key(3), x, 17))
+    y = data_lib.dequantize(jax.random.key(3), x, 17)
+    u = jax.random.uniform(jax.random.key(3), x.shape)
+    np.testing.assert_array_equal(y, (jnp.round(x * 16) + u) / 17)
     assert float(y.min()) >= 0.0 and float(y.max()) < 1.0
     np.testing.assert_array_equal(jnp.floor(y * 17), jnp.round(x * 16))
-    half = F.dequantize(None, x, 17, noise=jnp.full(x.shape, 0.5))
+    half = data_lib.dequantize(None, x, 17, noise=jnp.full(x.shape, 0.5))
     np.testing.assert_allclose(half, (jnp.round(x * 16) + 0.5) / 17, rtol=RTOL)
     with pytest.raises(ValueError, match="levels must be an int >= 2"):
-        F.dequantize(key, x, 1)
+        data_lib.dequantize(key, x, 1)
+    with pytest.raises(ValueError, match=r"shapes must match: x \(50, 8, 8, 1\), noise \(8,\)"):
+        data_lib.dequantize(None, x, 17, noise=jnp.zeros(8))
 
 
 def test_realnvp_rejects_bad_shapes(key):

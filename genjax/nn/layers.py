@@ -218,7 +218,25 @@ def _add_bias(module: nn.Module, y: Array) -> Array:
     return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))  # [..., features]
 
 
-class Conv(nn.Module):
+class _ConvLayer(nn.Module):
+    """The fields and call of :class:`Conv` and :class:`ConvTranspose`; ``_op`` is the conv."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    def _op(self, x: Array, kernel: Array) -> Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "batch H W C"]) -> Float[Array, "batch H2 W2 O"]:
+        return _add_bias(self, self._op(x, _conv_kernel(self, x)))
+
+
+class Conv(_ConvLayer):
     r"""A convolution layer computed by :func:`strided_conv`, with bias.
 
     Parameters are named and shaped as flax's ``nn.Conv``: ``kernel [k, k, C, O]``, ``bias [O]``.
@@ -234,20 +252,11 @@ class Conv(nn.Module):
     Derivation: derivations/09-wgan.md
     """
 
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    padding: int = 1
-    use_bias: bool = True
-    kernel_init: Callable = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: Float[Array, "batch H W C"]) -> Float[Array, "batch H2 W2 O"]:
-        y = strided_conv(x, _conv_kernel(self, x), self.stride, self.padding)
-        return _add_bias(self, y)
+    def _op(self, x, kernel):
+        return strided_conv(x, kernel, self.stride, self.padding)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(_ConvLayer):
     r"""A transposed convolution layer computed by :func:`conv_transpose`, with bias.
 
     Attributes:
@@ -261,17 +270,11 @@ class ConvTranspose(nn.Module):
     Derivation: derivations/09-wgan.md
     """
 
-    features: int
     kernel_size: int = 4
     stride: int = 2
-    padding: int = 1
-    use_bias: bool = True
-    kernel_init: Callable = nn.initializers.lecun_normal()
 
-    @nn.compact
-    def __call__(self, x: Float[Array, "batch H W C"]) -> Float[Array, "batch H2 W2 O"]:
-        y = conv_transpose(x, _conv_kernel(self, x), self.stride, self.padding)
-        return _add_bias(self, y)
+    def _op(self, x, kernel):
+        return conv_transpose(x, kernel, self.stride, self.padding)
 
 
 # ----------------------------------------------------------------------------- spectral norm

@@ -10,7 +10,7 @@ r"""Flow recipes: RealNVP on the 2-D toy sets and on dequantised digits (and MNI
 * ``flow_digits``: multi-scale RealNVP with ResNet conditioners and a logit pre-processing layer
   on 8x8 digits dequantised to their 17 levels. Metric: test bits per dimension (lower is
   better). Baselines on the *same* dequantised test images, in the same units
-  (:func:`genjax.flows.bits_per_dim`): a full-covariance ``GaussianMixture`` and a Gaussian
+  (:func:`genjax.metrics.bits_per_dim`): a full-covariance ``GaussianMixture`` and a Gaussian
   ``KernelDensity``, each with its hyper-parameter chosen on a validation slice of the
   training set; the report's baseline is the better of the two, both are in ``extra``.
 * ``flow_mnist``: the same on 28x28 MNIST with 256 levels (``--data-dir`` a folder of IDX files
@@ -35,13 +35,28 @@ import numpy as np
 
 from genjax import data as data_lib
 from genjax import flows as F
+from genjax import metrics, viz
 from genjax.data import Dataset
 from genjax.recipes import Recipe, Report, register
+from genjax.recipes.common import one_blas_thread, select_on_validation
 from genjax.train import Task, TrainConfig
+
+__all__ = [
+    "EVAL_DEQUANT_DRAWS",
+    "EVAL_KEY",
+    "IMAGE_DEFAULTS",
+    "LOGIT_ALPHA",
+    "TRUE_LOG_PROB",
+    "VECTOR_DEFAULTS",
+    "Setup",
+    "dequantised_test",
+    "gmm_2d",
+    "image_baselines",
+    "make_task",
+]
 
 EVAL_DEQUANT_DRAWS = 4  # dequantisation draws per test image (the bound is an expectation)
 EVAL_KEY = 1234  # fixed: model and baselines see the very same dequantised test images
-VALIDATION_FRACTION = 0.2  # of the training set, for the baselines' hyper-parameters
 GMM_COMPONENTS_2D = (1, 2, 4, 8, 16, 32, 64)  # tried in order until validation stops improving
 GMM_COMPONENTS_IMAGES = (1, 2, 4, 8)
 GMM_REG_COVAR_IMAGES = 1e-4  # ~ the dequantisation noise variance (1/17)²/12 ≈ 3e-4
@@ -62,6 +77,8 @@ class Setup:
       model: the :class:`genjax.flows.RealNVP`.
       event_shape: shape of one example.
       levels: discrete levels per value for images (dequantised), ``None`` for 2-D points.
+
+    Derivation: derivations/10-realnvp.md
     """
 
     model: F.RealNVP
@@ -74,8 +91,8 @@ class Setup:
         return math.prod(self.event_shape)
 
     def prepare(self, key, x):
-        """Dequantise images (:func:`genjax.flows.dequantize`); points pass unchanged."""
-        return x if self.levels is None else F.dequantize(key, x, self.levels)
+        """Dequantise images (:func:`genjax.data.dequantize`); points pass unchanged."""
+        return x if self.levels is None else data_lib.dequantize(key, x, self.levels)
 
     def init(self, key, batch):
         k_init, k_deq = jax.random.split(key)
@@ -88,7 +105,7 @@ class Setup:
         lp = self.log_prob(params, self.prepare(key, batch["x"]))
         if self.levels is None:
             return -jnp.mean(lp), {}
-        bpd = jnp.mean(F.bits_per_dim(lp, self.num_dims, self.levels))
+        bpd = jnp.mean(metrics.bits_per_dim(lp, self.num_dims, self.levels))
         return bpd, {"bits_per_dim": bpd}
 
     @property
@@ -130,83 +147,47 @@ class Setup:
         return np.clip(x, 0.0, 1.0) if self.levels is not None else x
 
     def sample(self, params, key, n: int, temperature: float = 1.0) -> np.ndarray:
-        r"""``n`` draws :math:`x = f^{-1}(T z)`, :math:`z \sim N(0, I)` (as ``RealNVP.sample``)."""
+        r"""``n`` draws :math:`x = f^{-1}(T z)`, :math:`z \sim N(0, I)`: :func:`genjax.flows.sample`
+        in fixed-size jitted batches, clipped to [0, 1] for images."""
         z = temperature * jax.random.normal(key, (n, *self.event_shape))
         return self.inverse(params, np.asarray(z))
 
 
-class _Sample:
-    """``Task.sample``: ``(params, key, n) -> samples`` at temperature 1, carrying the setup."""
-
-    def __init__(self, setup: Setup):
-        self.setup = setup
-
-    def __call__(self, params, key, n):
-        return self.setup.sample(params, key, n)
-
-
 def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     """The :class:`Task` of a flow recipe. ``options`` override the model's defaults:
-    ``num_couplings``, ``features``, ``depth``, ``num_scales`` (images), ``logit_alpha``."""
+    ``num_couplings``, ``features``, ``depth``, ``num_scales`` (images), ``logit_alpha``.
+
+    Derivation: derivations/10-realnvp.md
+    """
     images = len(dataset.shape) == 3
     opts = {**(IMAGE_DEFAULTS if images else VECTOR_DEFAULTS), **options}
     if images:
         opts.setdefault("logit_alpha", LOGIT_ALPHA)
     model = F.RealNVP(tuple(dataset.shape), **opts)
     setup = Setup(model, tuple(dataset.shape), dataset.levels if images else None)
-    return Task(init=setup.init, loss=setup.loss, sample=_Sample(setup))
-
-
-def setup_of(task: Task) -> Setup:
-    """The :class:`Setup` behind a task built by :func:`make_task`."""
-    return task.sample.setup
-
-
-def _one_blas_thread(fn):
-    """Run ``fn`` with BLAS and OpenMP on one thread: scikit-learn's many small products gain
-    nothing from more, and idle threads' spinning costs several times the work on a shared
-    machine (the 2-D GMM selection: 13 s of CPU on two threads, 2 s on one)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        import sklearn.mixture  # noqa: F401  (loads its BLAS and OpenMP before the limit)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def _validation_split(x: np.ndarray):
-    n_val = int(len(x) * VALIDATION_FRACTION)
-    order = np.random.default_rng(0).permutation(len(x))
-    return x[order[n_val:]], x[order[:n_val]]
+    return Task(init=setup.init, loss=setup.loss, sample=setup.sample, model=setup)
 
 
 # ----------------------------------------------------------------------------- 2-D
 
 
 @functools.cache
-@_one_blas_thread
 def _gmm_2d(name: str, train: bytes, shape: tuple[int, ...]):
-    """The validation-selected full-covariance GMM on a 2-D training set, refit on all of it."""
+    """The validation-selected full-covariance GMM on a 2-D training set, refit on all of it:
+    more components until the validation score stops improving."""
     from sklearn.mixture import GaussianMixture
 
     x = np.frombuffer(train, np.float32).reshape(shape)
-    fit_x, val_x = _validation_split(x)
     gmm = lambda k: GaussianMixture(k, covariance_type="full", random_state=0)
-    best, best_score = None, -np.inf
-    for k in GMM_COMPONENTS_2D:  # more components until the validation score drops
-        score = gmm(k).fit(fit_x).score(val_x)
-        if score <= best_score:
-            break
-        best, best_score = k, score
-    return gmm(best).fit(x), best
+    return select_on_validation(gmm, GMM_COMPONENTS_2D, x, stop_when_worse=True)
 
 
 def gmm_2d(dataset: Dataset):
-    """``(fitted GaussianMixture, components)`` for ``dataset``'s training points."""
+    """``(fitted GaussianMixture, components)`` for ``dataset``'s training points, the count
+    chosen on a validation split (:func:`genjax.recipes.common.select_on_validation`).
+
+    Derivation: derivations/10-realnvp.md
+    """
     x = np.ascontiguousarray(dataset.train["x"], np.float32)
     return _gmm_2d(dataset.name, x.tobytes(), x.shape)
 
@@ -217,13 +198,14 @@ TRUE_LOG_PROB = {
 }
 
 
-@_one_blas_thread
-def evaluate_2d(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate_2d(task: Task, params, dataset: Dataset, key) -> Report:
     del key  # deterministic: exact log-likelihoods on the fixed test split
-    setup = setup_of(task)
+    setup = task.model
     test = np.asarray(dataset.test["x"], np.float32)
     flow = float(np.mean(setup.eval_log_prob(params, test)))
     gmm, components = gmm_2d(dataset)
+    with one_blas_thread():
+        gmm_log_likelihood = float(np.mean(gmm.score_samples(test)))
     extra = {"gmm_components": float(components)}
     if dataset.name in TRUE_LOG_PROB:
         extra["true_density_log_likelihood"] = float(
@@ -233,22 +215,18 @@ def evaluate_2d(task: Task, params, dataset: Dataset, key) -> Report:
         metric="test log-likelihood (nats per point)",
         value=flow,
         baseline=f"full-covariance GaussianMixture, {components} components",
-        baseline_value=float(np.mean(gmm.score_samples(test))),
+        baseline_value=gmm_log_likelihood,
         lower_is_better=False,
         extra=extra,
     )
 
 
-@_one_blas_thread
-def figures_2d(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _figures_2d(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Held-out data beside the flow's density, the GMM's and (where known) the true one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
 
     del key
-    setup = setup_of(task)
+    setup = task.model
     test = np.asarray(dataset.test["x"][:3000])
     lo, hi = test.min(0) - 0.5, test.max(0) + 0.5
     side = 200
@@ -256,7 +234,8 @@ def figures_2d(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)  # [side², 2]
     panels = [("RealNVP", setup.eval_log_prob(params, grid))]
     gmm, components = gmm_2d(dataset)
-    panels.append((f"GMM ({components} comp.)", gmm.score_samples(grid)))
+    with one_blas_thread():
+        panels.append((f"GMM ({components} comp.)", gmm.score_samples(grid)))
     if dataset.name in TRUE_LOG_PROB:
         panels.append(("true", np.asarray(TRUE_LOG_PROB[dataset.name](jnp.asarray(grid)))))
     fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.2 * (1 + len(panels)), 3.3))
@@ -289,14 +268,16 @@ def figures_2d(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list
 
 def dequantised_test(dataset: Dataset) -> np.ndarray:
     """``[EVAL_DEQUANT_DRAWS * N, *shape]``: the fixed dequantised test images every model is
-    scored on (draw ``d`` of image ``i`` at row ``d * N + i``)."""
+    scored on (draw ``d`` of image ``i`` at row ``d * N + i``).
+
+    Derivation: derivations/10-realnvp.md
+    """
     keys = jax.random.split(jax.random.key(EVAL_KEY), EVAL_DEQUANT_DRAWS)
     x = jnp.asarray(dataset.test["x"])
-    return np.concatenate([np.asarray(F.dequantize(k, x, dataset.levels)) for k in keys])
+    return np.concatenate([np.asarray(data_lib.dequantize(k, x, dataset.levels)) for k in keys])
 
 
 @functools.cache
-@_one_blas_thread
 def _image_baselines(name: str, train: bytes, test: bytes, dim: int, levels: int):
     """Test bits/dim of the validation-selected GMM and KDE, fit on dequantised training
     images, scored on the given dequantised test images."""
@@ -305,39 +286,45 @@ def _image_baselines(name: str, train: bytes, test: bytes, dim: int, levels: int
 
     x = np.frombuffer(train, np.float32).reshape(-1, dim)[:MAX_BASELINE_TRAIN]
     y_test = np.frombuffer(test, np.float32).reshape(-1, dim)
-    y = np.asarray(F.dequantize(jax.random.key(EVAL_KEY + 1), jnp.asarray(x), levels))
-    fit_y, val_y = _validation_split(y)
-    bpd = lambda log_p: float(np.mean(np.asarray(F.bits_per_dim(jnp.asarray(log_p), dim, levels))))
+    y = np.asarray(data_lib.dequantize(jax.random.key(EVAL_KEY + 1), jnp.asarray(x), levels))
+    bpd = lambda log_p: float(
+        np.mean(np.asarray(metrics.bits_per_dim(jnp.asarray(log_p), dim, levels)))
+    )
 
     def gmm(k):
         return GaussianMixture(
             k, covariance_type="full", reg_covar=GMM_REG_COVAR_IMAGES, random_state=0
         )
 
-    k = min(GMM_COMPONENTS_IMAGES, key=lambda k: -gmm(k).fit(fit_y).score(val_y))
-    bw = min(KDE_BANDWIDTHS, key=lambda b: -KernelDensity(bandwidth=b).fit(fit_y).score(val_y))
-    return {
-        "gmm_bits_per_dim": bpd(gmm(k).fit(y).score_samples(y_test)),
-        "gmm_components": float(k),
-        "kde_bits_per_dim": bpd(KernelDensity(bandwidth=bw).fit(y).score_samples(y_test)),
-        "kde_bandwidth": bw,
-    }
+    gmm_fit, k = select_on_validation(gmm, GMM_COMPONENTS_IMAGES, y)
+    kde_fit, bw = select_on_validation(lambda b: KernelDensity(bandwidth=b), KDE_BANDWIDTHS, y)
+    with one_blas_thread():
+        return {
+            "gmm_bits_per_dim": bpd(gmm_fit.score_samples(y_test)),
+            "gmm_components": float(k),
+            "kde_bits_per_dim": bpd(kde_fit.score_samples(y_test)),
+            "kde_bandwidth": bw,
+        }
 
 
 def image_baselines(dataset: Dataset, y_test: np.ndarray) -> dict[str, float]:
-    """GMM and KDE test bits/dim on ``y_test`` (see :func:`dequantised_test`)."""
+    """GMM and KDE test bits/dim on ``y_test`` (see :func:`dequantised_test`), each fit on
+    dequantised training images with its setting chosen on a validation split.
+
+    Derivation: derivations/10-realnvp.md
+    """
     dim = math.prod(dataset.shape)
     x = np.ascontiguousarray(dataset.train["x"], np.float32)
     y_test = np.ascontiguousarray(y_test, np.float32)
     return _image_baselines(dataset.name, x.tobytes(), y_test.tobytes(), dim, dataset.levels)
 
 
-def evaluate_images(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate_images(task: Task, params, dataset: Dataset, key) -> Report:
     del key  # deterministic: fixed dequantisation draws shared with the baselines
-    setup = setup_of(task)
+    setup = task.model
     y_test = dequantised_test(dataset)
     log_p = setup.eval_log_prob(params, y_test)
-    bpd = F.bits_per_dim(jnp.asarray(log_p), setup.num_dims, setup.levels)
+    bpd = metrics.bits_per_dim(jnp.asarray(log_p), setup.num_dims, setup.levels)
     flow = float(np.mean(np.asarray(bpd)))
     base = image_baselines(dataset, y_test)
     gmm, kde = base["gmm_bits_per_dim"], base["kde_bits_per_dim"]
@@ -354,26 +341,16 @@ def evaluate_images(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def _grid(images: np.ndarray, rows: int) -> np.ndarray:
-    n, h, w, c = images.shape
-    cols = n // rows
-    grid = images[: rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
-    return grid.reshape(rows * (h), cols * w, c)[..., 0]  # [rows H, cols W]
-
-
-def figures_images(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _figures_images(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Samples at temperatures 0.5/0.7/1.0, and latent interpolations between test images."""
-    import matplotlib
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    setup = setup_of(task)
+    setup = task.model
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(TEMPERATURES), figsize=(3.0 * len(TEMPERATURES), 3.2))
     for ax, t in zip(axes, TEMPERATURES, strict=True):
         images = setup.sample(params, key, 64, t)  # the same z for every T, scaled by T
-        ax.imshow(_grid(images, 8), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(viz.tile_images(images, ncols=8, pad=0)[..., 0], cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"T = {t:g}")
         ax.axis("off")
     fig.tight_layout()
@@ -384,13 +361,14 @@ def figures_images(task: Task, params, dataset: Dataset, key, out_dir: Path) -> 
     # z of pairs of dequantised test images, linearly interpolated, mapped back by the inverse
     pairs, steps = 6, 10
     x = jnp.asarray(dataset.test["x"][: 2 * pairs])
-    y = np.asarray(F.dequantize(jax.random.key(EVAL_KEY), x, setup.levels))
+    y = np.asarray(data_lib.dequantize(jax.random.key(EVAL_KEY), x, setup.levels))
     z = setup.forward(params, y)[0].reshape(2, pairs, 1, -1)  # [2, pairs, 1, D]
     w = np.linspace(0.0, 1.0, steps)[None, :, None]  # [1, steps, 1]
     zs = (1.0 - w) * z[0] + w * z[1]  # [pairs, steps, D]
     images = setup.inverse(params, zs.reshape(pairs * steps, *setup.event_shape))
     fig, ax = plt.subplots(figsize=(steps * 0.5, pairs * 0.5 + 0.4))
-    ax.imshow(_grid(images, pairs), cmap="gray_r", vmin=0, vmax=1)
+    grid = viz.tile_images(images, ncols=steps, pad=0)[..., 0]  # one row per pair
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
     ax.set_title("latent interpolation (left: test image, right: another)", fontsize=8)
     ax.axis("off")
     fig.tight_layout()
@@ -423,42 +401,26 @@ def _config_images(quick: bool) -> TrainConfig:
     )
 
 
-for _name, _tour in (("checkerboard", True), ("two_moons", False), ("eight_gaussians", False)):
+_IMAGE_SUMMARY = "multi-scale RealNVP on dequantised {}, bits/dim vs GMM and KDE"
+_2D_SUMMARY = "RealNVP (MLP couplings) on the 2-D {} set vs a GMM"
+for _name, _summary, _tour, _quick_tour in (
+    ("checkerboard", _2D_SUMMARY.format("checkerboard"), True, True),
+    ("two_moons", _2D_SUMMARY.format("two moons"), False, False),
+    ("eight_gaussians", _2D_SUMMARY.format("eight gaussians"), False, False),
+    ("digits", _IMAGE_SUMMARY.format("8x8 digits"), True, False),
+    ("mnist", _IMAGE_SUMMARY.format("28x28 MNIST"), False, False),
+):
+    _images = _name in ("digits", "mnist")
     register(
         Recipe(
             name=f"flow_{_name}",
-            summary=f"RealNVP (MLP couplings) on the 2-D {_name.replace('_', ' ')} set vs a GMM",
+            summary=_summary,
             make_task=make_task,
-            config=_config_2d,
-            evaluate=evaluate_2d,
-            figures=figures_2d,
+            config=_config_images if _images else _config_2d,
+            evaluate=_evaluate_images if _images else _evaluate_2d,
+            figures=_figures_images if _images else _figures_2d,
             data=_name,
             tour=_tour,
-            quick_tour=_tour,
+            quick_tour=_quick_tour,
         )
     )
-
-register(
-    Recipe(
-        name="flow_digits",
-        summary="multi-scale RealNVP on dequantised 8x8 digits, bits/dim vs GMM and KDE",
-        make_task=make_task,
-        config=_config_images,
-        evaluate=evaluate_images,
-        figures=figures_images,
-        data="digits",
-    )
-)
-
-register(
-    Recipe(
-        name="flow_mnist",
-        summary="multi-scale RealNVP on dequantised 28x28 MNIST, bits/dim vs GMM and KDE",
-        make_task=make_task,
-        config=_config_images,
-        evaluate=evaluate_images,
-        figures=figures_images,
-        data="mnist",
-        tour=False,
-    )
-)
