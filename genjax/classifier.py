@@ -19,7 +19,6 @@ Derivation: derivations/14-metrics.md, derivations/15-interpretation.md
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -237,9 +236,8 @@ def classifier_task(module: DigitsCNN) -> Task:
 
 def cnn_train_config(steps: int = 1500, seed: int = 0) -> TrainConfig:
     """The digits CNN's budget: Adam 3e-3, batch 64, cosine decay, EMA 0.99."""
-    log_every = math.gcd(steps, 100)
     return TrainConfig(
-        steps=steps, batch_size=64, lr=3e-3, ema_decay=0.99, log_every=log_every, seed=seed
+        steps=steps, batch_size=64, lr=3e-3, ema_decay=0.99, log_every=100, seed=seed
     )
 
 
@@ -310,6 +308,25 @@ def load_cnn_classifier(run_dir: str | Path) -> CNNClassifier:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
     state = manager.restore_latest(like)
     return CNNClassifier(module, state.ema_params, shape)
+
+
+def heatmap_overlays(net: CNNClassifier, dataset: Dataset, methods, path: str | Path) -> Path:
+    """One test image per class of ``dataset`` with ``net``'s heat map by each of ``methods``
+    (:data:`genjax.interpret.METHODS`) overlaid, titled with the true and predicted label, as
+    one PNG at ``path`` (:func:`genjax.interpret.save_overlays`).
+
+    Derivation: derivations/15-interpretation.md
+    """
+    from genjax import interpret
+
+    x, y = dataset.test["x"], dataset.test["y"]
+    first = [int(np.flatnonzero(y == c)[0]) for c in range(dataset.num_classes) if np.any(y == c)]
+    images, labels = x[first], y[first]  # one test image per class
+    predicted = net.predict(images)
+    model = net.split_model()
+    maps = {m: interpret.heatmap(m, model, net.params, images, labels) for m in methods}
+    titles = [f"{t} (pred {p})" for t, p in zip(labels, predicted, strict=True)]
+    return interpret.save_overlays(images, maps, Path(path), titles)
 
 
 _CNNS: dict[tuple, CNNClassifier] = {}

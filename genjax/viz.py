@@ -17,6 +17,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+__all__ = [
+    "density_2d",
+    "heat_overlays",
+    "image_grid",
+    "labelled_scatter",
+    "line_plot",
+    "loss_curves",
+    "mode_panels",
+    "scatter_2d",
+    "tile_images",
+    "twin_curves",
+]
+
 
 def tile_images(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile ``[N, H, W, C]`` images into one ``[rows*(H+pad)-pad, cols*(W+pad)-pad, C]`` array."""
@@ -62,6 +75,43 @@ def loss_curves(metrics_jsonl: str | Path, path: str | Path, keys: Sequence[str]
     return _save(fig, path)
 
 
+def line_plot(
+    x,
+    curves: dict[str, np.ndarray],
+    path: str | Path,
+    *,
+    levels: dict[str, float] | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+):
+    """Curves ``name -> y [N]`` against ``x [N]``, with dashed horizontal ``levels``
+    (``name -> value``, e.g. baselines); writes a PNG at ``path``."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, y in curves.items():
+        ax.plot(np.asarray(x), np.asarray(y), label=name)
+    for i, (name, value) in enumerate((levels or {}).items(), start=len(curves)):
+        ax.axhline(value, color=f"C{i}", ls=("--", ":", "-.")[i % 3], label=name)
+    ax.set_xlabel(xlabel or "")
+    ax.set_ylabel(ylabel or "")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def labelled_scatter(points, labels: Sequence[str], path: str | Path, title: str | None = None):
+    """``[N, 2]`` points, each annotated with its label; writes a PNG at ``path``."""
+    points = np.asarray(points)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(points[:, 0], points[:, 1], s=4)
+    for (x, y), label in zip(points, labels, strict=True):
+        ax.annotate(label, (x, y), fontsize=7)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def scatter_2d(points: dict[str, np.ndarray], path: str | Path, lim: float | None = None):
     """Scatter several ``[N, 2]`` point sets (name -> points) on one square plot."""
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -92,6 +142,73 @@ def density_2d(
     ax.imshow(density, origin="lower", extent=(-lim, lim, -lim, lim), cmap="magma")
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def twin_curves(
+    left: tuple[str, np.ndarray],
+    right: tuple[str, np.ndarray],
+    path: str | Path,
+    *,
+    log_left: bool = False,
+    xlabel: str = "step",
+    title: str | None = None,
+):
+    """Two ``(label, values [T])`` curves against their index, ``right`` on a second y-axis."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    (ax.semilogy if log_left else ax.plot)(left[1], color="C0", label=left[0])
+    twin = ax.twinx()
+    twin.plot(right[1], color="C1", label=right[0])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(left[0], color="C0")
+    twin.set_ylabel(right[0], color="C1")
+    if title:
+        ax.set_title(title)
+    fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.5))
+    return _save(fig, path)
+
+
+def heat_overlays(images, maps: dict[str, np.ndarray], path, titles: Sequence[str] | None = None):
+    """Rows of ``[N, H, W]`` maps in [0, 1] (name -> maps) as heat maps over the grey
+    ``images [N, H, W, C]``, below a row of the images; a column per image, ``titles`` above."""
+    images = np.asarray(images, np.float32)
+    grey = images.mean(axis=-1)  # [N, H, W]
+    rows = ["input", *maps]
+    fig, axes = plt.subplots(
+        len(rows), len(images), figsize=(0.8 * len(images), 0.85 * len(rows)), squeeze=False
+    )
+    for r, name in enumerate(rows):
+        for c in range(len(images)):
+            ax = axes[r, c]
+            ax.imshow(grey[c], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if name != "input":
+                ax.imshow(maps[name][c], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name.replace("_", " "), fontsize=7)
+            if r == 0 and titles:
+                ax.set_title(titles[c], fontsize=7)
+    return _save(fig, path)
+
+
+def mode_panels(panels: dict[str, np.ndarray], means, radius: float, path: str | Path) -> Path:
+    """A row of square panels, one per ``title -> points [n, 2]``: the points (blue) over the
+    modes ``means [K, 2]`` of a mixture, each drawn as a disc of ``radius`` (red)."""
+    means = np.asarray(means)
+    lim = float(np.abs(means).max()) + 1.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
+        points = np.asarray(points)
+        for mu in means:
+            ax.add_patch(plt.Circle(mu, radius, color="tab:red", alpha=0.6, lw=0))
+        ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.3, color="tab:blue", linewidths=0)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
     return _save(fig, path)
 
 

@@ -7,20 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from genjax.cli import (
-    TOUR_CNN_STEPS,
-    _image_samples,
-    _keep_result,
-    _kept_results,
-    _quality_markdown,
-    main,
-)
-from genjax.recipes import Report
+from genjax.cli import main
+from genjax.tour import CNN_STEPS
 
 SCRIPT = shutil.which("genjax", path=str(Path(sys.executable).parent))
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "genjax.cli"]
@@ -96,41 +86,6 @@ def test_tour_quick_writes_the_report(tmp_path):
     assert "20 steps" in report and "`digits_cnn_quick`" in report  # the kept classifier
 
 
-def test_tour_results_are_kept_and_merged_by_mode(tmp_path):
-    def report(value):
-        return Report("m", np.float32(value), "b", 2.0, extra={"e": np.float64(value)})
-
-    images = np.zeros((3, 8, 8, 1), np.float32)
-    _keep_result(tmp_path / "vae_digits", True, report(1.0), 4.0, [], images)
-    _keep_result(tmp_path / "autoencoder", True, report(0.5), 3.0, [tmp_path / "a.png"], None)
-    _keep_result(tmp_path / "flow_digits", False, report(9.0), 5.0, [], images)  # full tour
-    rows, samples = _kept_results(tmp_path, quick=True)
-    assert [recipe.name for recipe, *_ in rows] == ["autoencoder", "vae_digits"]  # registry order
-    (_, first, seconds, figs), (_, second, _, _) = rows
-    assert first == report(0.5) and second.extra == {"e": 1.0} and seconds == 3.0
-    assert figs == [tmp_path / "autoencoder" / "a.png"]
-    assert list(samples) == ["vae_digits"] and samples["vae_digits"].shape == images.shape
-    _keep_result(tmp_path / "vae_digits", True, report(0.25), 1.0, [], None)  # rerun, no images
-    rows, samples = _kept_results(tmp_path, quick=True)
-    assert rows[1][1].value == 0.25 and samples == {}
-    assert [recipe.name for recipe, *_ in _kept_results(tmp_path, quick=False)[0]] == [
-        "flow_digits"
-    ]
-
-
-def test_tour_report_only_rebuilds_the_report_from_kept_results(tmp_path):
-    out = tmp_path / "tour"
-    with pytest.raises(SystemExit, match="no quick tour results"):
-        main(["tour", "--quick", "--report-only", "--out", str(out)])
-    report = Report("test MSE per pixel", 0.0125, "PCA, 8 components", 0.0246)
-    _keep_result(out / "autoencoder", True, report, 3.0, [], None)
-    assert main(["tour", "--quick", "--report-only", "--out", str(out)]) == 0
-    row = next(
-        line for line in (out / "report.md").read_text().splitlines() if "autoencoder" in line
-    )
-    assert "| 0.0125 |" in row and "| yes |" in row
-
-
 @pytest.mark.slow
 def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path):
     _run("tour", "--quick", "--only", "autoencoder", "vae_digits", "--out", "tour", cwd=tmp_path)
@@ -140,70 +95,8 @@ def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path)
     assert {r[1] for r in rows[2:]} == {"autoencoder", "vae_digits"}
     fids = [float(r[2]) for r in rows[2:]]
     assert fids == sorted(fids)
-    assert f"{TOUR_CNN_STEPS[True]} steps" in report
+    assert f"{CNN_STEPS[True]} steps" in report
     assert (tmp_path / "tour" / "digits_cnn_quick" / "config.json").is_file()
-
-
-def test_quality_table_ranks_by_fid_below_the_floor():
-    def figures(fid):
-        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
-        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
-
-    quality = {
-        "figures": {
-            "floor": figures(1.0),
-            "baseline": figures(20.0),
-            "a": figures(30.0),
-            "b": figures(2.0),
-            "c": None,
-            "d": figures(9.0),
-        },
-        "classifier": "digits_cnn",
-        "steps": 1500,
-        "accuracy": 0.98,
-        "n": 360,
-        "subset": 180,
-        "seconds": 1.0,
-    }
-    rows = _fid_table("\n".join(_quality_markdown(quality, ["a", "x", "b", "c", "d"], False)))
-    assert [r[:2] for r in rows] == [
-        ["floor", "360 training images (the floor)"],
-        ["baseline", rows[1][1]],
-        ["1", "b"],
-        ["2", "d"],
-        ["3", "a"],
-        ["4", "c"],
-    ]
-    assert rows[-1][2] == "non-finite samples"
-
-
-def test_image_samples_draws_only_images_of_the_data_shape():
-    from genjax.data import Dataset
-    from genjax.train import Task
-
-    split = {"x": np.zeros((6, 8, 8, 1), np.float32), "y": np.zeros(6, np.int32)}
-    data, n = Dataset("tiny", split, split, 1, 17), 6
-    ran = []
-
-    def text(params, key, num):  # traceable, not images: must never run on values
-        ran.append(not isinstance(key, jax.core.Tracer))
-        return jnp.zeros((num, 32), jnp.int32)
-
-    def numpy_images(params, key, num):  # cannot be traced: run, then checked
-        return np.full((num, *data.shape), float(np.asarray(params)), np.float32)
-
-    def jax_images(params, key, num):
-        return jax.random.uniform(key, (num, *data.shape)) * params
-
-    key = jax.random.key(0)
-    loss = lambda *a: (0.0, {})
-    assert _image_samples(Task(init=None, loss=loss), 0.5, data, key) is None
-    assert _image_samples(Task(init=None, loss=loss, sample=text), 0.5, data, key) is None
-    assert ran == [False]
-    drawn = _image_samples(Task(init=None, loss=loss, sample=numpy_images), 0.5, data, key)
-    np.testing.assert_array_equal(drawn, np.full((n, *data.shape), 0.5, np.float32))
-    drawn = _image_samples(Task(init=None, loss=loss, sample=jax_images), 0.5, data, key)
-    assert drawn.shape == (n, *data.shape) and 0.0 <= drawn.min() and drawn.max() <= 0.5
 
 
 # The error paths run in-process: the same ``main`` as the console script, without a start-up.

@@ -32,6 +32,49 @@ def test_load_dataset_bundles_both_splits():
     assert len(ds.train["x"]) + len(ds.test["x"]) == 1797
 
 
+def test_text_split_is_fixed_and_by_topic():
+    """``pydoc_topics``: every fifth topic (sorted by name) is the test text, topics joined by
+    blank lines; the ids decode back to the text and the alphabet covers both splits."""
+    from pydoc_data.topics import topics
+
+    text = data.load_text("pydoc_topics")
+    names = sorted(topics)
+    every = data.TEXT_HELD_OUT_EVERY
+    held_out = [topics[n] for i, n in enumerate(names) if i % every == every - 1]
+    assert text.test == "\n\n".join(held_out)
+    assert len(text.train) + len(text.test) == sum(map(len, topics.values())) + 2 * (
+        len(names) - 2
+    )  # every character once, plus the blank lines joining topics within each split
+    assert 0.05 < len(text.test) / (len(text.train) + len(text.test)) < 0.1
+    assert set(text.train) | set(text.test) == set(text.alphabet)
+    ds = data.load_dataset("pydoc_topics")
+    assert ds.alphabet == text.alphabet and ds.num_classes == len(text.alphabet)
+    assert ds.train["x"].dtype == np.int32 and ds.shape == () and "y" not in ds.train
+    assert ds.text("test") == text.test and ds.text("train") == text.train
+    with pytest.raises(ValueError, match="not a text data set"):
+        data.load_dataset("digits").text()
+    with pytest.raises(ValueError, match="unknown text data set"):
+        data.load_text("nope")
+
+
+def test_generated_sets_are_fixed_samples_of_their_generators():
+    from genjax import style
+
+    patterns = data.load_dataset("patterns")
+    assert patterns.shape == (48, 48, 3) and patterns.num_classes == len(style.PATTERNS)
+    for i, name in enumerate(style.PATTERNS):
+        np.testing.assert_array_equal(patterns.train["x"][i : i + 1], style.pattern(name, 48))
+    strings = data.load_dataset("digit_strings")
+    src, lengths, _, _ = data.digit_strings(
+        jax.random.key(2), data.TOY_SIZES["test"], data.DIGIT_STRING_LENGTH
+    )
+    np.testing.assert_array_equal(strings.test["x"], src)
+    np.testing.assert_array_equal(strings.test["y"], lengths)
+    assert strings.shape == (data.DIGIT_STRING_LENGTH,)
+    valid = np.arange(data.DIGIT_STRING_LENGTH)[None, :] < strings.train["y"][:, None]
+    assert np.all((strings.train["x"] < 10) == valid)  # digits, then PAD
+
+
 def _write_idx(path, array, gz):
     codes = {np.uint8: 0x08, np.int32: 0x0C}
     header = bytes([0, 0, codes[array.dtype.type], array.ndim])

@@ -13,21 +13,44 @@ this package builds one or more :class:`Recipe` objects and hands them to :func:
 * ``tour``: whether ``genjax tour`` runs it (recipes on large downloaded sets say no);
 * ``quick_tour``: whether ``genjax tour --quick`` runs it. One recipe per family says yes, with a
   quick budget of about ten seconds, so that the quick tour touches every family in under two
-  minutes; ``--only`` overrides the selection.
+  minutes; ``--only`` overrides the selection;
+* ``data``: the name of the data set it trains on (:func:`genjax.data.load_dataset`);
+* ``draws_batches``: whether its loss draws its own batch from the step's key (text windows,
+  generated strings, an image being optimised), so that the loop's batch only sets the batch
+  size (:func:`loop_arrays`).
+
+The task's ``model`` is the recipe's setup object, which ``evaluate`` and ``figures`` read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
+from genjax.checkpoints import CheckpointManager
 from genjax.data import Dataset, load_dataset
-from genjax.train import Task, TrainConfig, TrainState, fit
+from genjax.train import Task, TrainConfig, TrainState, fit, init_state, read_config
+
+__all__ = [
+    "Recipe",
+    "Report",
+    "Run",
+    "all_recipes",
+    "get",
+    "loop_arrays",
+    "register",
+    "restore",
+    "run",
+    "train_run",
+]
 
 
 class Report(NamedTuple):
@@ -51,6 +74,7 @@ class Report(NamedTuple):
 
     @property
     def beats_baseline(self) -> bool:
+        """Whether ``value`` is better than ``baseline_value`` in the metric's direction."""
         if self.lower_is_better:
             return self.value < self.baseline_value
         return self.value > self.baseline_value
@@ -68,6 +92,7 @@ class Recipe(NamedTuple):
     data: str = "digits"
     tour: bool = True
     quick_tour: bool = False
+    draws_batches: bool = False
 
 
 _REGISTRY: dict[str, Recipe] = {}
@@ -105,10 +130,78 @@ class Run(NamedTuple):
     report: Report
 
 
-def run(recipe: Recipe, quick: bool, key: jax.Array) -> Run:
+def loop_arrays(recipe: Recipe, dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+    """The arrays the loop batches for ``recipe``: the training split, or, for a recipe whose
+    loss draws its own batch (``draws_batches``), ``batch_size`` placeholder rows that only set
+    the batch size."""
+    if recipe.draws_batches:
+        return {"x": np.zeros((batch_size,), np.float32)}
+    return dataset.train
+
+
+def run(key: jax.Array, recipe: Recipe, quick: bool) -> Run:
     """Load ``recipe``'s data, train its task at its (``quick``) budget, and evaluate the EMA
     parameters (the parameters themselves when the config has no EMA) with ``key``."""
     dataset = load_dataset(recipe.data)
     task = recipe.make_task(dataset, {})
-    state = fit(task, dataset.train, recipe.config(quick), progress=False)
+    config = recipe.config(quick)
+    state = fit(task, loop_arrays(recipe, dataset, config.batch_size), config, progress=False)
     return Run(dataset, task, state, recipe.evaluate(task, state.ema_params, dataset, key))
+
+
+def train_run(
+    key: jax.Array,
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    **overrides: Any,
+) -> Report:
+    """Train ``recipe`` at its full budget into the run folder ``run_dir`` (``config.json``,
+    ``metrics.jsonl``, a checkpoint every ``log_every`` steps, ``loss.png``), evaluate the EMA
+    parameters with ``key`` and write ``report.json``; resumes a stopped run.
+
+    Args:
+      key: the evaluation's PRNG key.
+      recipe: the :class:`Recipe`.
+      run_dir: the run folder.
+      data, data_dir: the data set (default: the recipe's) and where it lives.
+      options: the recipe's options (e.g. ``code_dim``).
+      mesh: a device mesh to shard batches over (:func:`genjax.parallel.make_mesh`).
+      **overrides: :class:`~genjax.train.TrainConfig` fields replacing the recipe's.
+
+    Returns:
+      The :class:`Report`.
+    """
+    from genjax import viz
+
+    data, options, run_dir = data or recipe.data, dict(options or {}), Path(run_dir)
+    dataset = load_dataset(data, data_dir)
+    config = recipe.config(False)
+    config = dataclasses.replace(config, **{"checkpoint_every": config.log_every, **overrides})
+    info = {"recipe": recipe.name, "data": data, "data_dir": data_dir, "options": options}
+    task = recipe.make_task(dataset, options)
+    arrays = loop_arrays(recipe, dataset, config.batch_size)
+    state = fit(task, arrays, config, run_dir=run_dir, run_info=info, mesh=mesh)
+    report = recipe.evaluate(task, state.ema_params, dataset, key)
+    (run_dir / "report.json").write_text(json.dumps(report._asdict(), indent=2, default=float))
+    viz.loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return report
+
+
+def restore(run_dir: str | Path) -> tuple[Recipe, Dataset, Task, TrainState]:
+    """The recipe, data set, task and latest checkpointed state of a run folder that
+    :func:`train_run` wrote; a folder without a checkpoint is a ``FileNotFoundError``."""
+    run_dir = Path(run_dir)
+    config, info = read_config(run_dir)
+    recipe = get(info["recipe"])
+    dataset = load_dataset(info["data"], info.get("data_dir"))
+    task = recipe.make_task(dataset, info.get("options", {}))
+    like, _ = init_state(task, config, loop_arrays(recipe, dataset, config.batch_size))
+    manager = CheckpointManager(run_dir / "checkpoints")
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to sample from")
+    return recipe, dataset, task, manager.restore_latest(like)

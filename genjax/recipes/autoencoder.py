@@ -2,7 +2,9 @@
 
 The headline is the test-split mean squared error per pixel of reconstructing clean images,
 beside scikit-learn's PCA with as many components as the code has dimensions, fitted on the
-same training split: the best any *linear* code of that size can do.
+same training split: the best any *linear* code of that size can do
+(derivations/01-autoencoders.md). The task's ``model`` is the autoencoder module; its sampler
+reconstructs random test images (an autoencoder has no prior).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from genjax import viz
 from genjax.data import Dataset
 from genjax.recipes import Recipe, Report, register
 from genjax.train import Task, TrainConfig
+
+__all__ = ["make_task", "pca_mse_per_pixel", "test_mse_per_pixel"]
 
 CODE_DIM = 8
 EVAL_BATCH = 512
@@ -88,7 +92,7 @@ def pca_mse_per_pixel(train: np.ndarray, test: np.ndarray, components: int) -> f
     return float(np.mean((recon - flat_te) ** 2))
 
 
-def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     """Test MSE per pixel of clean reconstructions vs PCA of the same code size.
 
     The code size is the number of numbers that describe one image: ``code_dim``, or ``top_k``
@@ -107,7 +111,7 @@ def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Test images (odd rows) above their reconstructions (even rows)."""
     del key
     x = dataset.test["x"][:16]
@@ -120,7 +124,7 @@ def figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Pa
     ]
 
 
-def config(quick: bool) -> TrainConfig:
+def _config(quick: bool) -> TrainConfig:
     """Tour budget: 3000 steps (quick: 600) of batch 64, Adam 2e-3 with cosine decay."""
     steps = 600 if quick else 3000
     return TrainConfig(
@@ -157,9 +161,9 @@ for _name, (_summary, _variant) in VARIANTS.items():
             name=_name,
             summary=_summary,
             make_task=_make(_variant),
-            config=config,
-            evaluate=evaluate,
-            figures=figures,
+            config=_config,
+            evaluate=_evaluate,
+            figures=_figures,
             quick_tour=_name == "autoencoder",
         )
     )

@@ -3,18 +3,20 @@ r"""Style-transfer recipe: Gatys stylisation of a generated content image, train
 The "parameters" the loop trains are the image's logits :math:`z` (the image is
 :math:`\sigma(z)`), started at the content image; the loss is
 :func:`genjax.style.stylization_loss` with random multi-scale conv features
-(:func:`genjax.style.random_features`, fixed seed). The loop's digits batch is unused; Adam with
-a constant learning rate does the rest, exactly what :func:`genjax.style.stylize` runs in its
-own scan.
+(:func:`genjax.style.random_features`, fixed seed). The loop's batch is unused
+(``Recipe(draws_batches=True)``); Adam with a constant learning rate does the rest, exactly what
+:func:`genjax.style.stylize` runs in its own scan.
 
-Content: :func:`genjax.style.pattern` ``"shapes"``; style: ``"stripes"`` (48 x 48 RGB).
+Data: the ``patterns`` data set (:func:`genjax.data.load_dataset`, the images of
+:func:`genjax.style.pattern`): content ``"shapes"``, style ``"stripes"`` (48 x 48 RGB); another
+``size`` draws the patterns at that size.
 
 Metric: the style loss of the result, beside the style loss of the starting point (the content
 image itself); their ratio is the reduction factor (goal: at least 10x). Content bound: the
 result's content loss must stay below ``CONTENT_BOUND`` times the content loss the style image
 itself would have (a result that simply became the style image scores 1).
 
-Derivation: derivations/17-style-transfer.md
+The maths is derived in derivations/17-style-transfer.md.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from genjax import style, viz
 from genjax.data import Dataset
 from genjax.recipes import Recipe, Report, register
 from genjax.train import Task, TrainConfig
+
+__all__ = ["Stylization", "make_task"]
 
 DEFAULTS = {
     "content": "shapes",
@@ -58,22 +62,27 @@ class Stylization:
     targets: style.StyleTargets  # computed once, eagerly, by make_task
 
     def features(self, images):
+        """The random multi-scale feature maps of ``images``."""
         return style.random_features(self.kernels, images)
 
     def objective(self, image):
+        """``(loss, parts)`` of :func:`genjax.style.stylization_loss` for ``image``."""
         return style.stylization_loss(
             image, self.targets, self.features, content_layers=CONTENT_LAYERS, **self.weights
         )
 
     def init(self, key, batch):
+        """The content image's logits."""
         del key, batch
         return {"z": style.logit(jnp.asarray(self.content))}
 
     def loss(self, params, key, batch):
+        """The stylisation objective of the image ``sigmoid(z)``."""
         del key, batch
         return self.objective(jax.nn.sigmoid(params["z"]))
 
     def image(self, params) -> np.ndarray:
+        """The image ``[1, H, W, 3]`` that ``params`` hold."""
         return np.asarray(jax.nn.sigmoid(params["z"]))
 
     def style_image_content_loss(self) -> float:
@@ -84,18 +93,29 @@ class Stylization:
         )
 
 
+def _pattern(dataset: Dataset, name: str, size: int) -> np.ndarray:
+    """Pattern ``name`` ``[1, size, size, 3]`` from ``dataset`` when it has that size."""
+    if dataset is None or dataset.name != "patterns":
+        got = None if dataset is None else dataset.name
+        raise ValueError(f"style transfer needs the 'patterns' data set, got {got!r}")
+    if name not in style.PATTERNS:
+        raise ValueError(f"pattern name must be one of {style.PATTERNS}, got {name!r}")
+    if dataset.shape[:2] != (size, size):
+        return style.pattern(name, size)
+    x, y = dataset.train["x"], dataset.train["y"]
+    return x[y == style.PATTERNS.index(name)]
+
+
 def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
-    """The stylisation :class:`Task` (``dataset`` is ignored).
+    """The stylisation :class:`Task` on the ``patterns`` data set.
 
     Options: ``content``, ``style`` (pattern names), ``size``, ``style_weight``,
     ``content_weight``, ``tv_weight``, ``seed`` (of the random features).
     """
-    del dataset
     opts = {**DEFAULTS, **options}
     size = int(opts["size"])
     kernels = style.random_feature_kernels(jax.random.key(int(opts["seed"])))
-    content = style.pattern(str(opts["content"]), size)
-    style_image = style.pattern(str(opts["style"]), size)
+    content, style_image = (_pattern(dataset, str(opts[k]), size) for k in ("content", "style"))
     features = functools.partial(style.random_features, kernels)
     st = Stylization(
         content=content,
@@ -111,7 +131,7 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     return Task(init=st.init, loss=st.loss, model=st)
 
 
-def config(quick: bool) -> TrainConfig:
+def _config(quick: bool) -> TrainConfig:
     """300 Adam steps (quick: 100) at a constant 0.05 on the image logits."""
     return TrainConfig(
         steps=100 if quick else 300,
@@ -124,7 +144,7 @@ def config(quick: bool) -> TrainConfig:
     )
 
 
-def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     del dataset, key
     st: Stylization = task.model
     _, start = st.objective(jnp.asarray(st.content))
@@ -145,7 +165,7 @@ def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Content, style and result side by side (``stylized.png``)."""
     del dataset, key
     st: Stylization = task.model
@@ -160,9 +180,10 @@ register(
         name="style_transfer",
         summary="Gatys stylisation of a generated image with random multi-scale conv features",
         make_task=make_task,
-        config=config,
-        evaluate=evaluate,
-        figures=figures,
-        quick_tour=False,
+        config=_config,
+        evaluate=_evaluate,
+        figures=_figures,
+        data="patterns",
+        draws_batches=True,
     )
 )

@@ -10,20 +10,15 @@ r"""Transformer recipes: a character language model and a sequence-to-sequence r
   random length; metric: exact-match accuracy of greedy decoding on a fixed test set; baseline:
   copying the input (right exactly on palindromes).
 
-Neither uses images: ``make_task`` ignores the :class:`~genjax.data.Dataset` it is given, and
-the loss draws its own batch from the step's key (random windows of the training text, or
-fresh random digit strings); the loop's batch only sets the batch size. Every batch is still a
-function of the step number, so runs resume exactly. The recipes keep the default ``data``
-(``digits``) only because the loop loads a registered data set before calling ``make_task``;
-their summaries and metric names say what they train and test on (the text corpus, or
-generated digit strings), so ``genjax list`` and the tour report do not mislead.
+Data: the character model reads the ``pydoc_topics`` text data set
+(:func:`genjax.data.load_text`: every fifth topic held out, a fixed alphabet); the reversal
+names ``digit_strings`` (:func:`genjax.data.digit_strings`). Both losses draw their own batch
+from the step's key (random windows of the training text, or fresh random digit strings); the
+loop's batch only sets the batch size (``Recipe(draws_batches=True)``), so every batch is still
+a function of the step number and runs resume exactly.
 
-Split of the corpus (fixed, no seed): topics in sorted key order, joined with blank lines; every
-fifth topic (indices 4, 9, 14, ...) is held out as the test text, the rest is training text. The
-alphabet is the sorted set of characters of the whole corpus (a fixed list, so test characters
-never fall outside the vocabulary).
-
-Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
+The attention and positional encodings are derived in derivations/03-attention.md and
+derivations/04-positional-encoding.md.
 """
 
 from __future__ import annotations
@@ -39,7 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax.data import Dataset
+from genjax import viz
+from genjax.data import (
+    DIGIT_STRING_BOS,
+    DIGIT_STRING_EOS,
+    DIGIT_STRING_PAD,
+    Dataset,
+    digit_strings,
+    load_dataset,
+)
 from genjax.nn.transformer import (
     DecoderOnlyTransformer,
     EncoderDecoderTransformer,
@@ -47,13 +50,27 @@ from genjax.nn.transformer import (
     token_nll,
 )
 from genjax.recipes import Recipe, Report, register
+from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
 
-HELD_OUT_EVERY = 5  # every 5th topic (sorted order) is test text: 30,935 of 464,970 characters
+__all__ = [
+    "CharLM",
+    "Corpus",
+    "Reverser",
+    "bigram_log_probs",
+    "held_out_windows",
+    "load_corpus",
+    "make_char_task",
+    "make_reverse_task",
+    "ngram_bits_per_char",
+    "random_windows",
+    "unigram_log_probs",
+]
+
 BIGRAM_ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # add-α grid, chosen on a validation slice
 VALIDATION_FRACTION = 0.1  # last 10% of the training text chooses the bigram's α
 LN2 = math.log(2.0)
-CORPUS_NAME = "pydoc_data.topics"  # the text, named as the tour report and `genjax list` show it
+CORPUS_NAME = "pydoc_topics"  # the text data set (genjax.data.load_text)
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -75,25 +92,28 @@ class Corpus:
 
     @property
     def vocab_size(self) -> int:
+        """Number of distinct characters."""
         return len(self.alphabet)
 
     def decode(self, ids) -> str:
+        """The text of character ``ids``."""
         return "".join(self.alphabet[int(i)] for i in np.ravel(ids))
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> Corpus:
+        """The corpus of a text :class:`~genjax.data.Dataset` (e.g. ``pydoc_topics``)."""
+        if dataset is None or dataset.alphabet is None:
+            name = None if dataset is None else dataset.name
+            raise ValueError(
+                f"the character model needs a text data set (pydoc_topics), got {name!r}"
+            )
+        return cls(dataset.alphabet, dataset.train["x"], dataset.test["x"])
 
 
 @functools.cache
 def load_corpus() -> Corpus:
-    """``pydoc_data.topics`` split by topic: every fifth topic (sorted by name) is held out."""
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
-    texts = [topics[name] for name in names]
-    alphabet = "".join(sorted(set("".join(texts))))
-    index = {c: i for i, c in enumerate(alphabet)}
-    encode = lambda parts: np.array([index[c] for c in "\n\n".join(parts)], np.int32)
-    test = [t for i, t in enumerate(texts) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
-    train = [t for i, t in enumerate(texts) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
-    return Corpus(alphabet, encode(train), encode(test))
+    """The ``pydoc_topics`` corpus (:func:`genjax.data.load_text`)."""
+    return Corpus.of(load_dataset(CORPUS_NAME))
 
 
 def unigram_log_probs(train: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -150,13 +170,6 @@ def held_out_windows(ids: np.ndarray, context: int) -> np.ndarray:
     return ids[starts[:, None] + np.arange(context + 1)[None, :]]  # [n, context + 1]
 
 
-def fast_init_key(key: jax.Array) -> jax.Array:
-    """An RngBitGenerator key derived from ``key``, for parameter initialisation only: XLA on
-    CPU compiles threefry draws slowly (seconds for a small Transformer's ``init``), RBG keys in
-    a fraction of that. Deterministic in ``key``."""
-    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
-
-
 def _batch_size(batch: Mapping[str, jax.Array]) -> int:
     """The loop's batch only says how many examples to draw."""
     return jax.tree.leaves(batch)[0].shape[0]
@@ -174,10 +187,12 @@ class CharLM:
     context: int
 
     def init(self, key, batch):
+        """Parameters from an all-zero window (the batch only sets its size)."""
         tokens = jnp.zeros((1, self.context), jnp.int32)
         return jax.jit(self.model.init)(fast_init_key(key), tokens)
 
     def loss(self, params, key, batch):
+        """Next-character NLL of random training windows drawn from ``key``."""
         k_data, k_drop = jax.random.split(key)
         windows = random_windows(
             k_data, jnp.asarray(self.corpus.train), _batch_size(batch), self.context + 1
@@ -218,16 +233,6 @@ class CharLM:
         return self._sampler(params, key, n)
 
 
-class _CharSample:
-    """``Task.sample`` for the character model: token ids ``[n, context]``."""
-
-    def __init__(self, lm: CharLM):
-        self.lm = lm
-
-    def __call__(self, params, key, n):
-        return self.lm.sample(params, key, n)
-
-
 CHAR_DEFAULTS = {
     "context": 32,
     "features": 64,
@@ -239,13 +244,13 @@ CHAR_DEFAULTS = {
 
 
 def make_char_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
-    """The character model's :class:`Task` (``dataset`` is ignored: the corpus is built in).
+    """The character model's :class:`Task` on the text data set ``dataset`` (``pydoc_topics``).
 
     Options: ``context``, ``features``, ``num_layers``, ``num_heads``, ``positional``,
     ``dropout``.
     """
     opts = {**CHAR_DEFAULTS, **options}
-    corpus = load_corpus()
+    corpus = Corpus.of(dataset)
     model = DecoderOnlyTransformer(
         vocab_size=corpus.vocab_size,
         max_length=int(opts["context"]),
@@ -256,10 +261,10 @@ def make_char_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         positional=str(opts["positional"]),
     )
     lm = CharLM(corpus, model, int(opts["context"]))
-    return Task(init=lm.init, loss=lm.loss, sample=_CharSample(lm))
+    return Task(init=lm.init, loss=lm.loss, sample=lm.sample, model=lm)
 
 
-def char_config(quick: bool) -> TrainConfig:
+def _char_config(quick: bool) -> TrainConfig:
     if quick:  # about ten seconds, most of it compilation; beats the bigram already
         return TrainConfig(
             steps=200, batch_size=32, lr=4e-3, warmup_steps=20, ema_decay=None, log_every=100
@@ -269,8 +274,8 @@ def char_config(quick: bool) -> TrainConfig:
     )
 
 
-def evaluate_char(task: Task, params, dataset: Dataset, key) -> Report:
-    lm = task.sample.lm
+def _evaluate_char(task: Task, params, dataset: Dataset, key) -> Report:
+    lm: CharLM = task.model
     bits = lm.test_bits_by_position(params)
     predicted = lm.corpus.test[: bits.size + 1]  # the same characters for the baselines
     unigram, bigram, alpha = ngram_bits_per_char(lm.corpus.train, predicted, lm.corpus.vocab_size)
@@ -287,31 +292,22 @@ def evaluate_char(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def char_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _char_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Held-out bits per character against the context available (position in the window),
     beside the n-gram baselines; a text sample is written to ``char_lm_sample.txt``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lm = task.sample.lm
+    lm: CharLM = task.model
     bits = lm.test_bits_by_position(params)
     predicted = lm.corpus.test[: bits.size + 1]
     unigram, bigram, _ = ngram_bits_per_char(lm.corpus.train, predicted, lm.corpus.vocab_size)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(np.arange(1, bits.shape[1] + 1), bits.mean(0), label="transformer")
-    ax.axhline(bigram, color="C1", ls="--", label="bigram")
-    ax.axhline(unigram, color="C2", ls=":", label="unigram")
-    ax.set_xlabel("characters of context")
-    ax.set_ylabel("held-out bits per character")
-    ax.set_title(f"pydoc topics: {bits.mean():.3f} bits/char (bigram {bigram:.3f})")
-    ax.legend()
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "char_lm_bits_by_context.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = viz.line_plot(
+        np.arange(1, bits.shape[1] + 1),
+        {"transformer": bits.mean(0)},
+        out_dir / "char_lm_bits_by_context.png",
+        levels={"bigram": bigram, "unigram": unigram},
+        xlabel="characters of context",
+        ylabel="held-out bits per character",
+        title=f"pydoc topics: {bits.mean():.3f} bits/char (bigram {bigram:.3f})",
+    )
     samples = np.asarray(lm.sample(params, key, 4))
     text = "\n----\n".join(lm.corpus.decode(s) for s in samples)
     (out_dir / "char_lm_sample.txt").write_text(text + "\n")
@@ -321,33 +317,9 @@ def char_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> li
 # ----------------------------------------------------------------------------- reversal
 
 DIGITS = 10
-PAD, BOS, EOS = 10, 11, 12  # source vocabulary: digits + PAD; target: digits + PAD, BOS, EOS
+PAD, BOS, EOS = DIGIT_STRING_PAD, DIGIT_STRING_BOS, DIGIT_STRING_EOS
 TEST_SEED = 20_251_125
 TEST_SIZE = 1000
-
-
-def digit_strings(key, n: int, max_len: int, min_len: int = 1):
-    """``n`` random digit strings of lengths uniform in ``[min_len, max_len]``.
-
-    Returns ``(src [n, max_len] padded with PAD, lengths [n], tgt_in [n, max_len + 1],
-    tgt_out [n, max_len + 1])``: ``tgt_in`` = BOS + reversed digits, ``tgt_out`` = reversed
-    digits + EOS (both padded with PAD); the decoder learns ``tgt_out`` from ``tgt_in``.
-    """
-    k_len, k_dig = jax.random.split(key)
-    lengths = jax.random.randint(k_len, (n,), min_len, max_len + 1)  # [n]
-    digits = jax.random.randint(k_dig, (n, max_len), 0, DIGITS)  # [n, max_len]
-    pos = jnp.arange(max_len)[None, :]  # [1, max_len]
-    src = jnp.where(pos < lengths[:, None], digits, PAD)  # [n, max_len]
-    # reversed: position i holds src[len - 1 - i]
-    rev_idx = jnp.clip(lengths[:, None] - 1 - pos, 0, max_len - 1)  # [n, max_len]
-    rev = jnp.where(pos < lengths[:, None], jnp.take_along_axis(digits, rev_idx, 1), PAD)
-    pad_col = jnp.full((n, 1), PAD)
-    out_pos = jnp.arange(max_len + 1)[None, :]  # [1, max_len + 1]
-    tgt_out = jnp.where(
-        out_pos == lengths[:, None], EOS, jnp.concatenate([rev, pad_col], 1)
-    )  # [n, max_len + 1]
-    tgt_in = jnp.concatenate([jnp.full((n, 1), BOS), rev], 1)  # [n, max_len + 1]
-    return src, lengths, tgt_in, tgt_out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -358,11 +330,13 @@ class Reverser:
     max_len: int
 
     def init(self, key, batch):
+        """Parameters from all-zero strings (the batch only sets its size)."""
         src = jnp.zeros((1, self.max_len), jnp.int32)
         tgt = jnp.zeros((1, self.max_len + 1), jnp.int32)
         return jax.jit(self.model.init)(fast_init_key(key), src, jnp.ones((1,), jnp.int32), tgt)
 
     def loss(self, params, key, batch):
+        """Teacher-forced NLL of fresh digit strings drawn from ``key``, per string."""
         k_data, k_drop = jax.random.split(key)
         src, lengths, tgt_in, tgt_out = digit_strings(k_data, _batch_size(batch), self.max_len)
         logits = self.model.apply(
@@ -408,18 +382,11 @@ class Reverser:
         token_acc = jnp.sum((pred == tgt_out) & valid) / jnp.sum(valid)
         return exact(pred), exact(copy), token_acc
 
-
-class _ReverseSample:
-    """``Task.sample`` for reversal: int32 ``[n, 2, max_len + 1]``, row 0 a random source
-    (PAD-padded), row 1 the model's greedy output (digits, EOS, then anything)."""
-
-    def __init__(self, reverser: Reverser):
-        self.reverser = reverser
-
-    def __call__(self, params, key, n):
-        r = self.reverser
-        src, lengths, _, _ = digit_strings(key, n, r.max_len)
-        pred = r.translate(params, src, lengths)  # [n, max_len + 1]
+    def sample(self, params, key, n: int) -> jax.Array:
+        """int32 ``[n, 2, max_len + 1]``: row 0 a random source (PAD-padded), row 1 the
+        model's greedy output (digits, EOS, then anything)."""
+        src, lengths, _, _ = digit_strings(key, n, self.max_len)
+        pred = self.translate(params, src, lengths)  # [n, max_len + 1]
         src = jnp.concatenate([src, jnp.full((n, 1), PAD)], 1)  # [n, max_len + 1]
         return jnp.stack([src, pred], 1)  # [n, 2, max_len + 1]
 
@@ -435,7 +402,8 @@ REVERSE_DEFAULTS = {
 
 
 def make_reverse_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
-    """The reversal :class:`Task` (``dataset`` is ignored). Options: ``max_len``, ``features``,
+    """The reversal :class:`Task`: strings of :func:`genjax.data.digit_strings`, drawn afresh
+    by the loss (``dataset`` only names them). Options: ``max_len``, ``features``,
     ``num_layers``, ``num_heads``, ``positional``, ``dropout``."""
     opts = {**REVERSE_DEFAULTS, **options}
     max_len = int(opts["max_len"])
@@ -450,10 +418,10 @@ def make_reverse_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         positional=str(opts["positional"]),
     )
     reverser = Reverser(model, max_len)
-    return Task(init=reverser.init, loss=reverser.loss, sample=_ReverseSample(reverser))
+    return Task(init=reverser.init, loss=reverser.loss, sample=reverser.sample, model=reverser)
 
 
-def reverse_config(quick: bool) -> TrainConfig:
+def _reverse_config(quick: bool) -> TrainConfig:
     if quick:
         return TrainConfig(
             steps=300, batch_size=64, lr=3e-3, warmup_steps=30, ema_decay=None, log_every=100
@@ -463,8 +431,8 @@ def reverse_config(quick: bool) -> TrainConfig:
     )
 
 
-def evaluate_reverse(task: Task, params, dataset: Dataset, key) -> Report:
-    accuracy, copy, token_acc = task.sample.reverser.exact_match(params)
+def _evaluate_reverse(task: Task, params, dataset: Dataset, key) -> Report:
+    accuracy, copy, token_acc = task.model.exact_match(params)
     return Report(
         metric=f"exact-match accuracy on {TEST_SIZE} generated held-out digit strings",
         value=accuracy,
@@ -479,25 +447,26 @@ register(
     Recipe(
         name="transformer_char_lm",
         summary=(
-            f"decoder-only character Transformer on {CORPUS_NAME} (built-in text; the digits "
-            "images are not used); held-out bits/char vs unigram and bigram"
+            f"decoder-only character Transformer on {CORPUS_NAME}; held-out bits/char vs "
+            "unigram and bigram"
         ),
         make_task=make_char_task,
-        config=char_config,
-        evaluate=evaluate_char,
-        figures=char_figures,
+        config=_char_config,
+        evaluate=_evaluate_char,
+        figures=_char_figures,
+        data=CORPUS_NAME,
+        draws_batches=True,
         quick_tour=True,
     )
 )
 register(
     Recipe(
         name="transformer_reverse",
-        summary=(
-            "encoder-decoder Transformer reversing generated digit strings (the digits images "
-            "are not used); exact-match accuracy vs copying"
-        ),
+        summary="encoder-decoder Transformer reversing digit strings; exact match vs copying",
         make_task=make_reverse_task,
-        config=reverse_config,
-        evaluate=evaluate_reverse,
+        config=_reverse_config,
+        evaluate=_evaluate_reverse,
+        data="digit_strings",
+        draws_batches=True,
     )
 )

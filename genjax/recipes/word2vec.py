@@ -1,15 +1,16 @@
 r"""Word2vec recipe: skip-gram with negative sampling on Python's help topics.
 
-Corpus: ``pydoc_data.topics`` (shipped with CPython), split by topic exactly as the character
-language model splits it (:data:`genjax.recipes.transformer.HELD_OUT_EVERY`: every fifth topic
-in sorted order is held out). Words are lower-case ASCII letter runs
+Data: the ``pydoc_topics`` text data set (:func:`genjax.data.load_text`, shipped with CPython:
+every fifth topic in sorted order is held out, the split the character language model uses).
+Words are lower-case ASCII letter runs
 (:func:`genjax.word2vec.tokenize`); the vocabulary is the training words seen at least
 ``min_count`` times, other words are dropped from both streams before pairing (as the reference
 code does). Training pairs are every (centre, context) pair within ``window`` of the training
 stream (:func:`genjax.word2vec.skipgram_pairs`), optionally after frequent-word subsampling.
 
-The loss draws its own pairs and negatives from the step's key (the loop's digits batch only
-sets the batch size), so a run is still a function of the step number and resumes exactly.
+The loss draws its own pairs and negatives from the step's key (the loop's batch only sets the
+batch size, ``Recipe(draws_batches=True)``), so a run is still a function of the step number
+and resumes exactly.
 
 Metric: held-out cross-entropy of the context word given the centre word, in nats per pair,
 under the normalised distribution the model implies,
@@ -19,7 +20,7 @@ words, the best predictor that ignores the centre word. Extra figures: the held-
 negative-sampling loss itself (fixed negatives) beside that of the unigram scorer
 :math:`s(o) = \log\frac{P(o)}{K P_n(o)}`, the centre-independent optimum of the same loss.
 
-Derivation: derivations/16-word2vec.md
+The maths is derived in derivations/16-word2vec.md.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import viz
 from genjax import word2vec as w2v
 from genjax.data import Dataset
 from genjax.recipes import Recipe, Report, register
-from genjax.recipes.transformer import HELD_OUT_EVERY
 from genjax.train import Task, TrainConfig
+
+__all__ = ["Corpus", "SkipGramTask", "load_corpus", "make_task"]
 
 DEFAULTS = {
     "dim": 64,
@@ -68,19 +71,17 @@ class Corpus:
     test: np.ndarray
 
 
-@functools.cache
-def load_corpus(min_count: int = 5) -> Corpus:
-    """``pydoc_data.topics`` as word ids, every fifth topic (sorted by name) held out."""
-    from pydoc_data.topics import topics
+def load_corpus(dataset: Dataset, min_count: int = 5) -> Corpus:
+    """The words of a text data set (``pydoc_topics``) as ids of its training vocabulary."""
+    if dataset is None or dataset.alphabet is None:
+        name = None if dataset is None else dataset.name
+        raise ValueError(f"word2vec needs a text data set (pydoc_topics), got {name!r}")
+    return _corpus(dataset.name, dataset.text("train"), dataset.text("test"), min_count)
 
-    names = sorted(topics)
-    held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(names))]
-    train_tokens = [
-        t for n, h in zip(names, held, strict=True) if not h for t in w2v.tokenize(topics[n])
-    ]
-    test_tokens = [
-        t for n, h in zip(names, held, strict=True) if h for t in w2v.tokenize(topics[n])
-    ]
+
+@functools.cache
+def _corpus(name: str, train: str, test: str, min_count: int) -> Corpus:
+    train_tokens, test_tokens = w2v.tokenize(train), w2v.tokenize(test)
     vocab = w2v.build_vocab(train_tokens, min_count)
     return Corpus(vocab, vocab.encode(train_tokens), vocab.encode(test_tokens))
 
@@ -101,10 +102,12 @@ class SkipGramTask:
     window: int
 
     def init(self, key, batch):
+        """The embedding tables (the batch only sets its size)."""
         ids = jnp.zeros((1,), jnp.int32)
         return self.model.init(key, ids, ids, jnp.zeros((1, self.negatives), jnp.int32))
 
     def loss(self, params, key, batch):
+        """Negative-sampling loss of random training pairs and negatives drawn from ``key``."""
         k_pair, k_neg = jax.random.split(key)
         n = _batch_size(batch)
         idx = jax.random.randint(k_pair, (n,), 0, self.pairs.shape[0])
@@ -115,6 +118,7 @@ class SkipGramTask:
 
     @functools.cached_property
     def test_pairs(self) -> np.ndarray:
+        """``[P, 2]`` held-out (centre, context) pairs."""
         return w2v.skipgram_pairs(self.corpus.test, self.window)
 
     def unigram_log_probs(self) -> np.ndarray:
@@ -167,13 +171,13 @@ class SkipGramTask:
 
 
 def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
-    """The skip-gram :class:`Task` (``dataset`` is ignored: the corpus is built in).
+    """The skip-gram :class:`Task` on the text data set ``dataset`` (``pydoc_topics``).
 
     Options: ``dim``, ``window``, ``negatives``, ``min_count``, ``power`` (noise exponent),
     ``subsample`` (threshold; 0 = off).
     """
     opts = {**DEFAULTS, **options}
-    corpus = load_corpus(int(opts["min_count"]))
+    corpus = load_corpus(dataset, int(opts["min_count"]))
     vocab = corpus.vocab
     train_ids = corpus.train
     threshold = float(opts["subsample"])
@@ -193,7 +197,7 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     return Task(init=sg.init, loss=sg.loss, model=sg)
 
 
-def config(quick: bool) -> TrainConfig:
+def _config(quick: bool) -> TrainConfig:
     """3000 steps (quick: 1000) of 512 pairs, Adam 1e-2 with warm-up and cosine decay."""
     return TrainConfig(
         steps=1000 if quick else 3000,
@@ -206,7 +210,7 @@ def config(quick: bool) -> TrainConfig:
     )
 
 
-def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     del dataset, key
     sg: SkipGramTask = task.model
     value = sg.held_out_cross_entropy(params)
@@ -226,15 +230,10 @@ def evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     """Nearest neighbours of a few words (``neighbours.txt``) and a 2-D PCA map of the 60 most
     frequent words' centre vectors (``word_map.png``)."""
     del dataset, key
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sg: SkipGramTask = task.model
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"{w}: {', '.join(n)}" for w, n in sg.neighbours(params).items()]
@@ -242,16 +241,10 @@ def figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Pa
     vectors = np.asarray(params["params"]["center"][:60])
     vectors = vectors - vectors.mean(0)
     _, _, vt = np.linalg.svd(vectors, full_matrices=False)
-    xy = vectors @ vt[:2].T  # [60, 2]
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter(xy[:, 0], xy[:, 1], s=4)
-    for (x, y), word in zip(xy, sg.corpus.vocab.words[:60], strict=True):
-        ax.annotate(word, (x, y), fontsize=7)
-    ax.set_title("skip-gram centre vectors, 60 most frequent words (PCA)")
-    fig.tight_layout()
-    path = out_dir / "word_map.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    title = "skip-gram centre vectors, 60 most frequent words (PCA)"
+    path = viz.labelled_scatter(
+        vectors @ vt[:2].T, sg.corpus.vocab.words[:60], out_dir / "word_map.png", title
+    )
     return [path]
 
 
@@ -260,9 +253,10 @@ register(
         name="word2vec",
         summary="skip-gram with negative sampling on pydoc topics, vs a unigram context model",
         make_task=make_task,
-        config=config,
-        evaluate=evaluate,
-        figures=figures,
-        quick_tour=False,
+        config=_config,
+        evaluate=_evaluate,
+        figures=_figures,
+        data="pydoc_topics",
+        draws_batches=True,
     )
 )

@@ -1,0 +1,310 @@
+"""The tour: train, evaluate and draw every selected recipe, then write ``report.md``.
+
+Each recipe's result (``<out>/<recipe>/result.json``) and image samples
+(``<out>/<recipe>/samples.npy``) are kept, and the report covers every recipe with a result in
+``out`` from a tour of the same mode (full or quick): a tour of a few recipes updates their rows
+in an earlier tour's report, and the FID table ranks them all with the same kept classifier. The
+image families on ``digits`` are ranked by FID/KID in the digits CNN's features, beside a floor
+(training images) and a baseline (a Gaussian mixture's samples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from genjax import classifier, metrics, recipes, train
+from genjax.data import Dataset, load_dataset
+
+__all__ = [
+    "CNN_STEPS",
+    "GMM_COMPONENTS",
+    "KID_SUBSETS",
+    "gmm_samples",
+    "image_samples",
+    "keep_result",
+    "kept_results",
+    "load_classifier",
+    "quality_markdown",
+    "report_markdown",
+    "run",
+    "sample_quality",
+    "select",
+]
+
+CNN_STEPS = {False: 1500, True: 300}  #: digits CNN budget of the tour, by ``quick``
+KID_SUBSETS = 100  #: KID subsets in the tour's sample-quality table
+GMM_COMPONENTS = 10  #: components of the tour's baseline sampler (one per digit)
+
+
+def select(quick: bool, only: list[str] | None = None) -> dict[str, recipes.Recipe]:
+    """The recipes a tour runs: those named in ``only`` (an unknown name is a ``SystemExit``),
+    else every touring recipe, or with ``quick`` one per family."""
+    selected = recipes.all_recipes()
+    if only:
+        unknown = set(only) - set(selected)
+        if unknown:
+            raise SystemExit(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
+        selected = {k: v for k, v in selected.items() if k in only}
+    quick_only = quick and not only
+    return {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
+
+
+def run(out: str | Path, quick: bool, only: list[str] | None = None, report_only: bool = False):
+    """Train, evaluate and draw the selected recipes (none with ``report_only``), keep their
+    results in ``out`` and write ``out/report.md``; returns its path.
+
+    Training and evaluation use the EMA parameters (:func:`genjax.recipes.run`).
+    """
+    selected = {} if report_only else select(quick, only)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, recipe in selected.items():
+        tic = time.perf_counter()
+        key = jax.random.key(1)
+        dataset, task, state, report = recipes.run(key, recipe, quick)
+        figs = (
+            recipe.figures(task, state.ema_params, dataset, key, out / name)
+            if recipe.figures
+            else []
+        )
+        seconds = time.perf_counter() - tic
+        print(
+            f"{name:28s} {report.metric} = {report.value:.5g}  "
+            f"[{report.baseline}: {report.baseline_value:.5g}]  {seconds:.1f}s",
+            flush=True,
+        )
+        drawn = None
+        if recipe.data == "digits":
+            drawn = image_samples(jax.random.key(2), task, state.ema_params, dataset)
+        keep_result(out / name, quick, report, seconds, figs, drawn)
+    rows, samples = kept_results(out, quick)
+    if not rows:
+        raise SystemExit(f"{out}: no {'quick ' if quick else ''}tour results to report")
+    quality = sample_quality(samples, out, quick) if samples else None
+    path = out / "report.md"
+    path.write_text(report_markdown(rows, quick, quality))
+    return path
+
+
+def keep_result(where: Path, quick: bool, report, seconds: float, figs, drawn) -> None:
+    """Write one recipe's tour result to ``where/result.json`` and its image samples ``drawn``
+    ``[n, H, W, C]`` (or their absence, ``None``) to ``where/samples.npy``."""
+    where.mkdir(parents=True, exist_ok=True)
+    result = {
+        "quick": quick,
+        "report": {**report._asdict(), "extra": dict(report.extra)},
+        "seconds": seconds,
+        "figures": [Path(f).name for f in figs],
+    }
+    samples = where / "samples.npy"
+    if drawn is None:
+        samples.unlink(missing_ok=True)
+    else:
+        np.save(samples, drawn)
+    (where / "result.json").write_text(json.dumps(result, indent=1, default=float))
+
+
+def kept_results(out: Path, quick: bool):
+    """The rows ``(recipe, report, seconds, figure paths)`` and the image samples of every
+    registered recipe with a result of this tour mode in ``out``, in registry order."""
+    rows, samples = [], {}
+    for name, recipe in recipes.all_recipes().items():
+        where = out / name
+        try:
+            result = json.loads((where / "result.json").read_text())
+        except FileNotFoundError:
+            continue
+        if result["quick"] != quick:
+            continue
+        report = recipes.Report(**result["report"])
+        rows.append((recipe, report, result["seconds"], [where / f for f in result["figures"]]))
+        if (where / "samples.npy").is_file():
+            samples[name] = np.load(where / "samples.npy")
+    return rows, samples
+
+
+def image_samples(key, task: train.Task, params, dataset: Dataset) -> np.ndarray | None:
+    """As many samples ``[n, *dataset.shape]`` as the test split when ``task.sample`` draws
+    images of the data's shape, else ``None``. The output shape comes from ``jax.eval_shape``
+    (tracing, no work), so a sampler of text is never run; a sampler that cannot be traced is
+    run and its output checked."""
+    if task.sample is None:
+        return None
+    n = len(dataset.test["x"])
+    want = (n, *dataset.shape)
+    try:
+        shape = jax.eval_shape(lambda p, k: task.sample(p, k, n), params, key).shape
+    except TypeError:  # the sampler converts to numpy or branches on values: run it
+        shape = want
+    if tuple(shape) != want:
+        return None
+    drawn = np.asarray(task.sample(params, key, n))
+    if drawn.shape != want or not np.issubdtype(drawn.dtype, np.floating):
+        return None
+    return drawn
+
+
+def load_classifier(out: Path, quick: bool):
+    """``(run folder, classifier)``: the digits CNN of the FID/KID table, loaded from
+    ``out/digits_cnn`` (quick tour: ``out/digits_cnn_quick``) when a finished run is there,
+    else trained there first (:data:`CNN_STEPS`)."""
+    run_dir = out / ("digits_cnn_quick" if quick else "digits_cnn")
+    try:
+        net = classifier.load_cnn_classifier(run_dir)
+    except FileNotFoundError:  # no run yet, or one without its final checkpoint: (re)train
+        net = classifier.train_cnn_classifier(
+            load_dataset("digits"), steps=CNN_STEPS[quick], run_dir=run_dir
+        )
+    return run_dir, net
+
+
+def sample_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dict:
+    """FID, KID, precision/recall and IS of each family's samples against the digits test
+    split, in the digits CNN's features (:func:`genjax.metrics.image_quality`), with the floor
+    (as many training images as there are test images) and the baseline (:func:`gmm_samples`),
+    against the same test split."""
+    tic = time.perf_counter()
+    dataset = load_dataset("digits")
+    run_dir, net = load_classifier(out, quick)
+    test = dataset.test["x"]
+    n = len(test)
+    pick = np.random.default_rng(0).choice(len(dataset.train["x"]), n, replace=False)
+    sets = {"floor": dataset.train["x"][pick], "baseline": gmm_samples(dataset.train["x"], n)}
+    sets.update(samples)
+    subset = max(2, n // 2)
+    figures = {}
+    for name, images in sets.items():
+        key = jax.random.key(3)
+        figures[name] = (
+            metrics.image_quality(
+                key, net, test, images, num_subsets=KID_SUBSETS, subset_size=subset
+            )
+            if np.all(np.isfinite(images))
+            else None  # non-finite samples: no features to compare
+        )
+        if figures[name] is not None:
+            print(f"{name:28s} FID = {figures[name]['fid']:.4g}", flush=True)
+    accuracy = float(np.mean(net.predict(test) == dataset.test["y"]))
+    return {
+        "figures": figures,
+        "classifier": run_dir.relative_to(out).as_posix(),
+        "steps": train.read_config(run_dir)[0].steps,
+        "accuracy": accuracy,
+        "n": n,
+        "subset": subset,
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def gmm_samples(images: np.ndarray, n: int) -> np.ndarray:
+    """``n`` samples ``[n, *images.shape[1:]]`` of a :data:`GMM_COMPONENTS`-component
+    full-covariance Gaussian mixture fitted to the flattened ``images`` (scikit-learn, seeded),
+    clipped to the pixel range [0, 1]: the classical density model every
+    family's FID is compared with."""
+    from sklearn.mixture import GaussianMixture
+
+    flat = images.reshape(len(images), -1)  # [N, h*w*c]
+    gmm = GaussianMixture(GMM_COMPONENTS, covariance_type="full", random_state=0)
+    drawn, _ = gmm.fit(flat).sample(n)  # [n, h*w*c], grouped by component
+    drawn = np.random.default_rng(0).permutation(drawn)  # IS splits need a mixed order
+    return np.clip(drawn, 0.0, 1.0).reshape(n, *images.shape[1:]).astype(np.float32)
+
+
+def report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
+    """The tour's ``report.md``: one row per kept result (:func:`kept_results`), the FID table
+    (:func:`quality_markdown`) when ``quality`` is given, and each recipe's further figures."""
+    lines = [
+        f"# genjax tour{' (quick)' if quick else ''}",
+        "",
+        f"Each recipe trained on its data set with its {'quick ' if quick else ''}tour budget; "
+        "figures on the test split, the baseline computed on the same split.",
+        "",
+        "| recipe | data | metric | value | baseline | baseline value | beats baseline | "
+        "seconds | figure |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for recipe, report, seconds, figs in rows:
+        fig = " ".join(f"![{p.stem}]({p.parent.name}/{p.name})" for p in figs)
+        lines.append(
+            f"| {recipe.name} | {recipe.data} | {report.metric} | {report.value:.5g} | "
+            f"{report.baseline} | {report.baseline_value:.5g} | "
+            f"{'yes' if report.beats_baseline else 'no'} | {seconds:.1f} | {fig} |"
+        )
+    if quality is not None:
+        lines += quality_markdown(quality, [recipe.name for recipe, *_ in rows], quick)
+    extras = [(r.name, rep.extra) for r, rep, _, _ in rows if rep.extra]
+    if extras:
+        lines += ["", "## Further figures", ""]
+        for name, extra in extras:
+            lines.append(f"- **{name}**: " + ", ".join(f"{k} = {v:.5g}" for k, v in extra.items()))
+    return "\n".join(lines) + "\n"
+
+
+def quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]:
+    """The lines of the FID table: floor, baseline, then the families of ``order`` with figures
+    in ``quality`` (:func:`sample_quality`) ranked by FID, non-finite samples last."""
+    figures, n = quality["figures"], quality["n"]
+    families = [name for name in order if name in figures]
+    ranked = sorted(
+        families,
+        key=lambda name: math.inf if figures[name] is None else figures[name]["fid"],
+    )
+    lines = [
+        "",
+        "## Image families ranked by FID",
+        "",
+        f"Each recipe on `digits` whose sampler draws images drew {n} samples; FID, KID "
+        f"(mean ± std over {KID_SUBSETS} subsets of {quality['subset']}), k-NN "
+        "precision/recall (k = 3) and the Inception score compare them with the "
+        f"{n} test images in the pooled features of the digits CNN "
+        f"(`genjax.classifier.DigitsCNN`, {quality['steps']} steps, "
+        f"{100 * quality['accuracy']:.1f} % test accuracy, kept in "
+        f"`{quality['classifier']}`). The floor is {n} training images against the same test "
+        "split: a model that matched the data would score about that; the baseline is a "
+        "classical density model's samples (clipped to [0, 1]). Lower FID and KID are "
+        "better; FID is biased upwards at small N, so compare values within this table only. "
+        f"Sampling aside, the table took {quality['seconds']:.1f} s (classifier training "
+        "included when it was not kept from an earlier tour).",
+    ]
+    if quick:
+        lines += [
+            "",
+            f"Quick tour: its classifier's budget is {CNN_STEPS[True]} steps, not the full "
+            f"tour's {CNN_STEPS[False]}, so these values are not comparable with the full "
+            "tour's.",
+        ]
+    if any("autoencoder" in name for name in families):
+        lines += [
+            "",
+            "An autoencoder has no prior: its sampler reconstructs test images, so its row "
+            "measures reconstructions, not generated samples.",
+        ]
+    lines += [
+        "",
+        "| rank | images | FID | KID | precision | recall | IS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(rank: str, label: str, f: dict | None) -> str:
+        if f is None:
+            return f"| {rank} | {label} | non-finite samples | | | | |"
+        return (
+            f"| {rank} | {label} | {f['fid']:.4g} | {f['kid']:.3g} ± {f['kid_std']:.2g} | "
+            f"{f['precision']:.3f} | {f['recall']:.3f} | {f['inception_score']:.3g} |"
+        )
+
+    lines.append(row("floor", f"{n} training images (the floor)", figures["floor"]))
+    if "baseline" in figures:
+        label = (
+            f"{n} samples of a {GMM_COMPONENTS}-component full-covariance Gaussian "
+            "mixture fitted to the training images (the baseline)"
+        )
+        lines.append(row("baseline", label, figures["baseline"]))
+    lines += [row(str(i), name, figures[name]) for i, name in enumerate(ranked, start=1)]
+    return lines

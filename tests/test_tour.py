@@ -1,0 +1,148 @@
+"""The tour (genjax/tour.py): kept results, the report, the FID table, the image samples."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genjax.cli import main
+from genjax.recipes import Report
+from genjax.tour import (
+    GMM_COMPONENTS,
+    gmm_samples,
+    image_samples,
+    keep_result,
+    kept_results,
+    quality_markdown,
+    select,
+)
+
+
+def _fid_table(report: str) -> list[list[str]]:
+    lines = report.splitlines()
+    start = lines.index("## Image families ranked by FID")
+    table = [line for line in lines[start:] if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
+
+
+def test_tour_results_are_kept_and_merged_by_mode(tmp_path):
+    def report(value):
+        return Report("m", np.float32(value), "b", 2.0, extra={"e": np.float64(value)})
+
+    images = np.zeros((3, 8, 8, 1), np.float32)
+    keep_result(tmp_path / "vae_digits", True, report(1.0), 4.0, [], images)
+    keep_result(tmp_path / "autoencoder", True, report(0.5), 3.0, [tmp_path / "a.png"], None)
+    keep_result(tmp_path / "flow_digits", False, report(9.0), 5.0, [], images)  # full tour
+    rows, samples = kept_results(tmp_path, quick=True)
+    assert [recipe.name for recipe, *_ in rows] == ["autoencoder", "vae_digits"]  # registry order
+    (_, first, seconds, figs), (_, second, _, _) = rows
+    assert first == report(0.5) and second.extra == {"e": 1.0} and seconds == 3.0
+    assert figs == [tmp_path / "autoencoder" / "a.png"]
+    assert list(samples) == ["vae_digits"] and samples["vae_digits"].shape == images.shape
+    keep_result(tmp_path / "vae_digits", True, report(0.25), 1.0, [], None)  # rerun, no images
+    rows, samples = kept_results(tmp_path, quick=True)
+    assert rows[1][1].value == 0.25 and samples == {}
+    assert [recipe.name for recipe, *_ in kept_results(tmp_path, quick=False)[0]] == ["flow_digits"]
+
+
+def test_tour_report_only_rebuilds_the_report_fromkept_results(tmp_path):
+    out = tmp_path / "tour"
+    with pytest.raises(SystemExit, match="no quick tour results"):
+        main(["tour", "--quick", "--report-only", "--out", str(out)])
+    report = Report("test MSE per pixel", 0.0125, "PCA, 8 components", 0.0246)
+    keep_result(out / "autoencoder", True, report, 3.0, [], None)
+    assert main(["tour", "--quick", "--report-only", "--out", str(out)]) == 0
+    row = next(
+        line for line in (out / "report.md").read_text().splitlines() if "autoencoder" in line
+    )
+    assert "| 0.0125 |" in row and "| yes |" in row
+
+
+def test_quality_table_ranks_by_fid_below_the_floor():
+    def figures(fid):
+        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
+        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
+
+    quality = {
+        "figures": {
+            "floor": figures(1.0),
+            "baseline": figures(20.0),
+            "a": figures(30.0),
+            "b": figures(2.0),
+            "c": None,
+            "d": figures(9.0),
+        },
+        "classifier": "digits_cnn",
+        "steps": 1500,
+        "accuracy": 0.98,
+        "n": 360,
+        "subset": 180,
+        "seconds": 1.0,
+    }
+    rows = _fid_table("\n".join(quality_markdown(quality, ["a", "x", "b", "c", "d"], False)))
+    assert [r[:2] for r in rows] == [
+        ["floor", "360 training images (the floor)"],
+        ["baseline", rows[1][1]],
+        ["1", "b"],
+        ["2", "d"],
+        ["3", "a"],
+        ["4", "c"],
+    ]
+    assert rows[-1][2] == "non-finite samples"
+
+
+def test_image_samples_draws_only_images_of_the_data_shape():
+    from genjax.data import Dataset
+    from genjax.train import Task
+
+    split = {"x": np.zeros((6, 8, 8, 1), np.float32), "y": np.zeros(6, np.int32)}
+    data, n = Dataset("tiny", split, split, 1, 17), 6
+    ran = []
+
+    def text(params, key, num):  # traceable, not images: must never run on values
+        ran.append(not isinstance(key, jax.core.Tracer))
+        return jnp.zeros((num, 32), jnp.int32)
+
+    def numpy_images(params, key, num):  # cannot be traced: run, then checked
+        return np.full((num, *data.shape), float(np.asarray(params)), np.float32)
+
+    def jax_images(params, key, num):
+        return jax.random.uniform(key, (num, *data.shape)) * params
+
+    key = jax.random.key(0)
+    loss = lambda *a: (0.0, {})
+    assert image_samples(key, Task(init=None, loss=loss), 0.5, data) is None
+    assert image_samples(key, Task(init=None, loss=loss, sample=text), 0.5, data) is None
+    assert ran == [False]
+    drawn = image_samples(key, Task(init=None, loss=loss, sample=numpy_images), 0.5, data)
+    np.testing.assert_array_equal(drawn, np.full((n, *data.shape), 0.5, np.float32))
+    drawn = image_samples(key, Task(init=None, loss=loss, sample=jax_images), 0.5, data)
+    assert drawn.shape == (n, *data.shape) and 0.0 <= drawn.min() and drawn.max() <= 0.5
+
+
+def test_gmm_baseline_is_seeded_shuffled_and_clipped():
+    """The baseline's samples: a fixed function of the images (seeded fit, seeded shuffle),
+    in the pixel range, mixed over components (not grouped, as scikit-learn returns them)."""
+    from sklearn.mixture import GaussianMixture
+
+    from genjax.data import load_dataset
+
+    images = load_dataset("digits").train["x"][:400]
+    drawn = gmm_samples(images, 50)
+    assert drawn.shape == (50, 8, 8, 1) and drawn.dtype == np.float32
+    assert 0.0 <= drawn.min() and drawn.max() <= 1.0
+    np.testing.assert_array_equal(drawn, gmm_samples(images, 50))
+    gmm = GaussianMixture(GMM_COMPONENTS, covariance_type="full", random_state=0)
+    grouped = np.clip(gmm.fit(images.reshape(400, -1)).sample(50)[0], 0.0, 1.0)
+    assert not np.array_equal(drawn.reshape(50, -1), grouped)
+    np.testing.assert_allclose(
+        np.sort(drawn.reshape(50, -1), axis=0), np.sort(grouped, axis=0).astype(np.float32)
+    )
+
+
+def test_select_quick_is_one_recipe_per_family_and_only_overrides():
+    quick = select(True)
+    assert "autoencoder" in quick and "denoising_autoencoder" not in quick
+    assert list(select(True, ["denoising_autoencoder"])) == ["denoising_autoencoder"]
+    with pytest.raises(SystemExit, match="unknown recipes"):
+        select(False, ["nope"])
