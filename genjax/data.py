@@ -9,13 +9,16 @@ Images come back NHWC float32 in :math:`[0, 1]`, labels int32. Three sources:
   (``train-images-idx3-ubyte[.gz]`` ...; see :func:`read_idx`).
 * toy sets with exact samplers and, where one exists, an exact log-density: ``two_moons``,
   ``eight_gaussians``, ``gaussian_grid``, ``checkerboard``, ``bimodal_1d``.
-
-Derivation: ``derivations/00-reading-guide.md`` (data conventions) and
-``derivations/10-realnvp.md`` (dequantisation).
+* text: ``pydoc_topics``, the English help topics shipped with CPython (``pydoc_data.topics``)
+  as character ids, every fifth topic held out (:func:`load_text`).
+* generated sets that a recipe's loss draws afresh at every step: ``patterns`` (the style
+  recipe's images, :func:`genjax.style.pattern`) and ``digit_strings`` (the reversal recipe's
+  sequences, :func:`digit_strings`); their splits are fixed samples of the same generator.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -26,8 +29,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "GENERATED_SETS",
+    "IMAGE_SETS",
+    "TEXT_SETS",
+    "TOY_SETS",
+    "Dataset",
+    "Text",
+    "batch_from_orders",
+    "batch_indices",
+    "batches",
+    "bimodal_1d",
+    "binarize",
+    "checkerboard",
+    "checkerboard_log_prob",
+    "dequantize",
+    "digit_strings",
+    "dynamic_binarize",
+    "eight_gaussians",
+    "epoch_orders",
+    "gaussian_grid",
+    "gaussian_mixture",
+    "gaussian_mixture_log_prob",
+    "grid_means",
+    "load",
+    "load_dataset",
+    "load_idx_folder",
+    "load_text",
+    "num_examples",
+    "read_idx",
+    "ring_means",
+    "two_moons",
+]
+
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TOY_SETS = ("two_moons", "eight_gaussians", "gaussian_grid", "checkerboard", "bimodal_1d")
+TEXT_SETS = ("pydoc_topics",)
+GENERATED_SETS = ("patterns", "digit_strings")
 SPLITS = ("train", "test")
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -44,6 +82,8 @@ class Dataset(NamedTuple):
       num_classes: number of label values.
       levels: number of discrete values per pixel (17 for digits, 256 for 8-bit images),
         ``None`` for continuous data.
+      alphabet: for text, the sorted characters (``x`` holds indices into it; no ``y``);
+        ``None`` otherwise.
     """
 
     name: str
@@ -51,6 +91,13 @@ class Dataset(NamedTuple):
     test: dict[str, np.ndarray]
     num_classes: int
     levels: int | None
+    alphabet: str | None = None
+
+    def text(self, split: str = "train") -> str:
+        """The characters of ``split`` of a text set, decoded from the ids in ``x``."""
+        if self.alphabet is None:
+            raise ValueError(f"{self.name!r} is not a text data set")
+        return "".join(np.asarray(list(self.alphabet))[getattr(self, split)["x"]])
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -62,14 +109,16 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
     """Load one split of a data set as numpy arrays.
 
     Args:
-      name: one of ``IMAGE_SETS`` or ``TOY_SETS``.
+      name: one of ``IMAGE_SETS``, ``TOY_SETS``, ``TEXT_SETS`` or ``GENERATED_SETS``.
       split: ``"train"`` or ``"test"``.
       data_dir: for image sets other than ``digits``: a folder of IDX files, or a
         tensorflow-datasets data directory. ``None`` uses tfds's default directory.
 
     Returns:
       ``(x, y)``: images ``[N, H, W, C]`` float32 in [0, 1] (toy sets: points ``[N, d]``) and
-      labels ``[N]`` int32.
+      labels ``[N]`` int32; text: character ids ``[N]`` int32 and ``None``; ``patterns``:
+      the images ``[4, 48, 48, 3]`` and their index in :data:`genjax.style.PATTERNS`;
+      ``digit_strings``: padded strings ``[N, 8]`` and their lengths ``[N]``.
 
     Raises:
       ValueError: unknown name or split (the message lists the known ones), or a corrupt file.
@@ -79,6 +128,15 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name == "digits":
         return _digits(split)
+    if name in TEXT_SETS:
+        return load_text(name).ids(split), None
+    if name == "patterns":
+        return _patterns()
+    if name == "digit_strings":
+        src, lengths, _, _ = digit_strings(
+            jax.random.key(SPLITS.index(split) + 1), TOY_SIZES[split], DIGIT_STRING_LENGTH
+        )
+        return np.asarray(src, np.int32), np.asarray(lengths, np.int32)
     if name in TOY_SETS:
         key = jax.random.key(SPLITS.index(split) + 1)
         x, y = TOY_SAMPLERS[name](key, TOY_SIZES[split])
@@ -89,13 +147,18 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
         if data_dir is not None and not Path(data_dir).is_dir():
             raise FileNotFoundError(f"data_dir {str(data_dir)!r} is not a folder")
         return _tfds(name, split, data_dir)
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(IMAGE_SETS + TOY_SETS)}")
+    known = IMAGE_SETS + TOY_SETS + TEXT_SETS + GENERATED_SETS
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(known)}")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Both splits of ``name`` as a :class:`Dataset` (see :func:`load`)."""
     (xtr, ytr), (xte, yte) = (load(name, s, data_dir) for s in SPLITS)
-    levels = {"digits": 17}.get(name, None if name in TOY_SETS else 256)
+    if name in TEXT_SETS:
+        alphabet = load_text(name).alphabet
+        return Dataset(name, {"x": xtr}, {"x": xte}, len(alphabet), None, alphabet)
+    continuous = name in TOY_SETS or name in GENERATED_SETS
+    levels = {"digits": 17}.get(name, None if continuous else 256)
     num_classes = int(max(ytr.max(), yte.max())) + 1
     return Dataset(name, {"x": xtr, "y": ytr}, {"x": xte, "y": yte}, num_classes, levels)
 
@@ -212,6 +275,87 @@ def _tfds(name: str, split: str, data_dir):
     if images.ndim == 3:
         images = images[..., None]
     return images.astype(np.float32) / 255.0, labels
+
+
+# ----------------------------------------------------------------------------- text
+
+TEXT_HELD_OUT_EVERY = 5  # every 5th topic (sorted by name) is test text
+
+
+class Text(NamedTuple):
+    """A character corpus and its fixed split.
+
+    Attributes:
+      alphabet: the sorted characters of the whole corpus; a character's id is its index.
+      train: the training text.
+      test: the held-out text.
+    """
+
+    alphabet: str
+    train: str
+    test: str
+
+    def ids(self, split: str = "train") -> np.ndarray:
+        """``[N]`` int32 ids of ``split``'s characters."""
+        index = {c: i for i, c in enumerate(self.alphabet)}
+        return np.array([index[c] for c in getattr(self, split)], np.int32)
+
+
+@functools.cache
+def load_text(name: str = "pydoc_topics") -> Text:
+    """A text data set: ``pydoc_topics`` is CPython's help topics (``pydoc_data.topics``, 79
+    topics, ~465k characters) in sorted key order, joined with blank lines; every fifth topic
+    (indices 4, 9, 14, ...) is the test text. The alphabet is the sorted set of characters of
+    the whole corpus, so test characters never fall outside it."""
+    if name not in TEXT_SETS:
+        raise ValueError(f"unknown text data set {name!r}; known: {', '.join(TEXT_SETS)}")
+    from pydoc_data.topics import topics
+
+    texts = [topics[key] for key in sorted(topics)]
+    held = [i % TEXT_HELD_OUT_EVERY == TEXT_HELD_OUT_EVERY - 1 for i in range(len(texts))]
+    alphabet = "".join(sorted(set("".join(texts))))
+    train = "\n\n".join(t for t, h in zip(texts, held, strict=True) if not h)
+    test = "\n\n".join(t for t, h in zip(texts, held, strict=True) if h)
+    return Text(alphabet, train, test)
+
+
+# ----------------------------------------------------------------------------- generated sets
+
+DIGIT_STRING_LENGTH = 8  # longest string of the ``digit_strings`` data set
+DIGIT_STRING_PAD, DIGIT_STRING_BOS, DIGIT_STRING_EOS = 10, 11, 12  # after the digits 0..9
+
+
+def digit_strings(key, n: int, max_len: int, min_len: int = 1):
+    """``n`` random digit strings of lengths uniform in ``[min_len, max_len]``, with their
+    reversals as a decoder's input and target.
+
+    Returns ``(src [n, max_len] padded with PAD, lengths [n], tgt_in [n, max_len + 1],
+    tgt_out [n, max_len + 1])``: ``tgt_in`` = BOS + reversed digits, ``tgt_out`` = reversed
+    digits + EOS (both padded with PAD), with PAD, BOS, EOS = 10, 11, 12.
+    """
+    pad, bos, eos = DIGIT_STRING_PAD, DIGIT_STRING_BOS, DIGIT_STRING_EOS
+    k_len, k_dig = jax.random.split(key)
+    lengths = jax.random.randint(k_len, (n,), min_len, max_len + 1)  # [n]
+    digits = jax.random.randint(k_dig, (n, max_len), 0, 10)  # [n, max_len]
+    pos = jnp.arange(max_len)[None, :]  # [1, max_len]
+    src = jnp.where(pos < lengths[:, None], digits, pad)  # [n, max_len]
+    # reversed: position i holds src[len - 1 - i]
+    rev_idx = jnp.clip(lengths[:, None] - 1 - pos, 0, max_len - 1)  # [n, max_len]
+    rev = jnp.where(pos < lengths[:, None], jnp.take_along_axis(digits, rev_idx, 1), pad)
+    pad_col = jnp.full((n, 1), pad)
+    out_pos = jnp.arange(max_len + 1)[None, :]  # [1, max_len + 1]
+    tgt_out = jnp.where(
+        out_pos == lengths[:, None], eos, jnp.concatenate([rev, pad_col], 1)
+    )  # [n, max_len + 1]
+    tgt_in = jnp.concatenate([jnp.full((n, 1), bos), rev], 1)  # [n, max_len + 1]
+    return src, lengths, tgt_in, tgt_out
+
+
+def _patterns():
+    from genjax.style import PATTERNS, pattern
+
+    images = np.concatenate([pattern(name) for name in PATTERNS])  # [4, 48, 48, 3]
+    return images.astype(np.float32), np.arange(len(PATTERNS), dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------- toy sets
