@@ -23,6 +23,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+__all__ = [
+    "Initializer",
+    "compute_fans",
+    "he_normal",
+    "he_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+]
+
 Initializer = Callable[..., Float[Array, "..."]]
 
 _MODES = ("fan_in", "fan_out")
@@ -97,6 +106,12 @@ def _he_std(mode: str, gain: float) -> Callable[[int, int], float]:
     return lambda fan_in, fan_out: gain / math.sqrt(fan_out)
 
 
+def _xavier_std(gain: float) -> Callable[[int, int], float]:
+    r""":math:`g \sqrt{2 / (n_\text{in} + n_\text{out})}`."""
+    gain = _check_gain(gain)
+    return lambda fan_in, fan_out: gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+
 def _make(
     std_of_fans: Callable[[int, int], float], distribution: str, in_axis: int, out_axis: int
 ) -> Initializer:
@@ -121,7 +136,7 @@ def xavier_uniform(gain: float = 1.0, in_axis: int = -2, out_axis: int = -1) -> 
        W \sim \mathcal U[-b, b], \qquad b = g\sqrt{\frac{6}{n_\text{in} + n_\text{out}}},
        \qquad \operatorname{Var} W = g^2 \frac{2}{n_\text{in} + n_\text{out}}
 
-    with :math:`g` = ``gain`` and the fans of :func:`compute_fans`.
+    with :math:`g` = ``gain`` and the fans of :func:`compute_fans` (``in_axis``, ``out_axis``).
 
     Args:
       gain: positive scale :math:`g` (1 for tanh-like/linear layers).
@@ -131,50 +146,28 @@ def xavier_uniform(gain: float = 1.0, in_axis: int = -2, out_axis: int = -1) -> 
     Returns:
       ``init(key, shape, dtype=jnp.float32)``, an array of ``shape``.
 
-    Example:
-      >>> import jax
-      >>> w = xavier_uniform()(jax.random.key(0), (4, 6))
-      >>> bool((abs(w) <= (6 / 10) ** 0.5).all())
-      True
-
     References:
       Glorot & Bengio, *Understanding the difficulty of training deep feedforward neural
       networks*, 2010, https://proceedings.mlr.press/v9/glorot10a.html
 
     Derivation: derivations/02-initialisation.md
     """
-    gain = _check_gain(gain)
-    return _make(lambda fi, fo: gain * math.sqrt(2.0 / (fi + fo)), "uniform", in_axis, out_axis)
+    return _make(_xavier_std(gain), "uniform", in_axis, out_axis)
 
 
 def xavier_normal(gain: float = 1.0, in_axis: int = -2, out_axis: int = -1) -> Initializer:
-    r"""Glorot & Bengio's normal initialiser.
+    r"""Glorot & Bengio's normal initialiser: :func:`xavier_uniform`'s variance, drawn from
+    :math:`\mathcal N\big(0,\ g^2 \tfrac{2}{n_\text{in} + n_\text{out}}\big)`.
 
-    .. math::
-       W \sim \mathcal N\Big(0,\ g^2 \frac{2}{n_\text{in} + n_\text{out}}\Big)
-
-    with :math:`g` = ``gain`` and the fans of :func:`compute_fans`.
-
-    Args:
-      gain: positive scale :math:`g`.
-      in_axis: input-feature axis of the kernel.
-      out_axis: output-feature axis of the kernel.
-
-    Returns:
-      ``init(key, shape, dtype=jnp.float32)``, an array of ``shape``.
+    Arguments and return value as :func:`xavier_uniform`.
 
     Note:
       An untruncated normal, as in PyTorch's ``xavier_normal_``; ``jax.nn.initializers.
       glorot_normal`` draws a truncated normal rescaled to the same variance.
 
-    References:
-      Glorot & Bengio, *Understanding the difficulty of training deep feedforward neural
-      networks*, 2010, https://proceedings.mlr.press/v9/glorot10a.html
-
     Derivation: derivations/02-initialisation.md
     """
-    gain = _check_gain(gain)
-    return _make(lambda fi, fo: gain * math.sqrt(2.0 / (fi + fo)), "normal", in_axis, out_axis)
+    return _make(_xavier_std(gain), "normal", in_axis, out_axis)
 
 
 def he_uniform(
@@ -194,17 +187,11 @@ def he_uniform(
       mode: ``"fan_in"`` or ``"fan_out"``.
       gain: positive scale :math:`g`; the default :math:`\sqrt 2` is the ReLU factor. For a leaky
         ReLU of slope :math:`a` use :math:`\sqrt{2/(1+a^2)}`.
-      in_axis: input-feature axis of the kernel.
+      in_axis: input-feature axis of the kernel (:func:`compute_fans`).
       out_axis: output-feature axis of the kernel.
 
     Returns:
       ``init(key, shape, dtype=jnp.float32)``, an array of ``shape``.
-
-    Example:
-      >>> import jax
-      >>> w = he_uniform()(jax.random.key(0), (8, 3))
-      >>> bool((abs(w) <= (6 / 8) ** 0.5).all())
-      True
 
     References:
       He et al., *Delving Deep into Rectifiers: Surpassing Human-Level Performance on ImageNet
@@ -218,31 +205,14 @@ def he_uniform(
 def he_normal(
     mode: str = "fan_in", gain: float = math.sqrt(2.0), in_axis: int = -2, out_axis: int = -1
 ) -> Initializer:
-    r"""He et al.'s normal initialiser for ReLU networks.
+    r"""He et al.'s normal initialiser for ReLU networks: :func:`he_uniform`'s variance, drawn
+    from :math:`\mathcal N(0, g^2/n)` (:math:`\mathcal N(0, 2/n)` for :math:`g = \sqrt 2`).
 
-    .. math::
-       W \sim \mathcal N\Big(0, \frac{g^2}{n}\Big) \;(= \mathcal N(0, 2/n) \text{ for }
-       g = \sqrt 2)
-
-    where :math:`n = n_\text{in}` (``mode="fan_in"``) or :math:`n_\text{out}`
-    (``mode="fan_out"``) and :math:`g` = ``gain``.
-
-    Args:
-      mode: ``"fan_in"`` or ``"fan_out"``.
-      gain: positive scale :math:`g`, default :math:`\sqrt 2` (ReLU).
-      in_axis: input-feature axis of the kernel.
-      out_axis: output-feature axis of the kernel.
-
-    Returns:
-      ``init(key, shape, dtype=jnp.float32)``, an array of ``shape``.
+    Arguments and return value as :func:`he_uniform`.
 
     Note:
       An untruncated normal, as in PyTorch's ``kaiming_normal_``; ``jax.nn.initializers.
       he_normal`` draws a truncated normal rescaled to the same variance.
-
-    References:
-      He et al., *Delving Deep into Rectifiers: Surpassing Human-Level Performance on ImageNet
-      Classification*, 2015, https://arxiv.org/abs/1502.01852
 
     Derivation: derivations/02-initialisation.md
     """

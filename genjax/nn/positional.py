@@ -25,14 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from genjax._checks import positive_int
 
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+__all__ = [
+    "LearnedPositionalEmbedding",
+    "RelativePositionBias",
+    "apply_rotary",
+    "interleaved_to_halves",
+    "relative_position_bucket",
+    "sinusoidal_encoding",
+    "sinusoidal_shift",
+]
 
 
 def _check_even_dim(name: str, dim: int) -> None:
-    _check_positive_int(name, dim)
+    positive_int(name, dim)
     if dim % 2:
         raise ValueError(f"{name} must be even (sin/cos or rotation pairs), got {dim}")
 
@@ -85,7 +92,7 @@ def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Float[A
 
     Derivation: derivations/04-positional-encoding.md
     """
-    _check_positive_int("length", length)
+    positive_int("length", length)
     _check_even_dim("dim", dim)
     _check_base(base)
     angles = np.arange(length)[:, None] * _frequencies(dim, base)[None, :]  # [L, d/2]
@@ -195,7 +202,7 @@ class LearnedPositionalEmbedding(nn.Module):
         self, x: Float[Array, "batch length features"]
     ) -> Float[Array, "batch length features"]:
         """Add rows ``0..length-1`` of the table to ``x`` (``[batch, length, features]``)."""
-        _check_positive_int("max_length", self.max_length)
+        positive_int("max_length", self.max_length)
         if x.ndim != 3:
             raise ValueError(f"x must have shape [batch, length, features], got {x.shape}")
         if x.shape[1] > self.max_length:
@@ -248,8 +255,8 @@ def relative_position_bucket(
 
     Derivation: derivations/04-positional-encoding.md
     """
-    _check_positive_int("num_buckets", num_buckets)
-    _check_positive_int("max_distance", max_distance)
+    positive_int("num_buckets", num_buckets)
+    positive_int("max_distance", max_distance)
     if num_buckets < 4 or (bidirectional and num_buckets % 2):
         raise ValueError(f"num_buckets must be >= 4 (and even if bidirectional), got {num_buckets}")
     relative_position = jnp.asarray(relative_position)
@@ -311,8 +318,8 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self, q_len: int, k_len: int) -> Float[Array, "1 heads q_len k_len"]:
         """The bias ``[1, heads, q_len, k_len]`` for queries ``0..q_len-1``, keys ``0..k_len-1``."""
-        _check_positive_int("q_len", q_len)
-        _check_positive_int("k_len", k_len)
+        positive_int("q_len", q_len)
+        positive_int("k_len", k_len)
         relative = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]  # [Lq, Lk]: j - i
         buckets = relative_position_bucket(
             relative,

@@ -35,7 +35,19 @@ from genjax.nn.attention import (
 from genjax.nn.init import xavier_uniform
 from genjax.nn.positional import LearnedPositionalEmbedding, apply_rotary, sinusoidal_encoding
 
-POSITIONAL = ("sinusoidal", "learned", "rotary")
+__all__ = [
+    "MLP",
+    "POSITIONAL",
+    "DecoderBlock",
+    "DecoderOnlyTransformer",
+    "EncoderBlock",
+    "EncoderDecoderTransformer",
+    "generate",
+    "rotary_attention",
+    "token_nll",
+]
+
+POSITIONAL = ("sinusoidal", "learned", "rotary")  #: the ``positional`` options of the models
 
 
 def rotary_attention(
@@ -87,13 +99,7 @@ def token_nll(
     Returns:
       float32 ``[..., length]``.
 
-    Raises:
-      ValueError: shapes that disagree.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(token_nll(jnp.zeros((1, 4)), jnp.array([2]))[0]), 4)  # log 4
-      1.3863
+    Derivation: derivations/03-attention.md
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {logits.shape} must be targets {targets.shape} plus a vocab axis")
@@ -132,8 +138,7 @@ def generate(
     Returns:
       int32 ``[batch, P + num_new]``: the prompt followed by the generated tokens.
 
-    Raises:
-      ValueError: an empty prompt, a non-positive ``num_new`` or a negative temperature.
+    Derivation: derivations/03-attention.md
     """
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must have shape [batch, P] with P >= 1, got {prompt.shape}")
@@ -166,6 +171,8 @@ class MLP(nn.Module):
     Attributes:
       hidden: width of :math:`W_1`'s output.
       dropout_rate: dropout after :math:`W_2` (``"dropout"`` RNG stream).
+
+    Derivation: derivations/03-attention.md
     """
 
     hidden: int
@@ -191,6 +198,8 @@ class EncoderBlock(nn.Module):
     References:
       Xiong et al., *On Layer Normalization in the Transformer Architecture*, 2020,
       https://arxiv.org/abs/2002.04745
+
+    Derivation: derivations/03-attention.md
     """
 
     num_heads: int
@@ -206,14 +215,13 @@ class EncoderBlock(nn.Module):
         mask: Bool[Array, "..."] | None = None,
         deterministic: bool = True,
     ) -> Float[Array, "batch length features"]:
-        h = MultiHeadAttention(
+        attention = MultiHeadAttention(
             self.num_heads, dropout_rate=self.dropout_rate, attention_fn=self.attention_fn
-        )(nn.LayerNorm()(x), mask=mask, deterministic=deterministic)  # [B, L, D]
-        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        h = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)(
-            nn.LayerNorm()(x), deterministic=deterministic
-        )  # [B, L, D]
-        return x + h
+        )
+        drop = nn.Dropout(self.dropout_rate)
+        x = _pre_ln_residual(x, attention, mask=mask, deterministic=deterministic, drop=drop)
+        mlp = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)
+        return _pre_ln_residual(x, mlp, deterministic=deterministic)  # [B, L, D]
 
 
 class DecoderBlock(nn.Module):
@@ -229,6 +237,8 @@ class DecoderBlock(nn.Module):
 
     References:
       Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
+
+    Derivation: derivations/03-attention.md
     """
 
     num_heads: int
@@ -247,22 +257,39 @@ class DecoderBlock(nn.Module):
         deterministic: bool = True,
     ) -> Float[Array, "batch length features"]:
         drop = nn.Dropout(self.dropout_rate)
-        h = MultiHeadAttention(
+        attention = MultiHeadAttention(
             self.num_heads,
             dropout_rate=self.dropout_rate,
             attention_fn=self.attention_fn,
             name="self_attention",
-        )(nn.LayerNorm()(x), mask=self_mask, deterministic=deterministic)  # [B, L, D]
-        x = x + drop(h, deterministic=deterministic)
+        )
+        x = _pre_ln_residual(x, attention, mask=self_mask, deterministic=deterministic, drop=drop)
         if memory is not None:
-            h = MultiHeadAttention(
+            cross = MultiHeadAttention(
                 self.num_heads, dropout_rate=self.dropout_rate, name="cross_attention"
-            )(nn.LayerNorm()(x), memory, mask=memory_mask, deterministic=deterministic)
-            x = x + drop(h, deterministic=deterministic)  # [B, L, D]
-        h = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)(
-            nn.LayerNorm()(x), deterministic=deterministic
-        )  # [B, L, D]
-        return x + h
+            )
+            x = _pre_ln_residual(
+                x, cross, memory, mask=memory_mask, deterministic=deterministic, drop=drop
+            )  # [B, L, D]
+        mlp = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)
+        return _pre_ln_residual(x, mlp, deterministic=deterministic)  # [B, L, D]
+
+
+def _pre_ln_residual(
+    x: jax.Array,
+    sublayer: nn.Module,
+    *args,
+    deterministic: bool,
+    drop: nn.Dropout | None = None,
+    **kwargs,
+) -> jax.Array:
+    """``x + drop(sublayer(LN(x), *args, **kwargs))``, one pre-LN sub-layer.
+
+    Called inside a block's compact ``__call__``, so the ``LayerNorm`` made here is the block's
+    own submodule (named in creation order, as if written inline).
+    """
+    h = sublayer(nn.LayerNorm()(x), *args, deterministic=deterministic, **kwargs)  # [B, L, D]
+    return x + (h if drop is None else drop(h, deterministic=deterministic))
 
 
 class _Embedding(nn.Module):
@@ -329,6 +356,8 @@ class DecoderOnlyTransformer(nn.Module):
     References:
       Radford et al., *Language Models are Unsupervised Multitask Learners*, 2019,
       https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
+
+    Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
     """
 
     vocab_size: int
@@ -394,6 +423,8 @@ class EncoderDecoderTransformer(nn.Module):
 
     References:
       Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
+
+    Derivation: derivations/03-attention.md
     """
 
     src_vocab: int
