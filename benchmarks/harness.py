@@ -109,7 +109,7 @@ def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None
     def one(s):
         idx = data.batch_indices(jax.random.key(1), s.step, n, config.batch_size)
         b = {k: v[idx] for k, v in device_data.items()}
-        return train.standard_update(task.loss, s, jax.random.key(0), b, tx, config.ema_decay)[0]
+        return train.standard_update(jax.random.key(0), task.loss, s, b, tx, config.ema_decay)[0]
 
     def scanned(s):
         return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]

@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+__all__ = ["CheckpointManager"]
+
 
 class CheckpointManager:
     """Save and restore a pytree by step number under ``directory``.

@@ -35,6 +35,23 @@ from genjax.data import Dataset, load_dataset
 from genjax.nn.layers import Conv
 from genjax.train import Task, TrainConfig
 
+__all__ = [
+    "CNNClassifier",
+    "DigitsCNN",
+    "LocalFeatureExtractor",
+    "VGGFeatures",
+    "classifier_task",
+    "cnn_train_config",
+    "digits_cnn",
+    "fit_digits_classifier",
+    "heatmap_overlays",
+    "load_cnn_classifier",
+    "load_npz_params",
+    "load_vgg_extractor",
+    "save_npz_params",
+    "train_cnn_classifier",
+]
+
 _FITTED: dict[str, object] = {}
 
 
@@ -51,6 +68,8 @@ def fit_digits_classifier(dataset: Dataset) -> Callable[[np.ndarray], np.ndarray
     """A function mapping images ``[N, H, W, C]`` in [0, 1] to predicted labels ``[N]`` int32.
 
     Fitted once per process on ``dataset``'s training split (cached by data-set name).
+
+    Derivation: derivations/06-conditional-vae.md
     """
     model = _fitted(dataset)
 
@@ -83,6 +102,8 @@ class DigitsCNN(nn.Module):
 
     Every method takes ``relu``, the activation applied after each convolution, so that
     :mod:`genjax.interpret` can swap in a ReLU with a modified backward rule.
+
+    Derivation: derivations/14-metrics.md, derivations/15-interpretation.md
     """
 
     num_classes: int = 10
@@ -119,6 +140,8 @@ class CNNClassifier(NamedTuple):
     """A trained :class:`DigitsCNN` and its parameters, with batched, jitted read-outs.
 
     Every method takes images ``[N, H, W, C]`` in [0, 1] and works in chunks of ``CHUNK``.
+
+    Derivation: derivations/14-metrics.md
     """
 
     module: DigitsCNN
@@ -220,7 +243,10 @@ def _jitted(module: DigitsCNN, method: str) -> Callable:
 
 def classifier_task(module: DigitsCNN) -> Task:
     r"""The loop's :class:`genjax.train.Task` for ``module``: softmax cross-entropy
-    :math:`-\log \mathrm{softmax}(y)_{\text{label}}`, with the batch accuracy as a metric."""
+    :math:`-\log \mathrm{softmax}(y)_{\text{label}}`, with the batch accuracy as a metric.
+
+    Derivation: derivations/14-metrics.md
+    """
 
     def init(key, batch):
         return module.init(key, batch["x"])["params"]
@@ -235,7 +261,10 @@ def classifier_task(module: DigitsCNN) -> Task:
 
 
 def cnn_train_config(steps: int = 1500, seed: int = 0) -> TrainConfig:
-    """The digits CNN's budget: Adam 3e-3, batch 64, cosine decay, EMA 0.99."""
+    """The digits CNN's budget: Adam 3e-3, batch 64, cosine decay, EMA 0.99.
+
+    Derivation: derivations/14-metrics.md
+    """
     return TrainConfig(
         steps=steps, batch_size=64, lr=3e-3, ema_decay=0.99, log_every=100, seed=seed
     )
@@ -262,6 +291,8 @@ def train_cnn_classifier(
 
     Returns:
       The :class:`CNNClassifier` with the EMA parameters.
+
+    Derivation: derivations/14-metrics.md
     """
     module = DigitsCNN(dataset.num_classes, tuple(widths), tuple(strides))
     config = cnn_train_config(steps, seed)
@@ -290,6 +321,8 @@ def load_cnn_classifier(run_dir: str | Path) -> CNNClassifier:
     Raises:
       FileNotFoundError: no ``config.json`` or no checkpoint in ``run_dir``.
       ValueError: ``run_dir`` holds another kind of run.
+
+    Derivation: derivations/14-metrics.md
     """
     from genjax.checkpoints import CheckpointManager
 
@@ -338,6 +371,8 @@ def digits_cnn(dataset: Dataset | None = None, run_dir: str | Path | None = None
     there when ``run_dir`` is given); cached per process.
 
     Its test accuracy is checked in ``tests/test_classifier.py::test_digits_cnn_accuracy``.
+
+    Derivation: derivations/14-metrics.md
     """
     dataset = dataset or load_dataset("digits")
     key = (dataset.name, str(run_dir))
@@ -359,7 +394,10 @@ VGG_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def save_npz_params(path: str | Path, params) -> Path:
-    """Write a nested parameter dict as one ``.npz`` with ``"a/b/c"`` keys (no pickle)."""
+    """Write a nested parameter dict as one ``.npz`` with ``"a/b/c"`` keys (no pickle).
+
+    Derivation: derivations/14-metrics.md
+    """
     flat = {
         "/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(v)
         for keys, v in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -375,6 +413,8 @@ def load_npz_params(path: str | Path) -> dict:
     Raises:
       FileNotFoundError: no such file.
       ValueError: not an ``.npz`` archive.
+
+    Derivation: derivations/14-metrics.md
     """
     path = Path(path)
     if not path.is_file():
@@ -403,6 +443,8 @@ class VGGFeatures(nn.Module):
 
     Attributes:
       blocks: output channels of each convolution, block by block (``VGG16_BLOCKS``).
+
+    Derivation: derivations/14-metrics.md
     """
 
     blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS
@@ -426,6 +468,8 @@ class LocalFeatureExtractor(NamedTuple):
     Images ``[N, H, W, 1 or 3]`` in [0, 1] are tiled to three channels, resized (bilinear) so
     that each side is at least ``min_size``, scaled to [0, 255], flipped to BGR and centred by
     ``VGG_BGR_MEAN`` (Keras' VGG preprocessing).
+
+    Derivation: derivations/14-metrics.md
     """
 
     module: VGGFeatures
@@ -476,6 +520,8 @@ def load_vgg_extractor(
     Raises:
       FileNotFoundError: no such file.
       ValueError: a missing, unexpected or wrongly shaped array; the message names it.
+
+    Derivation: derivations/14-metrics.md
     """
     module = VGGFeatures(tuple(tuple(b) for b in blocks))
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = ["BATCH_AXIS", "batch_sharder", "make_mesh", "replicate", "shard_batch"]
+
 BATCH_AXIS = "batch"
 
 

@@ -19,9 +19,7 @@ Evaluation, sampling and the tour use ``state.ema_params``, which equal ``state.
 
 Families whose update is not "one optimiser on one loss" (a GAN's alternating players, batch
 statistics) supply ``Task.update`` instead of relying on :func:`standard_update`; they still get
-the scan, the guard, EMA, logging and checkpoints.
-
-Derivation: ``derivations/00-reading-guide.md`` (the loop's contract).
+the scan, the guard, EMA, logging and checkpoints. The contract is ``docs/api.md``, Training.
 """
 
 from __future__ import annotations
@@ -177,9 +175,10 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
     with :math:`W` = ``warmup_steps``, :math:`T` = ``steps``, :math:`f` = ``final_lr_fraction``.
 
-    References:
-      Loshchilov & Hutter, *SGDR: Stochastic Gradient Descent with Warm Restarts*, 2016,
-      https://arxiv.org/abs/1608.03983
+    Loshchilov & Hutter, *SGDR: Stochastic Gradient Descent with Warm Restarts*, 2016,
+    https://arxiv.org/abs/1608.03983
+
+    Derivation: derivations/18-training-tips.md
     """
     warmup = min(config.warmup_steps, config.steps - 1)
     if config.schedule == "constant":
@@ -266,9 +265,9 @@ def ema_update(ema: PyTree, params: PyTree, decay: float | None) -> PyTree:
 
 
 def standard_update(
+    key: jax.Array,
     loss_fn: Callable[[PyTree, jax.Array, Batch], tuple[jax.Array, Metrics]],
     state: TrainState,
-    key: jax.Array,
     batch: Batch,
     tx: optax.GradientTransformation,
     ema_decay: float | None,
@@ -344,7 +343,7 @@ def make_train_chunk(
     def update(state, key, batch):
         if task.update is not None:
             return task.update(state, key, batch, tx, config.ema_decay)
-        return standard_update(task.loss, state, key, batch, tx, config.ema_decay)
+        return standard_update(key, task.loss, state, batch, tx, config.ema_decay)
 
     per_epoch = num_examples // config.batch_size
     # A chunk of `length` steps starting anywhere touches at most this many epochs.

@@ -60,12 +60,20 @@ def make_task(dataset: Dataset, options: Mapping[str, Any], *, cls=ae.Autoencode
         }
         return jnp.mean(per_example), metrics
 
-    def sample(params, key, n):
-        # An autoencoder has no prior: decode codes of random training images, i.e. reconstruct.
-        idx = jax.random.choice(key, len(dataset.test["x"]), (n,), replace=False)
-        return model.apply(params, jnp.asarray(dataset.test["x"])[idx])[0]
+    return Task(
+        init=init, loss=loss, sample=_reconstructions(model, dataset.test["x"]), model=model
+    )
 
-    return Task(init=init, loss=loss, sample=sample, model=model)
+
+def _reconstructions(model: ae.Autoencoder, images: np.ndarray):
+    """``sample(params, key, n)``: an autoencoder has no prior, so it reconstructs ``n`` random
+    ``images`` (drawn without replacement)."""
+
+    def sample(params, key, n):
+        idx = jax.random.choice(key, len(images), (n,), replace=False)
+        return model.apply(params, jnp.asarray(images)[idx])[0]
+
+    return sample
 
 
 def _model_apply(params, x, model):

@@ -175,15 +175,6 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
     ]
 
 
-register(
-    Recipe(
-        name="style_transfer",
-        summary="Gatys stylisation of a generated image with random multi-scale conv features",
-        make_task=make_task,
-        config=_config,
-        evaluate=_evaluate,
-        figures=_figures,
-        data="patterns",
-        draws_batches=True,
-    )
-)
+_SUMMARY = "Gatys stylisation of a generated image with random multi-scale conv features"
+_RECIPE = Recipe("style_transfer", _SUMMARY, make_task, _config, _evaluate, _figures)
+register(_RECIPE._replace(data="patterns", draws_batches=True))

@@ -199,15 +199,8 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
 def _config(quick: bool) -> TrainConfig:
     """3000 steps (quick: 1000) of 512 pairs, Adam 1e-2 with warm-up and cosine decay."""
-    return TrainConfig(
-        steps=1000 if quick else 3000,
-        batch_size=512,
-        lr=1e-2,
-        warmup_steps=50,
-        log_every=100,
-        ema_decay=None,
-        clip_norm=None,
-    )
+    steps = 1000 if quick else 3000
+    return TrainConfig(steps, 512, 1e-2, warmup_steps=50, ema_decay=None, clip_norm=None)
 
 
 def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
