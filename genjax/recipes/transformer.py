@@ -41,7 +41,6 @@ from genjax.data import (
     DIGIT_STRING_PAD,
     Dataset,
     digit_strings,
-    load_dataset,
 )
 from genjax.nn.transformer import (
     DecoderOnlyTransformer,
@@ -59,7 +58,6 @@ __all__ = [
     "Reverser",
     "bigram_log_probs",
     "held_out_windows",
-    "load_corpus",
     "make_char_task",
     "make_reverse_task",
     "ngram_bits_per_char",
@@ -108,12 +106,6 @@ class Corpus:
                 f"the character model needs a text data set (pydoc_topics), got {name!r}"
             )
         return cls(dataset.alphabet, dataset.train["x"], dataset.test["x"])
-
-
-@functools.cache
-def load_corpus() -> Corpus:
-    """The ``pydoc_topics`` corpus (:func:`genjax.data.load_text`)."""
-    return Corpus.of(load_dataset(CORPUS_NAME))
 
 
 def unigram_log_probs(train: np.ndarray, vocab_size: int) -> np.ndarray:
