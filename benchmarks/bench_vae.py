@@ -32,6 +32,7 @@ import optax
 from benchmarks.harness import flops_of
 from genjax import train
 from genjax import vae as V
+from genjax.likelihoods import Likelihood
 
 STEPS = 100
 BATCH = 128
@@ -49,7 +50,7 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _model() -> V.VAE:
-    return V.VAE(IMAGE, latent_dim=LATENT, hidden=(HIDDEN,), likelihood=V.Likelihood("bernoulli"))
+    return V.VAE(IMAGE, latent_dim=LATENT, hidden=(HIDDEN,), likelihood=Likelihood("bernoulli"))
 
 
 def _loss(model):

@@ -16,6 +16,8 @@ genjax (autoencoder, VAE mean, CVAE, a GAN's discriminator features):
 Derivation: derivations/05-vae.md (section "What the code is good for")
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 
 import jax
@@ -23,20 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from genjax import _checks
+
+__all__ = [
+    "INTERPOLATIONS",
+    "auroc",
+    "interpolate",
+    "knn_accuracy",
+    "latent_grid",
+    "linear_probe_accuracy",
+    "noise_stability",
+    "pca_2d",
+]
+
 INTERPOLATIONS = ("linear", "slerp")
-
-
-def _check_2d(name: str, a) -> None:
-    if np.ndim(a) != 2:
-        raise ValueError(f"{name} must be [n, d], got shape {np.shape(a)}")
-
-
-def _check_labels_match(codes_name: str, codes, labels_name: str, labels) -> None:
-    if np.ndim(labels) != 1 or np.shape(labels)[0] != np.shape(codes)[0]:
-        raise ValueError(
-            f"{labels_name} must be [n] with n = {codes_name}.shape[0] = {np.shape(codes)[0]}, "
-            f"got shape {np.shape(labels)}"
-        )
 
 
 def pca_2d(codes: Float[Array, "n d"]) -> Float[Array, "n 2"]:
@@ -56,7 +58,7 @@ def pca_2d(codes: Float[Array, "n d"]) -> Float[Array, "n 2"]:
 
     Derivation: derivations/05-vae.md
     """
-    _check_2d("codes", codes)
+    _checks.matrix("codes", codes)
     if codes.shape[1] < 2:
         raise ValueError(f"codes must have at least 2 columns, got shape {codes.shape}")
     centred = codes - jnp.mean(codes, axis=0, keepdims=True)  # [n, d]
@@ -91,8 +93,7 @@ def latent_grid(
 
     Derivation: derivations/05-vae.md
     """
-    if not isinstance(num_per_side, int) or num_per_side < 2:
-        raise ValueError(f"num_per_side must be an int >= 2, got {num_per_side!r}")
+    _checks.int_at_least("num_per_side", num_per_side, 2)
     if not 0.0 < epsilon < 0.5:
         raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon}")
     q = jax.scipy.special.ndtri(jnp.linspace(epsilon, 1.0 - epsilon, num_per_side))  # [n]
@@ -126,19 +127,13 @@ def interpolate(
     Returns:
       ``[n, d]``; the first row is ``z0`` and the last ``z1``.
 
-    Example:
-      >>> interpolate(jnp.zeros(2), jnp.ones(2), 3).tolist()
-      [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
-
     References:
       White, *Sampling Generative Networks*, 2016, https://arxiv.org/abs/1609.04468
 
     Derivation: derivations/05-vae.md
     """
-    if method not in INTERPOLATIONS:
-        raise ValueError(f"method must be one of {INTERPOLATIONS}, got {method!r}")
-    if not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+    _checks.one_of("method", method, INTERPOLATIONS)
+    _checks.int_at_least("num_steps", num_steps, 2)
     if jnp.ndim(z0) != 1 or jnp.shape(z0) != jnp.shape(z1):
         raise ValueError(
             f"z0 and z1 must be vectors [d] of one shape, got {jnp.shape(z0)} and {jnp.shape(z1)}"
@@ -204,24 +199,28 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, *, k: int =
     """
     from sklearn.neighbors import KNeighborsClassifier
 
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    _checks.positive_int("k", k)
     xtr, ytr, xte, yte = _probe_inputs(train_codes, train_labels, test_codes, test_labels)
     return float(KNeighborsClassifier(n_neighbors=k).fit(xtr, ytr).score(xte, yte))
 
 
 def _probe_inputs(train_codes, train_labels, test_codes, test_labels):
     xtr, xte = np.asarray(train_codes, np.float64), np.asarray(test_codes, np.float64)
-    _check_2d("train_codes", xtr)
-    _check_2d("test_codes", xte)
+    ytr, yte = np.asarray(train_labels), np.asarray(test_labels)
+    _checks.matrix("train_codes", xtr)
+    _checks.matrix("test_codes", xte)
     if xtr.shape[1] != xte.shape[1]:
         raise ValueError(
             f"train_codes and test_codes must have the same width, got {xtr.shape[1]} and "
             f"{xte.shape[1]}"
         )
-    _check_labels_match("train_codes", xtr, "train_labels", train_labels)
-    _check_labels_match("test_codes", xte, "test_labels", test_labels)
-    return xtr.reshape(len(xtr), -1), np.asarray(train_labels), xte, np.asarray(test_labels)
+    for codes, labels, name in ((xtr, ytr, "train"), (xte, yte, "test")):
+        if labels.shape != codes.shape[:1]:
+            raise ValueError(
+                f"{name}_labels must be [n] with n = {name}_codes.shape[0] = {len(codes)}, "
+                f"got shape {labels.shape}"
+            )
+    return xtr, ytr, xte, yte
 
 
 def auroc(normal_scores, anomalous_scores) -> float:
@@ -291,7 +290,7 @@ def noise_stability(
     if jnp.ndim(x) < 2 or jnp.shape(x)[0] < 2:
         raise ValueError(f"x must be [n, ...] with n >= 2, got shape {jnp.shape(x)}")
     clean = encode(x)  # [n, d]
-    _check_2d("encode(x)", clean)
+    _checks.matrix("encode(x)", clean)
     spread = 2.0 * jnp.sum(jnp.var(clean, axis=0, ddof=1))
     moves = []
     for k in jax.random.split(key, num_draws):

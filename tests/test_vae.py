@@ -12,18 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
-import scipy.special
 import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
 
 from genjax import data as data_lib
+from genjax import likelihoods as L
+from genjax import metrics
 from genjax import vae as V
 from genjax.divergences import gaussian_kl
 
 RTOL = 1e-5
 ATOL = 1e-5
-LOGLIK_RTOL = 1e-5  # float32 log-densities against float64 scipy
 NUM_SE = 4.0  # Monte Carlo tolerance, in standard errors (a false alarm 6e-5 of the time)
 
 
@@ -54,8 +54,7 @@ def _linear_fns(w, b, log_var, enc_mean, enc_log_var):
     def log_likelihood(z, x):
         mean = jnp.einsum("...d,Dd->...D", z, w)  # [*sample, B, D]
         mean = mean + jnp.reshape(b, (1,) * (mean.ndim - 1) + b.shape)
-        xs = jnp.broadcast_to(x, mean.shape)  # [*sample, B, D]
-        return V.gaussian_log_likelihood(xs, mean, log_var)
+        return L.gaussian_log_likelihood(x, mean, log_var)  # x [B, D] broadcasts: [*sample, B]
 
     return encode, log_likelihood
 
@@ -130,10 +129,7 @@ def test_gaussian_kl_matches_monte_carlo(key):
     mq, lq = jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, -0.7, 0.0])
     mp, lp = jnp.array([0.0, 0.5, 1.0]), jnp.array([0.0, 0.4, -0.5])
     z = V.reparameterize(key, mq, lq, num_samples=100_000)  # [S, 3]
-    full = lambda a: jnp.broadcast_to(a, z.shape)
-    log_ratio = V.gaussian_log_likelihood(z, full(mq), full(lq)) - V.gaussian_log_likelihood(
-        z, full(mp), full(lp)
-    )
+    log_ratio = L.gaussian_log_likelihood(z, mq, lq) - L.gaussian_log_likelihood(z, mp, lp)
     mc, se = float(jnp.mean(log_ratio)), float(jnp.std(log_ratio)) / math.sqrt(z.shape[0])
     assert abs(float(gaussian_kl(mq, lq, mp, lp)) - mc) < NUM_SE * se
 
@@ -191,9 +187,11 @@ def test_gradient_estimators_match_the_analytic_gradient(key, estimator):
     a, c = jnp.array([1.0, -0.5, 2.0]), jnp.array([0.3, 1.0, -1.0])
     mean, log_var = jnp.array([0.5, -1.0, 0.2]), jnp.array([0.0, -0.5, 0.4])
     f, grads = _quadratic(a, c)
-    fn = getattr(V, f"{estimator}_gradient")
+    fn = lambda e: V.expectation_gradient(
+        None, f, mean, log_var, 2000, estimator=estimator, noise=e
+    )
     noise = jax.random.normal(key, (50, 2000, 3))
-    estimates = jax.jit(jax.vmap(lambda e: fn(None, f, mean, log_var, 2000, noise=e)))(noise)
+    estimates = jax.jit(jax.vmap(fn))(noise)
     for got, want in zip(estimates, grads(mean, log_var), strict=True):
         se = jnp.std(got, axis=0, ddof=1) / math.sqrt(got.shape[0])
         assert jnp.all(jnp.abs(jnp.mean(got, axis=0) - want) < NUM_SE * se)
@@ -205,164 +203,22 @@ def test_reparameterization_gradient_has_lower_variance_than_score_function(key)
     f, _ = _quadratic(a, c)
     noise = jax.random.normal(key, (200, 10, 3))
     var = {}
-    for name in ("reparameterization", "score_function"):
-        fn = getattr(V, f"{name}_gradient")
-        est = jax.jit(jax.vmap(lambda e, fn=fn: fn(None, f, mean, log_var, 10, noise=e)))(noise)
+    for name in V.ESTIMATORS:
+        fn = lambda e, name=name: V.expectation_gradient(
+            None, f, mean, log_var, 10, estimator=name, noise=e
+        )
+        est = jax.jit(jax.vmap(fn))(noise)
         var[name] = float(jnp.sum(jnp.var(est[0], axis=0)))
     assert var["reparameterization"] < 0.5 * var["score_function"]
 
 
 def test_reparameterize_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="log_var must have the shape of mean"):
+    with pytest.raises(ValueError, match=r"shapes must match: mean \(3, 2\), log_var \(3, 4\)"):
         V.reparameterize(None, jnp.zeros((3, 2)), jnp.zeros((3, 4)))
     with pytest.raises(ValueError, match="noise must have shape"):
         V.reparameterize(None, jnp.zeros((3, 2)), jnp.zeros((3, 2)), noise=jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
         V.reparameterize(None, jnp.zeros(2), jnp.zeros(2), num_samples=-1)
-
-
-# ----------------------------------------------------------------------------- likelihoods
-
-
-@given(st.lists(_floats(-4, 4), min_size=4, max_size=4), _floats(-3, 2))
-def test_gaussian_log_likelihood_matches_scipy(values, log_var):
-    x = jnp.array(values)
-    mean = jnp.array([0.5, -1.0, 0.0, 2.0])
-    want = scipy.stats.norm(np.asarray(mean, np.float64), math.exp(0.5 * log_var)).logpdf(
-        np.asarray(x, np.float64)
-    )
-    got = V.gaussian_log_likelihood(x, mean, log_var)  # fixed, shared variance
-    np.testing.assert_allclose(got, want.sum(), rtol=LOGLIK_RTOL, atol=1e-4)
-    per_value = V.gaussian_log_likelihood(x, mean, jnp.full(4, log_var), event_ndims=0)
-    np.testing.assert_allclose(per_value, want, rtol=LOGLIK_RTOL, atol=1e-4)
-
-
-@given(st.lists(_floats(-30, 30), min_size=6, max_size=6))
-def test_bernoulli_log_likelihood_matches_scipy(logits):
-    """Against scipy.stats.bernoulli where 1 - p is exact in float64 (|logit| <= 8), and
-    against scipy.special.log_expit (exact in the tails) everywhere."""
-    logits = np.asarray(logits, np.float64)
-    x = np.array([0, 1, 1, 0, 1, 0], np.float64)
-    got = V.bernoulli_log_likelihood(
-        jnp.asarray(logits, jnp.float32), jnp.asarray(x, jnp.float32), event_ndims=0
-    )
-    tails = x * scipy.special.log_expit(logits) + (1 - x) * scipy.special.log_expit(-logits)
-    np.testing.assert_allclose(got, tails, rtol=LOGLIK_RTOL, atol=1e-5)
-    moderate = np.abs(logits) <= 8
-    pmf = scipy.stats.bernoulli(scipy.special.expit(logits)).logpmf(x)
-    np.testing.assert_allclose(np.asarray(got)[moderate], pmf[moderate], rtol=1e-4, atol=1e-5)
-
-
-def test_bernoulli_log_likelihood_sums_exactly_the_event_axes():
-    """The image axes are flattened before the sum: every event_ndims gives the per-value terms
-    summed over the trailing event_ndims axes, keeping the batch axes."""
-    logits = jax.random.normal(jax.random.key(0), (2, 3, 4, 1)) * 3.0
-    x = (jax.random.uniform(jax.random.key(1), (2, 3, 4, 1)) < 0.4).astype(jnp.float32)
-    per_value = V.bernoulli_log_likelihood(logits, x, event_ndims=0)
-    for k in range(5):
-        got = V.bernoulli_log_likelihood(logits, x, event_ndims=k)
-        want = jnp.sum(per_value, axis=tuple(range(4 - k, 4)))
-        assert got.shape == (2, 3, 4, 1)[: 4 - k]
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
-
-
-def test_bernoulli_from_logits_is_exact_where_bce_on_sigmoid_fails():
-    """log(sigmoid(l)) underflows in float32 for l < -104; the logits form stays exact."""
-    logits, x = jnp.array([-120.0, 120.0]), jnp.array([1.0, 0.0])
-    naive = x * jnp.log(jax.nn.sigmoid(logits)) + (1 - x) * jnp.log(1 - jax.nn.sigmoid(logits))
-    assert not np.all(np.isfinite(naive))
-    got = V.bernoulli_log_likelihood(logits, x, event_ndims=0)
-    np.testing.assert_allclose(got, [-120.0, -120.0], rtol=RTOL)
-
-
-@given(_floats(-0.5, 1.5), _floats(-5, 1), st.sampled_from([2, 17, 256]))
-def test_discretized_logistic_matches_scipy_and_normalises(mu, log_s, levels):
-    k = np.arange(levels)
-    x = k / (levels - 1)
-    half = 0.5 / (levels - 1)
-    dist = scipy.stats.logistic(mu, math.exp(log_s))
-    hi = np.where(k == levels - 1, np.inf, x + half)
-    lo = np.where(k == 0, -np.inf, x - half)
-    # the difference of cdfs below the location and of survival functions above it keeps
-    # float64 precision in both tails
-    mass = np.where(x > mu, dist.sf(lo) - dist.sf(hi), dist.cdf(hi) - dist.cdf(lo))
-    want = np.log(np.maximum(mass, 1e-300))
-    got = V.discretized_logistic_log_likelihood(
-        jnp.asarray(x, jnp.float32),
-        jnp.full(levels, mu, jnp.float32),
-        jnp.full(levels, log_s, jnp.float32),
-        levels,
-        event_ndims=0,
-    )
-    finite = want > -600
-    np.testing.assert_allclose(np.asarray(got)[finite], want[finite], rtol=1e-3, atol=1e-4)
-    assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(jax.nn.logsumexp(got), 0.0, atol=1e-4)
-
-
-def test_discretized_logistic_stays_finite_for_saturated_arguments():
-    x = jnp.array([0.5, 0.5, 0.0, 1.0])
-    mean = jnp.array([50.0, -50.0, 50.0, -50.0])
-    got = V.discretized_logistic_log_likelihood(x, mean, jnp.full(4, -3.0), 256, event_ndims=0)
-    assert np.all(np.isfinite(got))
-    # far in the tail P = sigma(a) - sigma(b) ~ e^{b}(e^{a-b} - 1) for a, b << 0
-    s = math.exp(-3.0)
-    a, b = (0.5 + 0.5 / 255 - 50.0) / s, (0.5 - 0.5 / 255 - 50.0) / s
-    np.testing.assert_allclose(got[0], a + math.log(-math.expm1(b - a)), rtol=1e-4)
-
-
-def test_categorical_log_likelihood_matches_numpy(key):
-    logits = jax.random.normal(key, (3, 4, 17))
-    x = jnp.asarray(np.random.default_rng(0).integers(0, 17, (3, 4)) / 16.0, jnp.float32)
-    log_p = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)
-    k = np.round(np.asarray(x) * 16).astype(int)
-    want = np.take_along_axis(log_p, k[..., None], -1)[..., 0].sum(-1)
-    got = V.categorical_log_likelihood(logits, x, 17)
-    np.testing.assert_allclose(got, want, rtol=LOGLIK_RTOL)
-
-
-def test_likelihood_checks_the_decoder_output_shape():
-    lik = V.Likelihood("gaussian")
-    with pytest.raises(ValueError, match=r"decoder output must have shape"):
-        lik.log_prob(jnp.zeros((2, 3, 1)), jnp.zeros((2, 3)), 1)
-    with pytest.raises(ValueError, match="kind must be one of"):
-        V.Likelihood("poisson")
-    with pytest.raises(ValueError, match="levels must be an int >= 2"):
-        V.Likelihood("categorical")
-    with pytest.raises(ValueError, match="mean must have the shape of x"):
-        V.gaussian_log_likelihood(jnp.zeros(3), jnp.zeros(4), 0.0)
-
-
-def test_likelihood_dispatches_to_the_pixel_log_likelihoods(key):
-    """Likelihood.log_prob reads the trailing parameter axis as its table says."""
-    x = jnp.round(jax.random.uniform(key, (2, 3)) * 16) / 16  # [B, D] on the 17-level grid
-    out = jax.random.normal(key, (2, 3, 2))  # [B, D, P = 2]
-    cases = {
-        "bernoulli": V.bernoulli_log_likelihood(out[..., 0], x),
-        "gaussian": V.gaussian_log_likelihood(x, out[..., 0], out[..., 1]),
-        "gaussian_fixed": V.gaussian_log_likelihood(x, out[..., 0], -2.0),
-        "logistic": V.discretized_logistic_log_likelihood(x, out[..., 0], out[..., 1], 17),
-    }
-    for kind, want in cases.items():
-        lik = V.Likelihood(kind, levels=17, log_var=-2.0)
-        got = lik.log_prob(out[..., : lik.num_params], x, 1)
-        np.testing.assert_allclose(got, want, rtol=RTOL, err_msg=kind)
-    logits = jax.random.normal(key, (2, 3, 17))
-    np.testing.assert_allclose(
-        V.Likelihood("categorical", 17).log_prob(logits, x, 1),
-        V.categorical_log_likelihood(logits, x, 17),
-        rtol=RTOL,
-    )
-
-
-def test_likelihood_mean_of_categorical_and_floor_of_gaussian_variance():
-    one_hot = 50.0 * jax.nn.one_hot(jnp.array([[4]]), 17)  # [1, 1, 17] certain of k = 4
-    np.testing.assert_allclose(V.Likelihood("categorical", 17).mean(one_hot), [[0.25]], atol=1e-6)
-    floored = V.Likelihood("gaussian", min_log_var=-3.0)
-    out = jnp.stack([jnp.zeros(1), jnp.full(1, -40.0)], axis=-1)[None]  # [1, 1, 2]
-    # with log_var floored at ~-3 the density at the mean is about N(0; 0, e^-3)
-    want = -0.5 * (math.log(2 * math.pi) - 3.0)
-    np.testing.assert_allclose(floored.log_prob(out, jnp.zeros((1, 1)), 1), [want], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- exact case
@@ -460,10 +316,17 @@ def test_importance_sampled_nll_chunks_are_one_logsumexp(key):
     x = _linear_data(jax.random.fold_in(key, 1), w, b, log_var)
     encode, log_lik = _perturbed_fns(w, b, log_var)
     got = V.importance_sampled_nll(key, encode, log_lik, x, 23, chunk_size=10)
-    weights = lambda k: V.log_importance_weights(k, encode, log_lik, x, 10)  # [10, B]
-    keys = jnp.stack([jax.random.fold_in(key, c) for c in range(3)])
-    log_w = jnp.reshape(jax.jit(jax.vmap(weights))(keys), (30, -1))[:23]  # [23, B]
-    np.testing.assert_allclose(got, math.log(23) - jax.nn.logsumexp(log_w, axis=0), rtol=RTOL)
+    # the same draws: chunk c is a [10, B, d] standard normal from fold_in(key, c), and only
+    # the first 3 draws of the last chunk count; log sum_s w_s of each chunk is its IWAE + log k
+    shape = (10, x.shape[0], w.shape[1])
+    noise = [jax.random.normal(jax.random.fold_in(key, c), shape) for c in range(3)]
+    sums = [
+        V.iwae_bound(None, encode, log_lik, x, k, noise=e[:k]) + math.log(k)
+        for e, k in zip(noise, (10, 10, 3), strict=True)
+    ]  # 3 x [B]
+    np.testing.assert_allclose(
+        got, math.log(23) - jax.nn.logsumexp(jnp.stack(sums), axis=0), rtol=RTOL
+    )
     exact_encode, exact_lik = _exact_posterior_fns(w, b, log_var)
     log_px = V.linear_gaussian_log_marginal(x, w, b, log_var)
     nll = jax.jit(
@@ -484,11 +347,11 @@ def test_bounds_reject_bad_input(key):
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         V.importance_sampled_nll(key, encode, log_lik, x, 10, chunk_size=0)
     short = lambda x: (jnp.zeros((x.shape[0], 2)), jnp.zeros((x.shape[0], 3)))
-    with pytest.raises(ValueError, match="log-variance returned by encode"):
+    with pytest.raises(ValueError, match=r"shapes must match: encode\(x\) mean \(4, 2\), encode"):
         V.elbo(key, short, log_lik, x)
     with pytest.raises(ValueError, match=r"log_likelihood\(z, x\) must return"):
         V.elbo(key, encode, lambda z, x: jnp.zeros(z.shape), x)
-    with pytest.raises(ValueError, match="prior mean must have the shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: posterior mean \(4, 2\), prior mean"):
         V.elbo(key, encode, log_lik, x, prior=(jnp.zeros((3, 2)), 0.0))
     with pytest.raises(ValueError, match="x must be"):
         V.linear_gaussian_log_marginal(jnp.zeros((2, 4)), w, b, log_var)
@@ -531,15 +394,14 @@ def test_mean_over_pixels_is_a_beta_vae_with_beta_equal_to_the_pixel_count(key):
 
 
 def test_bits_per_dim_is_the_discrete_bound():
-    """(nll + D ln L) / (D ln 2): the uniform density on [0, 1)^D (nll = 0) is the uniform
-    distribution over the L^D pixel values, log2 L bits per dimension; binary data take no
-    offset."""
-    from genjax.recipes.vae import bits_per_dim
-
+    """(nll + D ln L) / (D ln 2) with nll = -log p: the uniform density on [0, 1)^D (log p = 0)
+    is the uniform distribution over the L^D pixel values, log2 L bits per dimension; binary
+    data take no offset. The recipes report metrics.bits_per_dim of the VAE's -NLL."""
+    bits_per_dim = metrics.bits_per_dim
     np.testing.assert_allclose(bits_per_dim(np.zeros(3), 64, 17), np.full(3, math.log2(17)))
-    np.testing.assert_allclose(bits_per_dim(64 * math.log(2.0), 64, None), 1.0, rtol=RTOL)
+    np.testing.assert_allclose(bits_per_dim(-64 * math.log(2.0), 64, None), 1.0, rtol=RTOL)
     np.testing.assert_allclose(
-        bits_per_dim(-64 * math.log(17), 64, 17), 0.0, atol=1e-12
+        bits_per_dim(64 * math.log(17), 64, 17), 0.0, atol=1e-12
     )  # a density of L^D on one bin: that bin has probability 1
 
 
@@ -578,8 +440,8 @@ def _model(kind, likelihood):
 @pytest.mark.parametrize(
     "kind, likelihood",
     [
-        ("ConvVAE", V.Likelihood("bernoulli")),
-        ("CVAE", V.Likelihood("logistic", levels=17)),
+        ("ConvVAE", L.Likelihood("bernoulli")),
+        ("CVAE", L.Likelihood("logistic", levels=17)),
     ],
 )
 def test_models_bind_to_the_bounds(key, kind, likelihood):
@@ -597,7 +459,7 @@ def test_models_bind_to_the_bounds(key, kind, likelihood):
         args = (key, bound.encode, bound.log_likelihood, x)
         terms = V.elbo(*args, prior=bound.prior, analytic_kl=False, noise=noise[0])
         iwae = V.iwae_bound(*args, 1, prior=bound.prior, noise=noise)
-        return terms.total, iwae, V.sample(key, model, params, 3, y)
+        return terms.total, iwae, V.sample(key, model, params, 3, labels=y)
 
     total, iwae, samples = run(key, x, y)
     assert total.shape == (3,) and np.all(np.isfinite(total))
@@ -607,10 +469,35 @@ def test_models_bind_to_the_bounds(key, kind, likelihood):
         assert np.all((samples >= 0) & (samples <= 1))
 
 
+def test_sample_temperature_scales_the_prior_standard_deviation(key):
+    """sample decodes z = mu + tau sigma eps: tau = 1 is a draw from the prior (bit for bit the
+    decoder means at the standard-normal draw of key), tau = 0 decodes the prior mean, and a
+    CVAE's learned prior N(mu_y, sigma_y^2) is scaled about mu_y."""
+    vae = _model("VAE", L.Likelihood("bernoulli"))
+    x = jnp.zeros((5, 8, 8, 1))
+    params = jax.jit(vae.init)(_init_key(key), x)
+    eps = jax.random.normal(key, (5, 4))  # [n, d]
+    means = lambda z: jax.nn.sigmoid(vae.apply(params, z, method=vae.decode)[..., 0])
+    np.testing.assert_array_equal(V.sample(key, vae, params, 5), means(eps))
+    for tau in (0.5, 0.0):
+        got = V.sample(key, vae, params, 5, temperature=tau)
+        np.testing.assert_allclose(got, means(tau * eps), rtol=RTOL, atol=ATOL)
+    cvae = _model("CVAE", L.Likelihood("bernoulli"))
+    y = jnp.array([0, 3, 3, 7, 9])
+    cparams = jax.jit(cvae.init)(_init_key(key), x, y)
+    table = jax.random.normal(jax.random.fold_in(key, 1), (10, 8))  # [classes, 2 d]
+    cparams = {"params": {**cparams["params"], "prior_table": {"embedding": table}}}
+    mu, log_var = table[y, :4], table[y, 4:]  # [n, d] each
+    decode = lambda z: jax.nn.sigmoid(cvae.apply(cparams, z, y, method=cvae.decode)[..., 0])
+    got = V.sample(key, cvae, cparams, 5, labels=y, temperature=0.5)
+    want = decode(mu + 0.5 * jnp.exp(0.5 * log_var) * eps)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
 def test_bound_log_likelihood_decodes_each_sample(key):
     """log_likelihood on z [k, B, d] equals k separate calls on z [B, d] (a categorical
     decoder: the parameter axis holds 17 logits per pixel)."""
-    likelihood = V.Likelihood("categorical", levels=17)
+    likelihood = L.Likelihood("categorical", levels=17)
     model = V.VAE((4,), latent_dim=2, hidden=(8,), likelihood=likelihood)
     x = jnp.round(jax.random.uniform(key, (3, 4)) * 16) / 16  # [3, 4] on the 17-level grid
     bound = V.bind(model, jax.jit(model.init)(_init_key(key), x))
@@ -627,7 +514,7 @@ def test_models_reject_bad_input(key):
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         V.bind(cvae, params, jnp.array([3, 10]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-        V.sample(key, cvae, params, 2, jnp.array([-1, 0]))
+        V.sample(key, cvae, params, 2, labels=jnp.array([-1, 0]))
     with pytest.raises(TypeError, match="labels must be integers"):
         V.bind(cvae, params, jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="a CVAE needs labels"):
@@ -689,7 +576,7 @@ def test_cvae_decodes_to_the_requested_class():
     recipe = recipes.RECIPES["cvae_digits"]
     task = recipe.make_task(dataset, {})
     state = fit(task, dataset.train, recipe.config(True), progress=False)
-    accuracy = recipes.class_accuracy(task, state.params, dataset, jax.random.key(1))
+    accuracy = recipes.class_accuracy(jax.random.key(1), task, state.params, dataset)
     assert accuracy > 0.8
 
 
@@ -702,7 +589,7 @@ def test_class_accuracy_reads_the_requested_class():
     dataset = data_lib.load_dataset("digits")
     options = {"latent_dim": 2, "hidden": (), "likelihood": "gaussian_fixed", "eval_samples": 1}
     task = recipes.make_task(dataset, options, kind="CVAE")
-    setup = recipes.setup_of(task)
+    setup = task.model
     batch = {k: v[:4] for k, v in dataset.train.items()}
     params = setup.init(jax.random.key(0), batch)
     x, y = dataset.train["x"].reshape(len(dataset.train["x"]), -1), dataset.train["y"]
@@ -716,9 +603,9 @@ def test_class_accuracy_reads_the_requested_class():
         return {"params": {**params["params"], "decoder": decoder}}
 
     key = jax.random.key(3)
-    right = recipes.class_accuracy(task, with_table(means), dataset, key, per_class=10)
+    right = recipes.class_accuracy(key, task, with_table(means), dataset, per_class=10)
     shifted = recipes.class_accuracy(
-        task, with_table(np.roll(means, -1, 0)), dataset, key, per_class=10
+        key, task, with_table(np.roll(means, -1, 0)), dataset, per_class=10
     )
     assert right > 0.9
     assert shifted < 0.1
