@@ -6,7 +6,7 @@ reconstruct their input through a code narrower than it. The maths is three pure
 :func:`top_k_code`. :meth:`Autoencoder.loss` combines them; :class:`DenoisingAutoencoder` and
 :class:`SparseAutoencoder` only choose which.
 
-Derivation: ``derivations/01-autoencoders.md``.
+Derivation: derivations/01-autoencoders.md
 """
 
 from __future__ import annotations
@@ -15,7 +15,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NOISE_KINDS = ("gaussian", "masking")
+__all__ = [
+    "NOISE_KINDS",
+    "Autoencoder",
+    "DenoisingAutoencoder",
+    "SparseAutoencoder",
+    "corrupt",
+    "l1_penalty",
+    "squared_error",
+    "top_k_code",
+]
+
+NOISE_KINDS = ("gaussian", "masking")  #: the corruptions of :func:`corrupt`
 
 
 def squared_error(x, x_hat):
@@ -30,6 +41,8 @@ def squared_error(x, x_hat):
 
     Returns:
       ``[batch]`` errors summed over every non-batch axis.
+
+    Derivation: derivations/01-autoencoders.md
     """
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}")
@@ -55,6 +68,8 @@ def corrupt(key, x, kind: str = "gaussian", level: float = 0.3):
     References:
       Vincent et al., *Extracting and composing robust features with denoising autoencoders*,
       ICML 2008.
+
+    Derivation: derivations/01-autoencoders.md
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
@@ -69,7 +84,11 @@ def corrupt(key, x, kind: str = "gaussian", level: float = 0.3):
 
 
 def l1_penalty(code):
-    r"""Per-example :math:`\lVert z\rVert_1`, the Laplace-prior sparsity penalty. ``[batch]``."""
+    r"""Per-example :math:`\lVert z\rVert_1` of ``code`` ``[batch, code_dim]``: the Laplace-prior
+    sparsity penalty, ``[batch]``.
+
+    Derivation: derivations/01-autoencoders.md
+    """
     return jnp.sum(jnp.abs(code), axis=-1)
 
 
@@ -83,8 +102,14 @@ def top_k_code(code, k: int):
       code: ``[batch, code_dim]``.
       k: entries kept per example, ``1 <= k <= code_dim``.
 
+    Returns:
+      ``[batch, code_dim]``, all but the ``k`` largest entries of each row set to 0 (ties with
+      the ``k``-th largest are kept).
+
     References:
       Makhzani & Frey, *k-Sparse Autoencoders*, 2013, https://arxiv.org/abs/1312.5663
+
+    Derivation: derivations/01-autoencoders.md
     """
     if not 1 <= k <= code.shape[-1]:
         raise ValueError(f"k must be in [1, {code.shape[-1]}] (code_dim), got {k}")
@@ -105,7 +130,7 @@ class Autoencoder(nn.Module):
       hidden: width of the MLP's hidden layers / channels of the first conv layer.
       arch: ``"mlp"`` or ``"conv"`` (conv needs H and W divisible by 4).
 
-    Derivation: ``derivations/01-autoencoders.md``.
+    Derivation: derivations/01-autoencoders.md
     """
 
     shape: tuple[int, ...]
@@ -213,6 +238,8 @@ class DenoisingAutoencoder(Autoencoder):
     References:
       Vincent et al., *Extracting and composing robust features with denoising autoencoders*,
       ICML 2008.
+
+    Derivation: derivations/01-autoencoders.md
     """
 
     noise: str = "gaussian"
@@ -236,6 +263,8 @@ class SparseAutoencoder(Autoencoder):
 
     References:
       Makhzani & Frey, *k-Sparse Autoencoders*, 2013, https://arxiv.org/abs/1312.5663
+
+    Derivation: derivations/01-autoencoders.md
     """
 
     top_k: int | None = None

@@ -13,7 +13,7 @@ clipping, dynamic loss scaling, EMA, LoRA adapters, distillation and int8 quanti
 * :class:`LoRADense`, :func:`merge_lora`, :func:`lora_trainable_mask` — low-rank adapters;
 * :func:`distillation_loss` — :math:`T^2\,\mathrm{KL}(p_T^{\text{teacher}} \|
   p_T^{\text{student}})`;
-* :func:`quantize_int8`, :func:`dequantize` — symmetric post-training int8 weights.
+* :func:`quantize_int8`, :func:`dequantize_int8` — symmetric post-training int8 weights.
 
 Derivation: derivations/18-training-tips.md
 """
@@ -32,6 +32,29 @@ import optax
 from jaxtyping import Array, Float, Int
 
 from genjax import divergences, train
+
+__all__ = [
+    "LoRADense",
+    "LossScale",
+    "MLPClassifier",
+    "Quantized",
+    "clip_by_global_norm",
+    "count_params",
+    "dequantize_int8",
+    "digits_experiments",
+    "distillation_loss",
+    "ema_debiased",
+    "fake_quantize_params",
+    "lora_trainable_mask",
+    "merge_lora",
+    "quantize_int8",
+    "reduce_on_plateau",
+    "scaled_value_and_grad",
+    "smooth_labels",
+    "smoothed_cross_entropy",
+    "softmax_with_temperature",
+    "warmup_cosine",
+]
 
 PyTree = Any
 
@@ -201,6 +224,8 @@ class LossScale:
       good_steps: consecutive finite steps since the last change (int32 scalar).
       period: grow :math:`S` by ``factor`` after this many finite steps (static).
       factor: growth and back-off factor (static).
+
+    Derivation: derivations/18-training-tips.md
     """
 
     scale: jax.Array
@@ -334,14 +359,20 @@ def merge_lora(params: PyTree, alpha: float, rank: int) -> PyTree:
 
 def lora_trainable_mask(params: PyTree) -> PyTree:
     """``True`` at ``lora_a``/``lora_b`` leaves, ``False`` elsewhere: pass to
-    ``optax.masked`` (or label for ``optax.multi_transform``) to freeze the base."""
+    ``optax.masked`` (or label for ``optax.multi_transform``) to freeze the base.
+
+    Derivation: derivations/18-training-tips.md
+    """
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     mask = {k: k[-1] in ("lora_a", "lora_b") for k in flat}
     return flax.traverse_util.unflatten_dict(mask)
 
 
 def count_params(params: PyTree, mask: PyTree | None = None) -> int:
-    """Number of scalars in ``params`` (only where ``mask`` is True, if given)."""
+    """Number of scalars in ``params`` (only where ``mask`` is True, if given).
+
+    Derivation: derivations/18-training-tips.md
+    """
     sizes = jax.tree.map(lambda p: int(np.prod(p.shape)), params)
     if mask is not None:
         sizes = jax.tree.map(lambda s, m: s if m else 0, sizes, mask)
@@ -397,7 +428,10 @@ def distillation_loss(
 
 
 class Quantized(NamedTuple):
-    """int8 values and the float32 scale(s) that map them back: ``w ≈ values * scale``."""
+    """int8 values and the float32 scale(s) that map them back: ``w ≈ values * scale``.
+
+    Derivation: derivations/18-training-tips.md
+    """
 
     values: jax.Array
     scale: jax.Array
@@ -431,19 +465,32 @@ def quantize_int8(w: Float[Array, "..."], axis: int | None = None) -> Quantized:
     return Quantized(q, scale)
 
 
-def dequantize(q: Quantized) -> jax.Array:
-    """``values * scale`` as float32."""
+def dequantize_int8(q: Quantized) -> jax.Array:
+    r"""The float32 weights an int8 tensor stands for: :math:`\hat w = s\, q`, within
+    :math:`s/2` of the quantised :math:`w` (:func:`quantize_int8`).
+
+    Args:
+      q: :class:`Quantized` int8 ``values`` and their ``scale`` (broadcasting against them).
+
+    Returns:
+      float32 array of ``q.values``' shape.
+
+    Derivation: derivations/18-training-tips.md
+    """
     return q.values.astype(jnp.float32) * q.scale
 
 
 def fake_quantize_params(params: PyTree, axis: int | None = -1) -> PyTree:
     """Every kernel with at least two axes quantised to int8 and dequantised (biases and other
-    vectors kept in float32): the parameters an int8 deployment would evaluate with."""
+    vectors kept in float32): the parameters an int8 deployment would evaluate with.
+
+    Derivation: derivations/18-training-tips.md
+    """
 
     def one(path, p):
         name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
         if name == "kernel" and p.ndim >= 2:
-            return dequantize(quantize_int8(p, axis))
+            return dequantize_int8(quantize_int8(p, axis))
         return p
 
     return jax.tree_util.tree_map_with_path(one, params)
@@ -455,7 +502,10 @@ def fake_quantize_params(params: PyTree, axis: int | None = -1) -> PyTree:
 class MLPClassifier(nn.Module):
     """A ReLU MLP classifier on flattened images; ``rank > 0`` makes every layer a
     :class:`LoRADense` (parameter names ``dense_0, dense_1, ...`` either way, so
-    :func:`merge_lora` turns one tree into the other)."""
+    :func:`merge_lora` turns one tree into the other).
+
+    Derivation: derivations/18-training-tips.md
+    """
 
     hidden: tuple[int, ...] = (256, 256)
     num_classes: int = 10
@@ -524,6 +574,8 @@ def digits_experiments(
 
     Returns:
       A dict of named accuracies and fractions.
+
+    Derivation: derivations/18-training-tips.md
     """
     xtr, ytr = dataset.train["x"], dataset.train["y"]
     xte, yte = dataset.test["x"], dataset.test["y"]

@@ -208,7 +208,7 @@ def test_int8_quantisation_error_is_at_most_half_a_step(seed, scale):
     for axis in (None, -1):
         q = tricks.quantize_int8(w, axis)
         assert q.values.dtype == jnp.int8
-        err = np.abs(np.asarray(tricks.dequantize(q)) - w)
+        err = np.abs(np.asarray(tricks.dequantize_int8(q)) - w)
         assert np.all(err <= np.asarray(q.scale) / 2 * (1 + 1e-5))
         assert int(jnp.max(jnp.abs(q.values.astype(jnp.int32)))) == 127
 
