@@ -4,10 +4,10 @@
   schedule with T = 1000, label dropout), updated by the loop's scanned chunk
   (:func:`genjax.train.make_train_chunk`) vs one jitted step per Python iteration doing the same
   gather + update. FLOPs from XLA's cost analysis give the fraction of the measured matmul peak.
-* **Sampling**: the same U-Net, a batch of images through the whole reverse chain: T = 1000
-  ancestral steps (:func:`genjax.diffusion.ddpm_sample`, one ``lax.scan``) and 50 DDIM steps
-  (:func:`genjax.diffusion.ddim_sample`), each beside a Python loop calling a jitted
-  :func:`genjax.diffusion.ddpm_step` / :func:`genjax.diffusion.ddim_step` once per step.
+* **Sampling**: the same U-Net, a batch of images through the whole reverse chain of
+  :func:`genjax.diffusion.sample` (one ``lax.scan``): T = 1000 ancestral steps and 50 DDIM
+  steps, each beside a Python loop calling a jitted :func:`genjax.diffusion.ddpm_step` /
+  :func:`genjax.diffusion.ddim_step` once per step.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _bench_train(h, dataset) -> None:
 
 def _bench_sampling(h, dataset, quick: bool) -> None:
     task, _, state, _ = _task_and_params(dataset, TRAIN_BATCH)
-    setup = recipe.setup_of(task)
+    setup = task.model
     params, schedule = state.params, setup.schedule
     shape = (SAMPLE_BATCH, *setup.event_shape)
     labels = jnp.arange(SAMPLE_BATCH, dtype=jnp.int32) % setup.num_classes
@@ -58,11 +58,11 @@ def _bench_sampling(h, dataset, quick: bool) -> None:
 
     @jax.jit
     def ddpm_scan(p, key):
-        return D.ddpm_sample(key, schedule, model_fn(p), shape, clip_x0=clip)
+        return D.sample(key, schedule, model_fn(p), shape, clip_x0=clip)
 
     @jax.jit
     def ddim_scan(p, key):
-        return D.ddim_sample(key, schedule, model_fn(p), shape, num_steps=DDIM_STEPS, clip_x0=clip)
+        return D.sample(key, schedule, model_fn(p), shape, num_steps=DDIM_STEPS, clip_x0=clip)
 
     @jax.jit
     def ddpm_one(p, x, t, key):
@@ -105,7 +105,7 @@ def _bench_sampling(h, dataset, quick: bool) -> None:
             f"ancestral DDPM, T = {T}, batch {SAMPLE_BATCH} (8x8 digits U-Net)",
             ddpm_flops,
             (
-                ("genjax ddpm_sample (lax.scan)", ddpm_scan),
+                ("genjax sample (lax.scan)", ddpm_scan),
                 ("python loop of jitted steps", ddpm_loop),
             ),
         ),
@@ -113,7 +113,7 @@ def _bench_sampling(h, dataset, quick: bool) -> None:
             f"DDIM, {DDIM_STEPS} of T = {T} steps, batch {SAMPLE_BATCH} (8x8 digits U-Net)",
             ddim_flops,
             (
-                ("genjax ddim_sample (lax.scan)", ddim_scan),
+                ("genjax sample (lax.scan)", ddim_scan),
                 ("python loop of jitted steps", ddim_loop),
             ),
         ),

@@ -6,17 +6,20 @@ The samplers are checked without any training, against the exact ε of a Gaussia
 
 import functools
 import math
+import warnings
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genjax import data
+from genjax import data, divergences
 from genjax import diffusion as D
+from genjax.recipes.common import fast_init_key
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -333,11 +336,13 @@ def _ho_algorithm2_reference(schedule, eps_fn, noise):
     return np.stack(states)
 
 
-def test_ddpm_sample_scan_equals_python_loop_step_for_step():
+def test_ddpm_chain_scan_equals_python_loop_step_for_step():
     s = D.cosine_schedule(50)
     eps_fn = _mixture_eps(s)
     noise = jax.random.normal(jax.random.key(4), (51, 16, 1))
-    x, trajectory = D.ddpm_sample(None, s, eps_fn, (16, 1), noise=noise, return_trajectory=True)
+    x, trajectory = D.sample(
+        None, s, eps_fn, (16, 1), clip_x0=None, noise=noise, return_trajectory=True
+    )
     expected = _ho_algorithm2_reference(s, eps_fn, noise)
     assert trajectory.shape == (51, 16, 1)
     np.testing.assert_allclose(trajectory, expected, atol=SAMPLER_ATOL)
@@ -364,13 +369,22 @@ def _song_eq12_reference(schedule, eps_fn, noise, num_steps, eta):
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_ddim_sample_scan_equals_python_loop_step_for_step(eta):
+def test_ddim_chain_scan_equals_python_loop_step_for_step(eta):
     s = D.cosine_schedule(200)
     eps_fn = _mixture_eps(s)
     noise = jax.random.normal(jax.random.key(14), (13, 16, 1))
-    x, trajectory = D.ddim_sample(
-        None, s, eps_fn, (16, 1), num_steps=12, eta=eta, noise=noise, return_trajectory=True
-    )
+    with pytest.warns(UserWarning, match="DDIM with clip_x0=None"):  # alpha_bar_T ~ 1e-8
+        x, trajectory = D.sample(
+            None,
+            s,
+            eps_fn,
+            (16, 1),
+            num_steps=12,
+            eta=eta,
+            clip_x0=None,
+            noise=noise,
+            return_trajectory=True,
+        )
     expected = _song_eq12_reference(s, eps_fn, noise, 12, eta)
     assert trajectory.shape == (13, 16, 1)
     np.testing.assert_allclose(trajectory, expected, atol=SAMPLER_ATOL)
@@ -378,12 +392,22 @@ def test_ddim_sample_scan_equals_python_loop_step_for_step(eta):
 
 
 def test_ddim_with_eta_one_over_all_steps_equals_ddpm():
+    """Song et al.'s eq. (12) with eta = 1 over every step (the numpy loop) is the DDPM chain
+    that sample() runs when num_steps is None or T; ddim_step with eta = 1 is ddpm_step."""
     s = D.linear_schedule(100, 1e-3, 0.2)
     eps_fn = _mixture_eps(s)
     noise = jax.random.normal(jax.random.key(5), (101, 32, 1))
-    ddpm = D.ddpm_sample(None, s, eps_fn, (32, 1), noise=noise, return_trajectory=True)[1]
-    ddim = D.ddim_sample(None, s, eps_fn, (32, 1), eta=1.0, noise=noise, return_trajectory=True)[1]
+    kw = dict(clip_x0=None, noise=noise, return_trajectory=True)
+    ddpm = D.sample(None, s, eps_fn, (32, 1), **kw)[1]
+    np.testing.assert_allclose(D.sample(None, s, eps_fn, (32, 1), num_steps=100, **kw)[1], ddpm)
+    ddim = _song_eq12_reference(s, eps_fn, noise, 100, 1.0)
     np.testing.assert_allclose(ddim, ddpm, atol=SAMPLER_ATOL)
+    x, z = ddpm[40], noise[60]  # the state at t = 60 and the draw of the step from it
+    np.testing.assert_allclose(
+        D.ddim_step(s, eps_fn, x, 60, 59, z, eta=1.0),
+        D.ddpm_step(s, eps_fn, x, 60, z),
+        atol=SAMPLER_ATOL,
+    )
 
 
 def test_ddim_with_eta_zero_is_deterministic_given_the_start():
@@ -392,12 +416,21 @@ def test_ddim_with_eta_zero_is_deterministic_given_the_start():
     start = jax.random.normal(jax.random.key(6), (1, 8, 1))
     draws = [jax.random.normal(jax.random.key(k), (20, 8, 1)) for k in (7, 8)]
     a, b = (
-        D.ddim_sample(None, s, eps_fn, (8, 1), num_steps=20, noise=jnp.concatenate([start, d]))
+        D.sample(
+            None, s, eps_fn, (8, 1), num_steps=20, clip_x0=None, noise=jnp.concatenate([start, d])
+        )
         for d in draws
     )
     np.testing.assert_allclose(a, b)
-    c = D.ddim_sample(
-        None, s, eps_fn, (8, 1), num_steps=20, eta=1.0, noise=jnp.concatenate([start, draws[0]])
+    c = D.sample(
+        None,
+        s,
+        eps_fn,
+        (8, 1),
+        num_steps=20,
+        eta=1.0,
+        clip_x0=None,
+        noise=jnp.concatenate([start, draws[0]]),
     )
     assert not np.allclose(a, c)
 
@@ -458,11 +491,11 @@ def _within(fraction, p, n=NUM_SAMPLES):
 SAMPLERS = {
     "ddpm": (
         lambda: D.cosine_schedule(200),
-        lambda key, s, fn: D.ddpm_sample(key, s, fn, (NUM_SAMPLES, 1)),
+        lambda key, s, fn: D.sample(key, s, fn, (NUM_SAMPLES, 1), clip_x0=None),
     ),
     "ddim": (
         lambda: D.linear_schedule(1000),
-        lambda key, s, fn: D.ddim_sample(key, s, fn, (NUM_SAMPLES, 1), num_steps=50),
+        lambda key, s, fn: D.sample(key, s, fn, (NUM_SAMPLES, 1), num_steps=50, clip_x0=None),
     ),
 }
 
@@ -575,8 +608,10 @@ def test_drop_labels(key):
 def test_clip_x0_bounds_the_last_step():
     s = D.linear_schedule(20, 1e-3, 0.3)
     far = lambda x, t: jnp.full_like(x, 5.0)  # an x0-predictor far outside the data range
-    for sample in (D.ddpm_sample, D.ddim_sample):
-        x = sample(jax.random.key(0), s, far, (6, 2), parameterization="x0", clip_x0=(-1.0, 1.0))
+    for num_steps in (None, 10):  # DDPM, DDIM
+        x = D.sample(
+            jax.random.key(0), s, far, (6, 2), num_steps=num_steps, parameterization="x0"
+        )  # the default clip_x0 is (-1, 1)
         np.testing.assert_allclose(x, 1.0, atol=1e-5)
 
 
@@ -585,8 +620,8 @@ def test_samplers_same_with_and_without_jit():
     eps_fn = _mixture_eps(s)
     key = jax.random.key(13)
     for sample in (
-        lambda k: D.ddpm_sample(k, s, eps_fn, (8, 1)),
-        lambda k: D.ddim_sample(k, s, eps_fn, (8, 1), num_steps=10, eta=0.5),
+        lambda k: D.sample(k, s, eps_fn, (8, 1), clip_x0=None),
+        lambda k: D.sample(k, s, eps_fn, (8, 1), num_steps=10, eta=0.5, clip_x0=(-5.0, 5.0)),
         lambda k: D.ddpm_loss(k, s, eps_fn, jnp.ones((8, 1))),
         lambda k: D.q_sample(k, s, jnp.ones((8, 1)), jnp.arange(8)),
     ):
@@ -613,7 +648,7 @@ def test_bad_time_steps_raise():
         D.q_posterior(s, x, x, jnp.array([-1, 0]))
     with pytest.raises(TypeError, match="t must hold integer time steps"):
         D.q_sample(None, s, x, jnp.array([0.0, 1.0]), noise=x)
-    with pytest.raises(ValueError, match=r"t must have shape \[batch\] = \(2,\)"):
+    with pytest.raises(ValueError, match=r"t must be a scalar or \[batch\] = \(2,\)"):
         D.q_sample(None, s, x, jnp.array([0, 1, 2]), noise=x)
 
 
@@ -631,28 +666,28 @@ def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match=r"xt must be \[batch, dim\] and means \[K, dim\]"):
         D.gaussian_mixture_eps(s, x, t, MEANS, STD)
     wrong = lambda xt, tt: xt[:, :1]  # a denoiser whose output does not match its input
-    for sample in (D.ddpm_sample, D.ddim_sample):
+    for num_steps in (None, 5):  # DDPM, DDIM
         with pytest.raises(ValueError, match="shapes must match"):
-            sample(jax.random.key(0), s, wrong, (2, 3))
+            D.sample(jax.random.key(0), s, wrong, (2, 3), num_steps=num_steps)
 
 
 def test_bad_sampler_arguments_raise():
     s = D.linear_schedule(10)
     fn = lambda x, t: x
     with pytest.raises(ValueError, match="parameterization must be one of"):
-        D.ddpm_sample(jax.random.key(0), s, fn, (2, 1), parameterization="score")
+        D.sample(jax.random.key(0), s, fn, (2, 1), parameterization="score")
     with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
-        D.ddpm_sample(jax.random.key(0), s, fn, (0, 1))
+        D.sample(jax.random.key(0), s, fn, (0, 1))
     with pytest.raises(ValueError, match=r"noise must have shape \[steps \+ 1, \*shape\]"):
-        D.ddpm_sample(None, s, fn, (2, 1), noise=jnp.zeros((10, 2, 1)))
+        D.sample(None, s, fn, (2, 1), noise=jnp.zeros((10, 2, 1)))
     with pytest.raises(ValueError, match="variance must be one of"):
-        D.ddpm_sample(jax.random.key(0), s, fn, (2, 1), variance="learned")
+        D.sample(jax.random.key(0), s, fn, (2, 1), variance="learned")
     with pytest.raises(ValueError, match="clip_x0 must be None or a pair"):
-        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), clip_x0=(1.0, -1.0))
+        D.sample(jax.random.key(0), s, fn, (2, 1), clip_x0=(1.0, -1.0))
     with pytest.raises(ValueError, match="eta must be >= 0"):
-        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), eta=-0.1)
+        D.sample(jax.random.key(0), s, fn, (2, 1), eta=-0.1)
     with pytest.raises(ValueError, match="at most the schedule's 10 steps"):
-        D.ddim_sample(jax.random.key(0), s, fn, (2, 1), num_steps=11)
+        D.sample(jax.random.key(0), s, fn, (2, 1), num_steps=11)
     with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
         D.loss_weights(s, jnp.array([0]), "eps", min_snr_gamma=0.0)
 
@@ -693,7 +728,158 @@ def test_trained_bimodal_model_splits_modes_and_follows_labels():
     task = recipe.make_task(dataset, {})
     state = train.fit(task, dataset.train, recipe.config(False), progress=False)
     uncond, cond, asked = recipe_module.bimodal_samples(
-        task, state.ema_params, jax.random.key(0), n=NUM_SAMPLES
+        jax.random.key(0), task, state.ema_params, n=NUM_SAMPLES
     )
     assert abs(np.mean(uncond > 0) - 0.5) <= 0.03
     assert np.mean((cond > 0) == (asked == 1)) >= 0.99
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_time_steps_may_be_an_int_a_scalar_or_a_batch():
+    s = D.cosine_schedule(50)
+    x0, eps = jax.random.normal(jax.random.key(20), (2, 3, 1, 1)), jnp.ones((2, 3, 1, 1))
+    for t in (7, jnp.int32(7), jnp.array([7, 7])):
+        batch = jnp.array([7, 7])
+        np.testing.assert_array_equal(
+            D.q_sample(None, s, x0, t, noise=eps), D.q_sample(None, s, x0, batch, noise=eps)
+        )
+        np.testing.assert_array_equal(
+            D.q_posterior(s, x0, eps, t)[0], D.q_posterior(s, x0, eps, batch)[0]
+        )
+        np.testing.assert_array_equal(
+            D.from_x0_eps(s, t, x0, eps, "v"), D.from_x0_eps(s, batch, x0, eps, "v")
+        )
+        np.testing.assert_array_equal(
+            D.classifier_guidance(s, eps, t, x0, 2.0), D.classifier_guidance(s, eps, batch, x0, 2.0)
+        )
+        zero = lambda xt, tt: jnp.zeros_like(xt)
+        np.testing.assert_array_equal(
+            D.ddpm_loss(None, s, zero, x0, t=t, noise=eps),
+            D.ddpm_loss(None, s, zero, x0, t=batch, noise=eps),
+        )
+    np.testing.assert_array_equal(
+        D.loss_weights(s, 7, "v", 5.0), D.loss_weights(s, batch, "v", 5.0)[0]
+    )
+    xt = jnp.array([[0.3], [-1.0]])
+    np.testing.assert_array_equal(
+        D.gaussian_mixture_eps(s, xt, 9, MEANS, STD),
+        D.gaussian_mixture_eps(s, xt, jnp.array([9, 9]), MEANS, STD),
+    )
+    with pytest.raises(TypeError, match="t must hold integer time steps"):
+        D.q_sample(None, s, x0, 7.0, noise=eps)
+
+
+def test_ddpm_loss_needs_a_key_only_for_what_it_draws():
+    s = D.cosine_schedule(50)
+    x0, eps = jnp.ones((4, 2)), jnp.zeros((4, 2))
+    fn = lambda xt, tt: xt
+    D.ddpm_loss(None, s, fn, x0, t=3, noise=eps)  # nothing left to draw
+    with pytest.raises(ValueError, match="key is None, so t must be given"):
+        D.ddpm_loss(None, s, fn, x0, noise=eps)
+    with pytest.raises(ValueError, match="key is None, so t and noise must be given"):
+        D.ddpm_loss(None, s, fn, x0)
+    with pytest.raises(ValueError, match="key is None, so noise must be given"):
+        D.sample(None, s, fn, (2, 1))
+
+
+def test_sample_options_belong_to_their_sampler():
+    s = D.linear_schedule(10)
+    fn = lambda x, t: x
+    with pytest.raises(ValueError, match="eta applies to DDIM"):
+        D.sample(jax.random.key(0), s, fn, (2, 1), eta=0.5)
+    with pytest.raises(ValueError, match="variance applies to DDPM"):
+        D.sample(jax.random.key(0), s, fn, (2, 1), num_steps=5, variance="large")
+
+
+# ----------------------------------------------------------------------------- unclipped DDIM
+
+# cosine_schedule(100) ends at alpha_bar = 2.4e-7: x0-hat from eps divides eps's error by
+# sqrt(alpha_bar) ~ 5e-4, and the first of 20 deterministic DDIM steps keeps 1/160 of it.
+TINY_END = functools.partial(D.cosine_schedule, 100)
+BOUNDED_MEANS = jnp.array([[-0.5], [0.5]])  # a mixture inside the default clip range [-1, 1]
+BOUNDED_STD = 0.1
+
+
+def _bounded_mixture_w1(x) -> float:
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.normal(m, BOUNDED_STD, 2000) for m in (-0.5, 0.5)])
+    return float(divergences.wasserstein_1d(jnp.ravel(x), jnp.asarray(ref, jnp.float32)))
+
+
+def test_ddim_default_clip_survives_eps_errors_at_tiny_alpha_bar():
+    """The exact mixture eps plus a small error 0.05 sin(3x) (a network's): unclipped 20-step
+    DDIM lands far from the data, the default clip_x0 = (-1, 1) and DDPM do not; without the
+    error, clipping changes nothing."""
+    s = TINY_END()
+    exact = lambda x, t: D.gaussian_mixture_eps(s, x, t, BOUNDED_MEANS, BOUNDED_STD)
+    noisy = lambda x, t: exact(x, t) + 0.05 * jnp.sin(3.0 * x)
+    run = lambda fn, **kw: D.sample(jax.random.key(1), s, fn, (4000, 1), **kw)
+    with pytest.warns(UserWarning, match="DDIM with clip_x0=None"):
+        clean = run(exact, num_steps=20, clip_x0=None)
+    np.testing.assert_allclose(run(exact, num_steps=20), clean, atol=1e-5)
+    clipped = _bounded_mixture_w1(run(noisy, num_steps=20))
+    with pytest.warns(UserWarning, match="DDIM with clip_x0=None"):
+        unclipped = _bounded_mixture_w1(run(noisy, num_steps=20, clip_x0=None))
+    ddpm = _bounded_mixture_w1(run(noisy, clip_x0=None))
+    assert clipped < 0.08 and ddpm < 0.08, (clipped, ddpm)
+    assert unclipped > 0.3, unclipped
+
+
+def test_sample_warns_only_where_unclipped_ddim_is_unsafe():
+    fn = lambda x, t: jnp.zeros_like(x)
+    key = jax.random.key(0)
+    with pytest.warns(UserWarning, match=r"alpha_bars\[T-1\] = 2.4e-07"):
+        D.sample(key, TINY_END(), fn, (2, 1), num_steps=20, clip_x0=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.sample(key, TINY_END(), fn, (2, 1), num_steps=20)  # clipped by default
+        D.sample(key, TINY_END(), fn, (2, 1), clip_x0=None)  # DDPM
+        D.sample(key, TINY_END(), fn, (2, 1), num_steps=20, clip_x0=None, parameterization="v")
+        D.sample(key, D.linear_schedule(1000), fn, (2, 1), num_steps=20, clip_x0=None)  # 4e-5
+
+
+def test_trained_toy_model_needs_the_clip_under_ddim():
+    """A small MLP trained for a 400 steps on four clusters in [-1, 1]^2: 20 DDIM steps
+    of cosine_schedule(100) with the default clip_x0 stay near the data; without the clip the
+    network's eps error, multiplied ~2000x in x0-hat, throws the samples off."""
+    s = TINY_END()
+    modes = jnp.array([[0.6, 0.6], [-0.6, 0.6], [0.6, -0.6], [-0.6, -0.6]])
+
+    def draw(key, n):
+        k_mode, k_noise = jax.random.split(key)
+        return modes[jax.random.randint(k_mode, (n,), 0, 4)] + 0.1 * jax.random.normal(
+            k_noise, (n, 2)
+        )
+
+    model = D.MLPDenoiser(s.num_steps, features=32, depth=2)
+    params = model.init(
+        fast_init_key(jax.random.key(1)), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32)
+    )
+    tx = optax.adam(3e-3)
+
+    def step(carry, key):
+        params, opt = carry
+        k_x, k_loss = jax.random.split(key)
+        x0 = draw(k_x, 256)
+        loss = lambda p: jnp.mean(D.ddpm_loss(k_loss, s, lambda xt, t: model.apply(p, xt, t), x0))
+        grads = jax.grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), None
+
+    train = jax.jit(lambda c, keys: jax.lax.scan(step, c, keys)[0])
+    params, _ = train(
+        (params, tx.init(params)), jax.random.split(fast_init_key(jax.random.key(2)), 400)
+    )
+    fn = lambda xt, t: model.apply(params, xt, t)
+    test = draw(jax.random.key(7), 2000)
+    sliced = lambda x: float(divergences.sliced_wasserstein(jax.random.key(9), x, test, 128))
+    floor = sliced(draw(jax.random.key(8), 2000))
+    clipped = sliced(D.sample(jax.random.key(3), s, fn, (2000, 2), num_steps=20))
+    with pytest.warns(UserWarning, match="DDIM with clip_x0=None"):
+        unclipped = sliced(
+            D.sample(jax.random.key(3), s, fn, (2000, 2), num_steps=20, clip_x0=None)
+        )
+    assert clipped < 8 * floor, (clipped, floor)
+    assert unclipped > 3 * clipped, (unclipped, clipped)

@@ -10,14 +10,9 @@ import pytest
 from genjax.nn import layers as L
 from genjax.nn import unet as U
 from genjax.nn.positional import sinusoidal_encoding
+from genjax.recipes.common import fast_init_key
 
 ATOL = 1e-5
-
-
-def _fast_key(key):
-    """An RngBitGenerator key from ``key``: XLA on CPU compiles threefry draws slowly (about
-    0.1 s per parameter tensor), which would dominate these tests' time."""
-    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
 
 
 def _perturb(params, key, scale=0.1):
@@ -39,7 +34,7 @@ def tiny():
     model = U.UNet(num_steps=50, base_features=8, channel_mults=(1, 2), num_heads=2, num_classes=3)
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
     t, y = jnp.array([0, 10, 49]), jnp.array([0, 1, 3])
-    params = jax.jit(model.init)(_fast_key(jax.random.key(0)), x, t, y)
+    params = jax.jit(model.init)(fast_init_key(jax.random.key(0)), x, t, y)
     return model, jax.jit(model.apply), params, _perturb(params, jax.random.key(1)), (x, t, y)
 
 
@@ -80,10 +75,10 @@ def test_res_block_and_attention_start_as_identity(key):
     x = jax.random.normal(key, (2, 4, 4, 8))
     emb = jax.random.normal(key, (2, 12))
     block = L.ResBlock(8, num_groups=4)
-    params = jax.jit(block.init)(_fast_key(key), x, emb)
+    params = jax.jit(block.init)(fast_init_key(key), x, emb)
     np.testing.assert_allclose(jax.jit(block.apply)(params, x, emb), x, atol=ATOL)
     attn = U.AttentionBlock(num_heads=2, num_groups=4)
-    attn_params = jax.jit(attn.init)(_fast_key(key), x)
+    attn_params = jax.jit(attn.init)(fast_init_key(key), x)
     np.testing.assert_allclose(jax.jit(attn.apply)(attn_params, x), x, atol=ATOL)
     wider = L.ResBlock(16, num_groups=4)
     shape = jax.eval_shape(lambda: wider.apply(wider.init(key, x, emb), x, emb)).shape

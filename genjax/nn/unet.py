@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from genjax.nn.attention import scaled_dot_product_attention
 from genjax.nn.layers import Conv, ResBlock, TimeEmbedding, group_count
 
+__all__ = ["AttentionBlock", "UNet", "unet_for"]
+
 
 class AttentionBlock(nn.Module):
     r"""Multi-head self-attention over the spatial positions of a feature map, residual.
@@ -49,6 +51,11 @@ class AttentionBlock(nn.Module):
 
     Returns (``__call__(x)``):
       ``[b, H, W, C]``.
+
+    References:
+      Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
+
+    Derivation: derivations/03-attention.md
     """
 
     num_heads: int = 4
@@ -87,14 +94,19 @@ class UNet(nn.Module):
       dropout: dropout rate inside residual blocks.
       num_classes: number of labels, or ``None`` for an unconditional model.
 
-    Raises:
-      ValueError: ``x`` is not NHWC with ``H`` and ``W`` divisible by
-        ``2 ** (len(channel_mults) - 1)``; ``t`` is not ``[b]``; ``y`` missing on a conditional
-        model.
+    Returns (``__call__(x, t, y=None, train=False)``):
+      ``[b, H, W, C]``, the prediction for ``x [b, H, W, C]`` (``H`` and ``W`` divisible by
+      ``2 ** (len(channel_mults) - 1)``) at steps ``t [b]`` with labels ``y [b]``.
 
     Note:
       Ho et al. attend at 16x16 as well as in the middle; for images of at most 32x32 we attend
       only at the lowest resolution, which keeps a CPU step cheap.
+
+    References:
+      Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B),
+      https://arxiv.org/abs/2006.11239
+
+    Derivation: derivations/11-ddpm.md
     """
 
     num_steps: int
@@ -179,6 +191,8 @@ def unet_for(
 
     Returns:
       The (uninitialised) :class:`UNet`.
+
+    Derivation: derivations/11-ddpm.md
     """
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")

@@ -38,7 +38,10 @@ from genjax.classifier import fit_digits_classifier
 from genjax.data import Dataset
 from genjax.nn.unet import unet_for
 from genjax.recipes import Recipe, Report, register
+from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
+
+__all__ = ["Setup", "bimodal_samples", "make_task"]
 
 TOY_NUM_STEPS = 100  # T for vector data (cosine schedule): cheap chains that still split modes
 IMAGE_NUM_STEPS = 1000
@@ -49,16 +52,6 @@ HEADLINE_SCALE = 2.0
 EVAL_SCALES = (1.0, HEADLINE_SCALE)  # scales whose accuracy evaluation reports
 EVAL_PER_CLASS = 10  # per digit and scale; figures reuse the same batch size (one compile)
 TOY_EVAL_SAMPLES = 5_000
-
-
-def _fast_init_key(key: jax.Array) -> jax.Array:
-    """An RngBitGenerator key derived from ``key`` for parameter initialisation.
-
-    XLA on CPU compiles every threefry draw separately (about 0.1 s per parameter tensor); a
-    U-Net has ~100 of them. RngBitGenerator keys compile in a fraction of that. Deterministic in
-    ``key``.
-    """
-    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,6 +66,8 @@ class Setup:
       images: whether the data are images in [0, 1] (mapped to [-1, 1]).
       sample_steps: DDIM steps for sampling, or ``None`` for DDPM over all steps.
       label_drop: label-dropout probability for classifier-free guidance.
+
+    Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md
     """
 
     model: Any
@@ -85,16 +80,18 @@ class Setup:
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def encode(self, x):
+        """Data as the network sees it: images from [0, 1] to [-1, 1], vectors as they are."""
         return 2.0 * x - 1.0 if self.images else x
 
     def decode(self, x):
+        """The inverse of :meth:`encode`, clipped to [0, 1] for images."""
         return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) if self.images else x
 
     def init(self, key, batch):
         x0 = self.encode(jnp.asarray(batch["x"]))
         t = jnp.zeros((x0.shape[0],), jnp.int32)
         y = self._labels(batch, x0.shape[0])
-        return jax.jit(self.model.init)(_fast_init_key(key), x0, t, y)
+        return jax.jit(self.model.init)(fast_init_key(key), x0, t, y)
 
     def _labels(self, batch, n):
         if self.num_classes is None:
@@ -125,25 +122,15 @@ class Setup:
                     model_fn = D.guided_model_fn(conditional, labels, self.num_classes, scale)
                 else:
                     model_fn = lambda xt, t: conditional(xt, t, labels)
-                if self.sample_steps is None:
-                    out = D.ddpm_sample(
-                        key,
-                        self.schedule,
-                        model_fn,
-                        shape,
-                        clip_x0=clip,
-                        return_trajectory=trajectory,
-                    )
-                else:
-                    out = D.ddim_sample(
-                        key,
-                        self.schedule,
-                        model_fn,
-                        shape,
-                        num_steps=self.sample_steps,
-                        clip_x0=clip,
-                        return_trajectory=trajectory,
-                    )
+                out = D.sample(
+                    key,
+                    self.schedule,
+                    model_fn,
+                    shape,
+                    num_steps=self.sample_steps,
+                    clip_x0=clip,
+                    return_trajectory=trajectory,
+                )
                 if trajectory:
                     return self.decode(out[0]), out[1]
                 return self.decode(out)
@@ -162,7 +149,12 @@ class Setup:
             self._cache[memo_key] = cached
         return cached[1]
 
-    def sample(self, params, key, n, labels=None, scale=HEADLINE_SCALE, trajectory=False):
+    def sample(self, params, key, n):
+        """``Task.sample``: ``n`` samples; a conditional model cycles through the labels and is
+        guided with ``HEADLINE_SCALE``."""
+        return self.draw(params, key, n)
+
+    def draw(self, params, key, n, labels=None, scale=HEADLINE_SCALE, trajectory=False):
         """``n`` samples. A conditional model cycles through the labels unless given and is
         guided with ``scale`` (0: unconditional via the null label, 1: plain conditional)."""
         if self.num_classes is None:
@@ -203,28 +195,17 @@ def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -
     return Setup(model, schedule, dataset.shape, num_classes, images, sample_steps)
 
 
-class _Sample:
-    """``Task.sample``: ``(params, key, n) -> samples``, carrying its :class:`Setup`."""
-
-    def __init__(self, setup: Setup):
-        self.setup = setup
-
-    def __call__(self, params, key, n):
-        return self.setup.sample(params, key, n)
-
-
 def make_task(
     dataset: Dataset, options: Mapping[str, Any], *, conditional: bool, **defaults
 ) -> Task:
     """The :class:`Task` of a diffusion recipe; ``options`` override the recipe's ``defaults``
-    (``num_steps``, ``width``, ``depth``, ``base_features``, ``sample_steps``)."""
+    (``num_steps``, ``width``, ``depth``, ``base_features``, ``sample_steps``); the task's
+    ``model`` is its :class:`Setup`.
+
+    Derivation: derivations/11-ddpm.md
+    """
     setup = _setup(dataset, {**defaults, **options}, conditional=conditional)
-    return Task(init=setup.init, loss=setup.loss, sample=_Sample(setup))
-
-
-def setup_of(task: Task) -> Setup:
-    """The :class:`Setup` behind a task built by this module."""
-    return task.sample.setup
+    return Task(init=setup.init, loss=setup.loss, sample=setup.sample, model=setup)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -250,7 +231,7 @@ def _sliced_w1(key, x, y) -> float:
 def _bimodal_analytic_sampler(setup: Setup, n: int):
     means = jnp.asarray(data_lib.BIMODAL_MEANS, jnp.float32)
     eps = lambda x, t: D.gaussian_mixture_eps(setup.schedule, x, t, means, data_lib.BIMODAL_STD)
-    return jax.jit(lambda key: D.ddpm_sample(key, setup.schedule, eps, (n, 1)))
+    return jax.jit(lambda key: D.sample(key, setup.schedule, eps, (n, 1), clip_x0=None))
 
 
 def _bimodal_draws(setup: Setup, params, key, n: int):
@@ -263,25 +244,28 @@ def _bimodal_draws(setup: Setup, params, key, n: int):
 
     def compute():
         k_u, k_c = jax.random.split(key)
-        uncond, trajectory = setup.sample(params, k_u, n, scale=0.0, trajectory=True)
+        uncond, trajectory = setup.draw(params, k_u, n, scale=0.0, trajectory=True)
         asked = np.arange(n) % 2
-        cond, _ = setup.sample(params, k_c, n, asked, scale=1.0, trajectory=True)
+        cond, _ = setup.draw(params, k_c, n, asked, scale=1.0, trajectory=True)
         return np.asarray(uncond)[:, 0], np.asarray(cond)[:, 0], asked, np.asarray(trajectory)
 
     return setup.memo(("bimodal", n), params, key, compute)
 
 
-def bimodal_samples(task: Task, params, key, n: int = TOY_EVAL_SAMPLES):
+def bimodal_samples(key: jax.Array, task: Task, params, n: int = TOY_EVAL_SAMPLES):
     """``n`` unconditional samples and ``n`` conditional ones (w = 1), half asking for each
-    mode; returns ``(unconditional [n], conditional [n], asked_mode [n])`` as numpy."""
-    return _bimodal_draws(setup_of(task), params, key, n)[:3]
+    mode; returns ``(unconditional [n], conditional [n], asked_mode [n])`` as numpy.
+
+    Derivation: derivations/12-guidance.md
+    """
+    return _bimodal_draws(task.model, params, key, n)[:3]
 
 
-def evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
     k_model, k_base = jax.random.split(key)
-    uncond, cond, asked = bimodal_samples(task, params, k_model)
+    uncond, cond, asked = bimodal_samples(k_model, task, params)
     test = dataset.test["x"][: len(uncond), 0]
-    analytic = np.asarray(_bimodal_analytic_sampler(setup_of(task), len(uncond))(k_base))[:, 0]
+    analytic = np.asarray(_bimodal_analytic_sampler(task.model, len(uncond))(k_base))[:, 0]
     accuracy = np.mean((cond > 0) == (asked == 1))
     return Report(
         metric="W1 of unconditional samples to test data",
@@ -296,11 +280,11 @@ def evaluate_bimodal(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
 
-    k_s, _ = jax.random.split(key)  # the evaluation's samples (evaluate_bimodal's k_model)
-    uncond, cond, asked, trajectory = _bimodal_draws(setup_of(task), params, k_s, TOY_EVAL_SAMPLES)
+    k_s, _ = jax.random.split(key)  # the evaluation's samples (_evaluate_bimodal's k_model)
+    uncond, cond, asked, trajectory = _bimodal_draws(task.model, params, k_s, TOY_EVAL_SAMPLES)
     grid = np.linspace(-4, 4, 400)
     density = np.exp(
         np.asarray(
@@ -336,7 +320,7 @@ def bimodal_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) ->
 # ----------------------------------------------------------------------------- 2-D toys
 
 
-def evaluate_toy_2d(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate_toy_2d(task: Task, params, dataset: Dataset, key) -> Report:
     k_s, k_proj = jax.random.split(key)
     test = dataset.test["x"]
     half = len(test) // 2
@@ -349,22 +333,10 @@ def evaluate_toy_2d(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def toy_2d_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
-    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
-
+def _toy_2d_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     samples = np.asarray(task.sample(params, key, 2000))
-    test = dataset.test["x"][:2000]
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.5), sharex=True, sharey=True)
-    for ax, points, title in ((axes[0], test, "held-out data"), (axes[1], samples, "samples")):
-        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
-        ax.set_title(title)
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{dataset.name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    points = {"held-out data": dataset.test["x"][:2000], "samples": samples}
+    return [viz.scatter_2d(points, out_dir / f"{dataset.name}.png")]
 
 
 # ----------------------------------------------------------------------------- images
@@ -376,14 +348,14 @@ def _per_class_samples(setup: Setup, params, key, per_class: int, scale: float):
     labels = jnp.repeat(jnp.arange(setup.num_classes), per_class)  # [classes * per_class]
 
     def compute():
-        images = setup.sample(params, key, len(labels), labels, scale)
+        images = setup.draw(params, key, len(labels), labels, scale)
         return np.asarray(images), np.asarray(labels)
 
     return setup.memo(("per_class", per_class, float(scale)), params, key, compute)
 
 
-def evaluate_images_cfg(task: Task, params, dataset: Dataset, key) -> Report:
-    setup = setup_of(task)
+def _evaluate_images_cfg(task: Task, params, dataset: Dataset, key) -> Report:
+    setup = task.model
     classify = fit_digits_classifier(dataset)
     baseline = float(np.mean(classify(dataset.test["x"]) == dataset.test["y"]))
     accuracy = {}
@@ -400,7 +372,7 @@ def evaluate_images_cfg(task: Task, params, dataset: Dataset, key) -> Report:
     )
 
 
-def evaluate_images_unconditional(task: Task, params, dataset: Dataset, key) -> Report:
+def _evaluate_images_unconditional(task: Task, params, dataset: Dataset, key) -> Report:
     """Sliced W1 in pixel space, samples vs test, beside train vs test (same sizes)."""
     k_s, k_proj = jax.random.split(key)
     test = dataset.test["x"].reshape(len(dataset.test["x"]), -1)
@@ -415,29 +387,23 @@ def evaluate_images_unconditional(task: Task, params, dataset: Dataset, key) -> 
     )
 
 
-def images_cfg_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
-    """The guidance grid: one panel per scale in ``GUIDANCE_SCALES``, one row per class."""
-    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
-
-    setup = setup_of(task)
-    fig, axes = plt.subplots(1, len(GUIDANCE_SCALES), figsize=(3 * len(GUIDANCE_SCALES), 3.3))
-    for ax, scale in zip(axes, GUIDANCE_SCALES, strict=True):
-        images, _ = _per_class_samples(setup, params, key, EVAL_PER_CLASS, scale)  # by class
-        grid = viz.tile_images(images, ncols=EVAL_PER_CLASS)  # one row per class
-        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(
-            f"w = {scale:g}" + {0.0: " (unconditional)", 1.0: " (conditional)"}.get(scale, "")
+def _images_cfg_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+    """The guidance grid: one panel per scale in ``GUIDANCE_SCALES`` (left to right), one row
+    per class in each."""
+    panels = [
+        viz.tile_images(  # [classes rows, EVAL_PER_CLASS columns] of one scale
+            _per_class_samples(task.model, params, key, EVAL_PER_CLASS, scale)[0],
+            ncols=EVAL_PER_CLASS,
         )
-        ax.axis("off")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+        for scale in GUIDANCE_SCALES
+    ]
+    names = {0.0: " (unconditional)", 1.0: " (conditional)"}
+    title = "w = " + ", ".join(f"{w:g}{names.get(w, '')}" for w in GUIDANCE_SCALES)
     path = out_dir / f"{dataset.name}_guidance_grid.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [viz.image_grid(np.stack(panels), path, ncols=len(GUIDANCE_SCALES), title=title)]
 
 
-def images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
+def _images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[Path]:
     images = np.asarray(task.sample(params, key, 100))
     return [viz.image_grid(images, out_dir / f"{dataset.name}_samples.png", ncols=10)]
 
@@ -445,27 +411,29 @@ def images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> 
 # ----------------------------------------------------------------------------- registry
 
 
-def _toy_config(quick: bool) -> TrainConfig:
-    if quick:
-        # Few large batches: compilation dominates, and every step pays for the loop's
-        # shuffle of the whole 20 000-example set, so steps cost more than examples.
-        return TrainConfig(
-            steps=200, batch_size=512, lr=5e-3, warmup_steps=20, ema_decay=None, log_every=200
-        )
-    return TrainConfig(
-        steps=10_000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.995, log_every=500
-    )
+# (quick, full) budgets. A quick toy run takes few large batches: compilation dominates, and
+# every step pays for the loop's shuffle of the whole 20 000-example set, so steps cost more than
+# examples. Compiling the U-Net's step and samplers is most of a quick image run.
+_BUDGETS = {
+    "toy": (
+        dict(steps=200, batch_size=512, lr=5e-3, warmup_steps=20, ema_decay=None, log_every=200),
+        dict(
+            steps=10_000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.995, log_every=500
+        ),
+    ),
+    "image": (
+        dict(steps=100, batch_size=64, lr=2e-3, warmup_steps=10, ema_decay=None, log_every=100),
+        dict(steps=6_000, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=200),
+    ),
+}
 
 
-def _image_config(quick: bool) -> TrainConfig:
-    if quick:
-        # Compiling the U-Net's step and samplers is most of a quick run.
-        return TrainConfig(
-            steps=100, batch_size=64, lr=2e-3, warmup_steps=10, ema_decay=None, log_every=100
-        )
-    return TrainConfig(
-        steps=6_000, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=200
-    )
+def _config(kind: str, quick: bool) -> TrainConfig:
+    return TrainConfig(**_BUDGETS[kind][0 if quick else 1])
+
+
+_toy_config = functools.partial(_config, "toy")
+_image_config = functools.partial(_config, "image")
 
 
 register(
@@ -474,8 +442,8 @@ register(
         summary="DDPM with an MLP on the 1-D two-mode mixture, mode-conditional with guidance",
         make_task=functools.partial(make_task, conditional=True, width=64),
         config=_toy_config,
-        evaluate=evaluate_bimodal,
-        figures=bimodal_figures,
+        evaluate=_evaluate_bimodal,
+        figures=_bimodal_figures,
         data="bimodal_1d",
         quick_tour=True,
     )
@@ -488,47 +456,48 @@ for _name, _tour in (("two_moons", True), ("eight_gaussians", False), ("checkerb
             summary=f"DDPM with an MLP on the 2-D {_name.replace('_', ' ')} set",
             make_task=functools.partial(make_task, conditional=False),
             config=_toy_config,
-            evaluate=evaluate_toy_2d,
-            figures=toy_2d_figures,
+            evaluate=_evaluate_toy_2d,
+            figures=_toy_2d_figures,
             data=_name,
             tour=_tour,
         )
     )
 
-register(
-    Recipe(
-        name="diffusion_digits_cfg",
-        summary="class-conditional U-Net DDPM on 8x8 digits, classifier-free guidance, DDIM",
-        make_task=functools.partial(make_task, conditional=True),
-        config=_image_config,
-        evaluate=evaluate_images_cfg,
-        figures=images_cfg_figures,
-        data="digits",
-    )
+# (name, summary, class-conditional, data, in the tour)
+_IMAGE_RECIPES = (
+    (
+        "diffusion_digits_cfg",
+        "class-conditional U-Net DDPM on 8x8 digits, classifier-free guidance, DDIM",
+        True,
+        "digits",
+        True,
+    ),
+    (
+        "diffusion_digits",
+        "unconditional U-Net DDPM on 8x8 digits, DDIM sampling",
+        False,
+        "digits",
+        False,
+    ),
+    (
+        "diffusion_mnist",
+        "class-conditional U-Net DDPM on 28x28 MNIST with classifier-free guidance",
+        True,
+        "mnist",
+        False,
+    ),
 )
 
-register(
-    Recipe(
-        name="diffusion_digits",
-        summary="unconditional U-Net DDPM on 8x8 digits, DDIM sampling",
-        make_task=functools.partial(make_task, conditional=False),
-        config=_image_config,
-        evaluate=evaluate_images_unconditional,
-        figures=images_figures,
-        data="digits",
-        tour=False,
+for _name, _summary, _conditional, _data, _tour in _IMAGE_RECIPES:
+    register(
+        Recipe(
+            name=_name,
+            summary=_summary,
+            make_task=functools.partial(make_task, conditional=_conditional),
+            config=_image_config,
+            evaluate=_evaluate_images_cfg if _conditional else _evaluate_images_unconditional,
+            figures=_images_cfg_figures if _conditional else _images_figures,
+            data=_data,
+            tour=_tour,
+        )
     )
-)
-
-register(
-    Recipe(
-        name="diffusion_mnist",
-        summary="class-conditional U-Net DDPM on 28x28 MNIST with classifier-free guidance",
-        make_task=functools.partial(make_task, conditional=True),
-        config=_image_config,
-        evaluate=evaluate_images_cfg,
-        figures=images_cfg_figures,
-        data="mnist",
-        tour=False,
-    )
-)
