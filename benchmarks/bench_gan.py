@@ -2,10 +2,10 @@
 overhead.
 
 * WGAN-GP: one loop step = 5 critic updates, each differentiating the gradient penalty (a
-  gradient of a gradient), then one generator update — the recipes' ``GAN.update`` run by the
-  loop's scanned chunk. On the 2-D mixture MLPs of the mode-coverage table (5 x 128, as
-  :func:`genjax.recipes.gan.mixture_options` sets them) and on the DCGAN
-  players of ``dcgan_digits`` (8x8). Throughput in loop steps per second.
+  gradient of a gradient), then one generator update — :func:`genjax.gan.alternating_update`
+  as the recipes' ``Task.update``, run by the loop's scanned chunk. On the 2-D mixture MLPs of
+  the mode-coverage study (5 x 128, as :func:`genjax.recipes.gan.mixture_options` sets them)
+  and on the DCGAN players of ``dcgan_digits`` (8x8). Throughput in loop steps per second.
 * Spectral normalisation: the same hinge-loss (SN-GAN) step with the discriminator spectrally
   normalised (one power-iteration step per layer per critic update) and without; the ratio of
   the two rows is the overhead.

@@ -1,5 +1,6 @@
 r"""Generative adversarial networks: the losses, the optimal discriminator, Wasserstein critics,
-gradient penalty and weight clipping, DCGAN and MLP players, and mode-coverage evaluation.
+gradient penalty and weight clipping, the alternating update, DCGAN and MLP players, the sampler
+and mode-coverage evaluation.
 
 A generator :math:`G` maps noise :math:`z \sim N(0, I)` to samples with law :math:`q`; a
 discriminator :math:`D = \sigma(\ell)` with logit :math:`\ell(x)` separates them from data with
@@ -16,10 +17,12 @@ Lipschitz constraint enforced by weight clipping, a gradient penalty, or spectra
 **Conventions.** Losses take logits (or critic scores) ``[batch]`` and return per-example values
 ``[batch]``, to be averaged by the caller; all logs of sigmoids are ``softplus`` forms. Players
 share one call signature so one training step serves them all:
-``generator.apply(vars, z, labels, train=...)`` and
+``generator.apply(vars, z, labels, train=...)`` with ``z [batch, generator.latent_dim]`` and
 ``discriminator.apply(vars, x, labels, update_stats=...)`` returning logits ``[batch]``
 (``labels`` is ``None`` for unconditional players). Image players work on images in
-:math:`[-1, 1]` (``tanh`` output).
+:math:`[-1, 1]` (``tanh`` output). A :class:`Game` names the players and the losses;
+:func:`critic_step`, :func:`generator_step` and :func:`alternating_update` are the pure,
+jittable training steps built on them.
 
 References:
   Goodfellow et al., *Generative Adversarial Networks*, 2014, https://arxiv.org/abs/1406.2661
@@ -47,13 +50,49 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.scipy.special import xlogy
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from genjax.nn.layers import Conv, ConvTranspose, SpectralConv, SpectralDense
+from genjax import _checks
+from genjax._gan_players import (
+    NORMALIZATIONS,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+    dcgan_plan,
+)
+from genjax.nn.layers import SPECTRAL
 
-NORMALIZATIONS = ("none", "layer", "spectral")
+__all__ = [
+    "GP_EPS",
+    "NORMALIZATIONS",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "Game",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "ModeCoverage",
+    "alternating_update",
+    "clip_weights",
+    "critic_loss",
+    "critic_step",
+    "dcgan_plan",
+    "discriminator_loss",
+    "gan_value",
+    "generator_loss",
+    "generator_step",
+    "gradient_penalty",
+    "hinge_discriminator_loss",
+    "mode_coverage",
+    "optimal_discriminator",
+    "sample",
+    "wasserstein_generator_loss",
+]
+
 GP_EPS = 1e-12  #: added under the square root of the penalty's gradient norm (see gradient_penalty)
+_BATCH_STATS = "batch_stats"
 
 
 def _check_logits(name: str, logits) -> Array:
@@ -65,11 +104,7 @@ def _check_logits(name: str, logits) -> Array:
 
 def _check_real_fake(real, fake, what: str) -> tuple[Array, Array]:
     real, fake = _check_logits(f"real_{what}", real), _check_logits(f"fake_{what}", fake)
-    if real.shape != fake.shape:
-        raise ValueError(
-            f"real_{what} and fake_{what} must have the same shape [batch], got {real.shape} "
-            f"and {fake.shape}"
-        )
+    _checks.same_shape(**{f"real_{what}": real, f"fake_{what}": fake})
     return real, fake
 
 
@@ -84,9 +119,8 @@ def discriminator_loss(
     .. math:: L_D = -\log D(x) - \log(1 - D(G(z)))
               = \operatorname{softplus}(-\ell(x)) + \operatorname{softplus}(\ell(G(z)))
 
-    with :math:`\ell(x)` = ``real_logits`` and :math:`\ell(G(z))` = ``fake_logits``
-    (:math:`-\log\sigma(\ell) = \operatorname{softplus}(-\ell)`,
-    :math:`-\log(1-\sigma(\ell)) = \operatorname{softplus}(\ell)`). Its mean is :math:`-V(D, G)`.
+    with :math:`\ell(x)` = ``real_logits`` and :math:`\ell(G(z))` = ``fake_logits``. Its mean is
+    :math:`-V(D, G)`; at :math:`\ell = 0` it is :math:`2 \log 2`.
 
     Args:
       real_logits: ``[batch]`` logits on data.
@@ -94,14 +128,6 @@ def discriminator_loss(
 
     Returns:
       ``[batch]`` losses, pairing example :math:`i` of each batch.
-
-    Raises:
-      ValueError: inputs not 1-D or of different lengths.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(discriminator_loss(jnp.zeros(1), jnp.zeros(1))[0]), 4)  # 2 log 2
-      1.3863
 
     Derivation: derivations/08-gans.md
     """
@@ -117,10 +143,9 @@ def generator_loss(
     .. math:: L_G^{\text{sat}} = \log(1 - D(G(z))) = -\operatorname{softplus}(\ell), \qquad
               L_G^{\text{ns}} = -\log D(G(z)) = \operatorname{softplus}(-\ell)
 
-    with :math:`\ell` = ``fake_logits``. Both are decreasing in :math:`\ell`; their slopes are
-    :math:`-\sigma(\ell)` and :math:`-\sigma(-\ell)`. Early in training the discriminator wins,
-    :math:`D(G(z)) = \sigma(\ell) \to 0`, and the saturating slope vanishes while the
-    non-saturating one tends to :math:`-1` (derivations/08-gans.md).
+    with :math:`\ell` = ``fake_logits``. Their slopes are :math:`-\sigma(\ell)` and
+    :math:`-\sigma(-\ell)`: when the discriminator wins, :math:`\sigma(\ell) \to 0`, the
+    saturating slope vanishes while the non-saturating one tends to :math:`-1`.
 
     Args:
       fake_logits: ``[batch]`` discriminator logits on generated samples.
@@ -129,15 +154,6 @@ def generator_loss(
 
     Returns:
       ``[batch]`` losses.
-
-    Raises:
-      ValueError: ``fake_logits`` is not 1-D.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> round(float(generator_loss(jnp.zeros(1))[0]), 4), round(
-      ...     float(generator_loss(jnp.zeros(1), saturating=True)[0]), 4)
-      (0.6931, -0.6931)
 
     Derivation: derivations/08-gans.md
     """
@@ -155,8 +171,8 @@ def optimal_discriminator(
     .. math:: D^*(x) = \frac{p(x)}{p(x) + q(x)}
 
     with :math:`p` = ``p`` (data) and :math:`q` = ``q`` (generator), given as probabilities (or
-    densities) evaluated at the same points. Where :math:`p + q = 0` the value does not affect
-    :math:`V` and ``1/2`` is returned.
+    densities) at the same points; ``1/2`` where :math:`p + q = 0` (the value does not affect
+    :math:`V` there).
 
     Args:
       p: ``[..., k]`` non-negative values of the data law.
@@ -165,19 +181,10 @@ def optimal_discriminator(
     Returns:
       ``[..., k]`` values in :math:`[0, 1]`.
 
-    Raises:
-      ValueError: shapes differ.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> optimal_discriminator(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.5, 0.0, 0.5])).tolist()
-      [0.5, 1.0, 0.0]
-
     Derivation: derivations/08-gans.md
     """
     p, q = jnp.asarray(p), jnp.asarray(q)
-    if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    _checks.same_shape(p=p, q=q)
     total = p + q
     return jnp.where(total > 0, p / jnp.where(total > 0, total, 1.0), 0.5)
 
@@ -201,21 +208,37 @@ def gan_value(
     Returns:
       ``[...]`` values :math:`\le 0`.
 
-    Raises:
-      ValueError: shapes differ.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> p = jnp.array([0.5, 0.5])
-      >>> round(float(gan_value(p, p, optimal_discriminator(p, p))), 4)  # -log 4
-      -1.3863
-
     Derivation: derivations/08-gans.md
     """
     p, q, d = jnp.asarray(p), jnp.asarray(q), jnp.asarray(d)
-    if not p.shape == q.shape == d.shape:
-        raise ValueError(f"p, q and d must have one shape, got {p.shape}, {q.shape}, {d.shape}")
+    _checks.same_shape(p=p, q=q, d=d)
     return jnp.sum(xlogy(p, d) + xlogy(q, 1.0 - d), axis=-1)
+
+
+def hinge_discriminator_loss(
+    real_scores: Float[Array, " batch"], fake_scores: Float[Array, " batch"]
+) -> Float[Array, " batch"]:
+    r"""The hinge loss of the discriminator (geometric GAN, used by SN-GAN).
+
+    .. math:: L_D = \max(0, 1 - f(x)) + \max(0, 1 + f(G(z)))
+
+    with :math:`f(x)` = ``real_scores``, :math:`f(G(z))` = ``fake_scores``; its inner optimum is
+    :math:`2 - 2\,\mathrm{TV}(p, q)`. Pair it with :func:`wasserstein_generator_loss`.
+
+    Args:
+      real_scores: ``[batch]`` scores on data.
+      fake_scores: ``[batch]`` scores on samples.
+
+    Returns:
+      ``[batch]`` losses.
+
+    References:
+      Lim & Ye, *Geometric GAN*, 2017, https://arxiv.org/abs/1705.02894
+
+    Derivation: derivations/08-gans.md
+    """
+    real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
+    return jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores)
 
 
 # ----------------------------------------------------------------------------- Wasserstein
@@ -239,14 +262,6 @@ def critic_loss(
     Returns:
       ``[batch]`` losses.
 
-    Raises:
-      ValueError: inputs not 1-D or of different lengths.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> critic_loss(jnp.array([2.0]), jnp.array([0.5])).tolist()
-      [-1.5]
-
     Derivation: derivations/09-wgan.md
     """
     real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
@@ -267,46 +282,9 @@ def wasserstein_generator_loss(fake_scores: Float[Array, " batch"]) -> Float[Arr
     Returns:
       ``[batch]`` losses.
 
-    Raises:
-      ValueError: ``fake_scores`` is not 1-D.
-
     Derivation: derivations/09-wgan.md
     """
     return -_check_logits("fake_scores", fake_scores)
-
-
-def hinge_discriminator_loss(
-    real_scores: Float[Array, " batch"], fake_scores: Float[Array, " batch"]
-) -> Float[Array, " batch"]:
-    r"""The hinge loss of the discriminator (geometric GAN, used by SN-GAN).
-
-    .. math:: L_D = \max(0, 1 - f(x)) + \max(0, 1 + f(G(z)))
-
-    with :math:`f(x)` = ``real_scores``, :math:`f(G(z))` = ``fake_scores``. Pair it with
-    :func:`wasserstein_generator_loss`.
-
-    Args:
-      real_scores: ``[batch]`` scores on data.
-      fake_scores: ``[batch]`` scores on samples.
-
-    Returns:
-      ``[batch]`` losses.
-
-    Raises:
-      ValueError: inputs not 1-D or of different lengths.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> hinge_discriminator_loss(jnp.array([2.0, 0.0]), jnp.array([-3.0, 0.5])).tolist()
-      [0.0, 2.5]
-
-    References:
-      Lim & Ye, *Geometric GAN*, 2017, https://arxiv.org/abs/1705.02894
-
-    Derivation: derivations/08-gans.md
-    """
-    real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
-    return jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores)
 
 
 def gradient_penalty(
@@ -338,21 +316,10 @@ def gradient_penalty(
     Returns:
       ``[batch]`` penalties.
 
-    Raises:
-      ValueError: ``real`` and ``fake`` differ in shape or are scalars, ``noise`` is not
-        ``[batch]``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> critic = lambda x: x @ jnp.array([0.6, 0.8])  # unit-norm weights: 1-Lipschitz
-      >>> x = jnp.ones((3, 2))
-      >>> float(jnp.max(gradient_penalty(jax.random.key(0), critic, x, -x)))
-      0.0
-
     Note:
-      The norm is :math:`\sqrt{\|g\|^2 + 10^{-12}}`: :math:`\sqrt{\cdot}` has an infinite
-      derivative at 0, which double backprop would turn into NaN for a critic that is flat at
-      :math:`\hat x` (derivations/09-wgan.md).
+      The norm is :math:`\sqrt{\|g\|^2 + 10^{-12}}` (:data:`GP_EPS`): :math:`\sqrt{\cdot}` has an
+      infinite derivative at 0, which double backprop would turn into NaN for a critic that is
+      flat at :math:`\hat x`.
 
     References:
       Gulrajani et al., *Improved Training of Wasserstein GANs*, 2017,
@@ -361,11 +328,9 @@ def gradient_penalty(
     Derivation: derivations/09-wgan.md
     """
     real, fake = jnp.asarray(real), jnp.asarray(fake)
-    if real.shape != fake.shape or real.ndim < 2:
-        raise ValueError(
-            f"real and fake must have the same shape [batch, *event], got {real.shape} and "
-            f"{fake.shape}"
-        )
+    _checks.same_shape(real=real, fake=fake)
+    if real.ndim < 2:
+        raise ValueError(f"real and fake must have shape [batch, *event], got {real.shape}")
     batch = real.shape[0]
     if noise is None:
         noise = jax.random.uniform(key, (batch,), real.dtype)
@@ -395,19 +360,277 @@ def clip_weights(params: Any, c: float) -> Any:
     Returns:
       The clipped pytree, same structure.
 
-    Raises:
-      ValueError: ``c`` is not positive.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> clip_weights({"w": jnp.array([-1.0, 0.005, 2.0])}, 0.01)["w"].tolist()
-      [-0.01, 0.005, 0.01]
-
     Derivation: derivations/09-wgan.md
     """
     if not c > 0:
         raise ValueError(f"c must be positive, got {c}")
     return jax.tree.map(lambda w: jnp.clip(w, -c, c), params)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class Game(NamedTuple):
+    r"""One GAN game: the two players, their losses and the critic's Lipschitz device.
+
+    Attributes:
+      generator: ``apply(vars, z, labels, train=...)``, ``z [batch, generator.latent_dim]``.
+      discriminator: ``apply(vars, x, labels, update_stats=...)`` to ``[batch]``.
+      d_loss: ``(real_logits, fake_logits) -> [batch]``: :func:`discriminator_loss`,
+        :func:`critic_loss` or :func:`hinge_discriminator_loss`.
+      g_loss: ``fake_logits -> [batch]``: :func:`generator_loss` or
+        :func:`wasserstein_generator_loss`.
+      gp_weight: :math:`\lambda` of :func:`gradient_penalty` (0: none).
+      clip: bound :math:`c` of :func:`clip_weights` after each critic update (``None``: none).
+      num_classes: label count of a conditional game (fake labels uniform), else ``None``.
+
+    Derivation: derivations/08-gans.md
+    """
+
+    generator: nn.Module
+    discriminator: nn.Module
+    d_loss: Callable[[Array, Array], Array]
+    g_loss: Callable[[Array], Array]
+    gp_weight: float = 0.0
+    clip: float | None = None
+    num_classes: int | None = None
+
+
+def _fakes(game: Game, k_z: PRNGKeyArray, k_y: PRNGKeyArray, n: int):
+    """``z [n, latent_dim]`` from ``k_z`` and uniform labels ``[n]`` from ``k_y`` (or ``None``)."""
+    labels = None
+    if game.num_classes is not None:
+        labels = jax.random.randint(k_y, (n,), 0, game.num_classes)
+    return jax.random.normal(k_z, (n, game.generator.latent_dim)), labels
+
+
+def _generate(game: Game, g_vars, z, labels):
+    """The generator's samples in training mode and its new batch statistics (if any)."""
+    out, stats = game.generator.apply(g_vars, z, labels, train=True, mutable=[_BATCH_STATS])
+    return out, dict(stats)
+
+
+def critic_step(
+    key: PRNGKeyArray,
+    d_vars: Any,
+    d_opt_state: optax.OptState,
+    g_vars: Any,
+    real: Float[Array, " m *event"],
+    real_labels: Int[Array, " m"] | None = None,
+    *,
+    game: Game,
+    d_tx: optax.GradientTransformation,
+) -> tuple[Any, optax.OptState, dict[str, Array]]:
+    r"""One discriminator update against ``m`` fresh samples :math:`\tilde x_i = G(z_i)`.
+
+    .. math:: L(\phi) = \frac1m \sum_i L_D\big(\ell_\phi(x_i), \ell_\phi(\tilde x_i)\big)
+              + \frac{\lambda}{m} \sum_i P_i, \qquad
+              \phi \leftarrow \operatorname{clip}_c\big(\phi + \mathrm{d\_tx}(\nabla_\phi L)\big)
+
+    with :math:`x` = ``real``, :math:`\phi` = ``d_vars["params"]``, :math:`L_D` = ``game.d_loss``,
+    :math:`P` the :func:`gradient_penalty` when :math:`\lambda` = ``game.gp_weight`` > 0, and
+    :func:`clip_weights` when :math:`c` = ``game.clip`` is set. Data and samples pass through the
+    discriminator as one batch (one power-iteration step per update); the samples' gradient is
+    stopped.
+
+    Args:
+      key: PRNG key (noise, fake labels and interpolates from ``split(key, 3)``).
+      d_vars, d_opt_state: the discriminator's variables and ``d_tx``'s state.
+      g_vars: the generator's variables (batch norm in training mode, statistics not kept).
+      real: ``[m, *event]`` data; ``real_labels``: ``[m]`` ints of a conditional game.
+      game, d_tx: the :class:`Game` and the discriminator's optimiser.
+
+    Returns:
+      ``(d_vars, d_opt_state, metrics)``; scalar metrics ``d_loss`` (without the penalty), ``gp``
+      and ``score_gap`` :math:`\bar\ell(x) - \bar\ell(\tilde x)`.
+
+    Derivation: derivations/08-gans.md
+    """
+    k_z, k_y, k_gp = jax.random.split(key, 3)
+    m = real.shape[0]
+    z, fake_labels = _fakes(game, k_z, k_y, m)
+    fake = jax.lax.stop_gradient(_generate(game, g_vars, z, fake_labels)[0])
+    both = jnp.concatenate([real, fake])  # [2m, *event]
+    both_labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
+
+    def loss_fn(d_params):
+        current = {**d_vars, "params": d_params}
+        logits, new_state = game.discriminator.apply(
+            current, both, both_labels, update_stats=True, mutable=[SPECTRAL]
+        )
+        real_logits, fake_logits = logits[:m], logits[m:]
+        d_loss = jnp.mean(game.d_loss(real_logits, fake_logits))
+        gap = jnp.mean(real_logits) - jnp.mean(fake_logits)
+        penalty = jnp.zeros(())
+        if game.gp_weight > 0:
+            # the penalty's critic sees labels of the real half; it is f(., y) for fixed y
+            critic = lambda x: game.discriminator.apply(current, x, real_labels)
+            penalty = jnp.mean(gradient_penalty(k_gp, critic, real, fake))
+        total = d_loss + game.gp_weight * penalty
+        return total, (dict(new_state), {"d_loss": d_loss, "gp": penalty, "score_gap": gap})
+
+    grads, (new_state, metrics) = jax.grad(loss_fn, has_aux=True)(d_vars["params"])
+    updates, d_opt_state = d_tx.update(grads, d_opt_state, d_vars["params"])
+    d_params = optax.apply_updates(d_vars["params"], updates)
+    if game.clip is not None:
+        d_params = clip_weights(d_params, game.clip)
+    return {**d_vars, **new_state, "params": d_params}, d_opt_state, metrics
+
+
+def generator_step(
+    key: PRNGKeyArray,
+    g_vars: Any,
+    g_opt_state: optax.OptState,
+    d_vars: Any,
+    n: int,
+    *,
+    game: Game,
+    g_tx: optax.GradientTransformation,
+) -> tuple[Any, optax.OptState, dict[str, Array]]:
+    r"""One generator update on ``n`` fresh samples against a fixed discriminator.
+
+    .. math:: L(\theta) = \frac1n \sum_i L_G\big(\ell(G_\theta(z_i))\big), \qquad
+              \theta \leftarrow \theta + \mathrm{g\_tx}(\nabla_\theta L)
+
+    with :math:`\theta` = ``g_vars["params"]`` and :math:`L_G` = ``game.g_loss``. ``g_tx`` sees
+    the whole variable tree: batch statistics get a zero gradient, then this step's running
+    averages. The discriminator's power iteration does not advance.
+
+    Args:
+      key: PRNG key (noise and fake labels from ``split(key)``).
+      g_vars, g_opt_state: the generator's variables and ``g_tx``'s state.
+      d_vars: the discriminator's variables.
+      n: number of samples.
+      game, g_tx: the :class:`Game` and the generator's optimiser.
+
+    Returns:
+      ``(g_vars, g_opt_state, metrics)``; the scalar metric ``g_loss``.
+
+    Derivation: derivations/08-gans.md
+    """
+    k_z, k_y = jax.random.split(key)
+    z, labels = _fakes(game, k_z, k_y, n)
+
+    def loss_fn(g_params):
+        fake, new_stats = _generate(game, {**g_vars, "params": g_params}, z, labels)
+        logits = game.discriminator.apply(d_vars, fake, labels)
+        return jnp.mean(game.g_loss(logits)), new_stats
+
+    (g_loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_vars["params"])
+    full_grads = {**jax.tree.map(jnp.zeros_like, g_vars), "params": grads}
+    updates, g_opt_state = g_tx.update(full_grads, g_opt_state, g_vars)
+    return {**optax.apply_updates(g_vars, updates), **new_stats}, g_opt_state, {"g_loss": g_loss}
+
+
+def alternating_update(
+    key: PRNGKeyArray,
+    g_vars: Any,
+    g_opt_state: optax.OptState,
+    d_vars: Any,
+    d_opt_state: optax.OptState,
+    real: Float[Array, " batch *event"],
+    real_labels: Int[Array, " batch"] | None = None,
+    *,
+    game: Game,
+    g_tx: optax.GradientTransformation,
+    d_tx: optax.GradientTransformation,
+    n_critic: int = 1,
+) -> tuple[Any, optax.OptState, Any, optax.OptState, dict[str, Array]]:
+    r"""One step of the game: ``n_critic`` discriminator updates, then one generator update.
+
+    .. math:: \phi \leftarrow \mathrm{critic\_step}(\phi; \theta, x_{(j)})\ \ (j = 1, \dots,
+              n_{\mathrm{critic}}), \qquad \theta \leftarrow \mathrm{generator\_step}(\theta; \phi)
+
+    with :math:`x_{(j)}` the :math:`j`-th of ``n_critic`` equal slices of ``real`` (a batch of
+    ``n_critic`` :math:`\times m`), the critic steps one ``lax.scan`` and the generator step on
+    :math:`m` samples (:func:`critic_step`, :func:`generator_step`). Pure and jittable with
+    ``game``, the optimisers and ``n_critic`` static.
+
+    Args:
+      key: PRNG key: ``split(key)`` gives the critic steps' (split ``n_critic`` ways) and the
+        generator step's.
+      g_vars, g_opt_state: the generator's variables and ``g_tx``'s state.
+      d_vars, d_opt_state: the discriminator's variables and ``d_tx``'s state.
+      real: ``[n_critic * m, *event]`` data; ``real_labels``: ``[n_critic * m]`` ints of a
+        conditional game.
+      game, g_tx, d_tx: the :class:`Game` and the players' optimisers.
+      n_critic: discriminator updates per generator update.
+
+    Returns:
+      ``(g_vars, g_opt_state, d_vars, d_opt_state, metrics)``: the critic's metrics averaged over
+      its updates, and ``g_loss``.
+
+    References:
+      Gulrajani et al., *Improved Training of Wasserstein GANs*, 2017,
+      https://arxiv.org/abs/1704.00028 (Algorithm 1).
+
+    Derivation: derivations/08-gans.md
+    """
+    _checks.positive_int("n_critic", n_critic)
+    total = real.shape[0]
+    if total % n_critic:
+        raise ValueError(
+            f"real's batch ({total}) must be a multiple of n_critic ({n_critic}): each critic "
+            "step takes its own slice"
+        )
+    m = total // n_critic
+    xs = real.reshape(n_critic, m, *real.shape[1:])  # [n_critic, m, *event]
+    ys = None if real_labels is None else real_labels.reshape(n_critic, m)  # [n_critic, m]
+    k_critic, k_gen = jax.random.split(key)
+
+    def body(carry, inputs):
+        x, y, k = inputs
+        d_vars, d_opt_state, metrics = critic_step(k, *carry, g_vars, x, y, game=game, d_tx=d_tx)
+        return (d_vars, d_opt_state), metrics
+
+    keys = jax.random.split(k_critic, n_critic)
+    (d_vars, d_opt_state), d_metrics = jax.lax.scan(body, (d_vars, d_opt_state), (xs, ys, keys))
+    g_vars, g_opt_state, g_metrics = generator_step(
+        k_gen, g_vars, g_opt_state, d_vars, m, game=game, g_tx=g_tx
+    )
+    metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
+    return g_vars, g_opt_state, d_vars, d_opt_state, {**metrics, **g_metrics}
+
+
+def sample(
+    key: PRNGKeyArray,
+    generator: nn.Module,
+    params: Any,
+    n: int,
+    *,
+    labels: Int[Array, " n"] | None = None,
+    temperature: float = 1.0,
+) -> Float[Array, " n *event"]:
+    r"""``n`` samples of a generator.
+
+    .. math:: x_i = G(\tau z_i, y_i), \qquad z_i \sim N(0, I_{d_z})
+
+    with :math:`G` = ``generator`` at ``params`` (batch norm on its running averages),
+    :math:`\tau` = ``temperature`` (the latent prior's standard deviation; 1 is the prior of
+    training), :math:`d_z` = ``generator.latent_dim`` and :math:`y` = ``labels``.
+
+    Args:
+      key: PRNG key for :math:`z`.
+      generator: the Flax generator (:class:`MLPGenerator`, :class:`DCGANGenerator`).
+      params: its variables (``params`` and, with batch norm, ``batch_stats``).
+      n: number of samples.
+      labels: ``[n]`` int classes of a conditional generator, else ``None``.
+      temperature: :math:`\tau \ge 0`.
+
+    Returns:
+      ``[n, *event]`` samples in the generator's range (:math:`[-1, 1]` for image players).
+
+    Derivation: derivations/08-gans.md
+    """
+    _checks.positive_int("n", n)
+    if labels is not None:
+        labels = jnp.asarray(labels, jnp.int32)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if _checks.is_concrete(temperature) and not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    z = temperature * jax.random.normal(key, (n, generator.latent_dim))  # [n, latent_dim]
+    return generator.apply(params, z, labels, train=False)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -420,6 +643,8 @@ class ModeCoverage(NamedTuple):
       modes: number of modes covered.
       high_quality: fraction of samples within ``radius`` standard deviations of some mode.
       counts: ``[K]`` high-quality samples per mode.
+
+    Derivation: derivations/08-gans.md
     """
 
     modes: int
@@ -428,14 +653,14 @@ class ModeCoverage(NamedTuple):
 
 
 def mode_coverage(
-    samples: Float[Array, "n dim"],
-    means: Float[Array, "K dim"],
+    samples: Float[np.ndarray, "n dim"],
+    means: Float[np.ndarray, "K dim"],
     std: float,
     *,
     radius: float = 3.0,
     min_fraction: float = 0.01,
 ) -> ModeCoverage:
-    r"""Modes covered and high-quality samples of a generator on a Gaussian mixture.
+    r"""Modes covered and high-quality samples of a generator on a Gaussian mixture (host-side).
 
     A sample is *high quality* when it lies within ``radius`` standard deviations of its nearest
     mode, :math:`\min_k \|x - \mu_k\| \le r s`; a mode is *covered* when at least a fraction
@@ -449,23 +674,14 @@ def mode_coverage(
       min_fraction: share of samples a covered mode needs (1 %).
 
     Returns:
-      :class:`ModeCoverage`.
-
-    Raises:
-      ValueError: shapes do not match, no samples, non-positive ``std``.
-
-    Example:
-      >>> import numpy as np
-      >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
-      >>> mode_coverage(np.zeros((10, 2)), means, 0.1).modes
-      1
+      :class:`ModeCoverage` (Python and NumPy numbers).
 
     References:
       Metz et al., *Unrolled Generative Adversarial Networks*, 2016,
       https://arxiv.org/abs/1611.02163; Srivastava et al., *VEEGAN: Reducing Mode Collapse in
       GANs using Implicit Variational Learning*, 2017, https://arxiv.org/abs/1705.07761
 
-    Derivation: derivations/08-gans.md (section 4, mode collapse)
+    Derivation: derivations/08-gans.md
     """
     samples, means = np.asarray(samples, np.float64), np.asarray(means, np.float64)
     if samples.ndim != 2 or samples.shape[0] == 0:
@@ -480,229 +696,3 @@ def mode_coverage(
     counts = np.bincount(nearest[good], minlength=means.shape[0])  # [K]
     modes = int(np.sum(counts >= min_fraction * len(samples)))
     return ModeCoverage(modes, float(np.mean(good)), counts)
-
-
-# ----------------------------------------------------------------------------- players
-
-
-def _check_normalization(normalization: str) -> None:
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-
-
-def _check_unconditional(labels, name: str) -> None:
-    if labels is not None:
-        raise ValueError(f"{name} is unconditional: labels must be None")
-
-
-class _Linear(nn.Module):
-    """A dense layer, spectrally normalised or not, with the players' common signature."""
-
-    features: int
-    spectral: bool = False
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x, update_stats: bool = False):
-        if self.spectral:
-            return SpectralDense(self.features, use_bias=self.use_bias)(x, update_stats)
-        return nn.Dense(self.features, use_bias=self.use_bias)(x)
-
-
-class _Down(nn.Module):
-    """A 4x4, stride-2 convolution (halves H and W), spectrally normalised or not."""
-
-    features: int
-    spectral: bool = False
-
-    @nn.compact
-    def __call__(self, x, update_stats: bool = False):
-        if self.spectral:
-            return SpectralConv(self.features, kernel_size=4, stride=2, padding=1)(x, update_stats)
-        return Conv(self.features, kernel_size=4, stride=2, padding=1)(x)
-
-
-class MLPGenerator(nn.Module):
-    r"""A ReLU MLP generator for vector data, :math:`z \mapsto x`.
-
-    Attributes:
-      out_dim: data dimension.
-      features: hidden width.
-      depth: number of hidden layers.
-
-    Returns (``__call__(z, labels=None, train=True)``):
-      ``[batch, out_dim]`` (linear output). ``labels`` must be ``None``; ``train`` is accepted
-      for the common player signature and has no effect.
-    """
-
-    out_dim: int = 2
-    features: int = 128
-    depth: int = 3
-
-    @nn.compact
-    def __call__(self, z, labels=None, train: bool = True):
-        _check_unconditional(labels, "MLPGenerator")
-        h = z
-        for _ in range(self.depth):
-            h = nn.relu(nn.Dense(self.features)(h))
-        return nn.Dense(self.out_dim)(h)
-
-
-class MLPDiscriminator(nn.Module):
-    r"""A ReLU MLP discriminator / critic for vector data, :math:`x \mapsto \ell(x)`.
-
-    Attributes:
-      features: hidden width.
-      depth: number of hidden layers.
-      normalization: ``"none"``, ``"layer"`` (LayerNorm after each hidden layer, the WGAN-GP
-        paper's batch-independent choice) or ``"spectral"`` (every dense layer, SN-GAN).
-
-    Returns (``__call__(x, labels=None, update_stats=False)``):
-      ``[batch]`` logits / scores. ``update_stats`` advances the spectral-norm power iteration
-      (needs ``mutable=["spectral"]``).
-    """
-
-    features: int = 128
-    depth: int = 3
-    normalization: str = "none"
-
-    @nn.compact
-    def __call__(self, x, labels=None, update_stats: bool = False):
-        _check_normalization(self.normalization)
-        _check_unconditional(labels, "MLPDiscriminator")
-        spectral = self.normalization == "spectral"
-        h = x
-        for _ in range(self.depth):
-            h = _Linear(self.features, spectral)(h, update_stats)
-            if self.normalization == "layer":
-                h = nn.LayerNorm()(h)
-            h = nn.relu(h)
-        return _Linear(1, spectral)(h, update_stats)[:, 0]  # [batch]
-
-
-def dcgan_plan(image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    r"""Base resolution :math:`s_0` and number of 2x upsamplings :math:`n` with
-    :math:`s_0 2^n = H`: the largest :math:`n \le 3` that divides :math:`H` and keeps
-    :math:`s_0 \ge 2`.
-
-    8x8 digits: (2, 2); 28x28 MNIST: (7, 2); 32x32 CIFAR: (4, 3).
-
-    Raises:
-      ValueError: not a square ``[H, W, C]`` shape, or :math:`H` odd.
-
-    Example:
-      >>> dcgan_plan((8, 8, 1)), dcgan_plan((28, 28, 1)), dcgan_plan((32, 32, 3))
-      ((2, 2), (7, 2), (4, 3))
-    """
-    if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
-        raise ValueError(f"image_shape must be a square (H, W, C), got {image_shape}")
-    size = image_shape[0]
-    for n in (3, 2, 1):
-        if size % 2**n == 0 and size // 2**n >= 2:
-            return size // 2**n, n
-    raise ValueError(f"image size {size} must be even and at least 4")
-
-
-class DCGANGenerator(nn.Module):
-    r"""The DCGAN generator: project, then transposed convolutions with batch norm and ReLU.
-
-    :math:`z` (concatenated with a learned label embedding when ``num_classes`` is set) →
-    Dense to :math:`s_0 \times s_0 \times 2^{n-1} F` → BN → ReLU → :math:`(n-1)` x
-    [ConvTranspose 4x4 stride 2 (halving the channels) → BN → ReLU] → ConvTranspose 4x4 stride 2
-    to the image channels → ``tanh``, with :math:`(s_0, n)` from :func:`dcgan_plan` (8x8 digits:
-    2x2 → 4x4 → 8x8).
-
-    Attributes:
-      image_shape: ``(H, W, C)`` of the output.
-      features: :math:`F`, channels before the last layer.
-      num_classes: set for a conditional generator (label embedding concatenated to :math:`z`).
-      embed_dim: width of the label embedding.
-
-    Returns (``__call__(z, labels=None, train=True)``):
-      ``[batch, H, W, C]`` images in :math:`[-1, 1]`. ``train=True`` normalises with batch
-      statistics and updates the running averages (``mutable=["batch_stats"]``); ``False`` uses
-      the running averages.
-
-    Note:
-      Transposed convolutions are :func:`genjax.nn.layers.conv_transpose` (4x4, stride 2,
-      padding 1, PyTorch's DCGAN setting), computed without XLA convolutions for speed inside
-      the training scan. Batch-norm momentum is 0.9 (flax's ``momentum`` = PyTorch's
-      ``1 - momentum``).
-    """
-
-    image_shape: tuple[int, int, int] = (8, 8, 1)
-    features: int = 32
-    num_classes: int | None = None
-    embed_dim: int = 16
-
-    @nn.compact
-    def __call__(self, z, labels=None, train: bool = True):
-        base, num_up = dcgan_plan(self.image_shape)
-        h = z
-        if self.num_classes is not None:
-            if labels is None:
-                raise ValueError("a conditional DCGANGenerator needs labels [batch]")
-            h = jnp.concatenate([h, nn.Embed(self.num_classes, self.embed_dim)(labels)], -1)
-        else:
-            _check_unconditional(labels, "DCGANGenerator(num_classes=None)")
-        width = self.features * 2 ** (num_up - 1)
-        h = nn.Dense(base * base * width)(h)
-        h = h.reshape(h.shape[0], base, base, width)  # [batch, s0, s0, 2^(n-1) F]
-        h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
-        for i in range(num_up - 1):
-            h = ConvTranspose(width // 2 ** (i + 1))(h)  # [batch, 2^(i+1) s0, ..., width/2^(i+1)]
-            h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
-        return jnp.tanh(ConvTranspose(self.image_shape[2])(h))  # [batch, H, W, C]
-
-
-class DCGANDiscriminator(nn.Module):
-    r"""The DCGAN discriminator / critic, optionally conditional with a projection head.
-
-    :math:`n` x [Conv 4x4 stride 2 → (norm) → LeakyReLU(0.2)] with channels
-    :math:`F, 2F, 4F, \dots` (no norm after the first), flatten to :math:`\phi(x)`, then
-
-    .. math:: \ell(x, y) = w^\top \phi(x) + b + e_y^\top \phi(x)
-
-    where the last term, the projection of Miyato & Koyama, is present when ``num_classes`` is
-    set (:math:`e_y` a learned class embedding).
-
-    Attributes:
-      features: :math:`F`.
-      normalization: ``"none"`` (WGAN-GP critic: batch norm would break the per-example gradient
-        penalty), ``"layer"``, or ``"spectral"`` (every conv, dense and embedding, SN-GAN).
-      num_classes: set for a projection discriminator.
-
-    Returns (``__call__(x, labels=None, update_stats=False)``):
-      ``[batch]`` logits / scores.
-
-    Note:
-      Radford et al. put batch norm in the discriminator as well; here it is omitted in every
-      variant, so that the critic is a per-example function (needed by
-      :func:`gradient_penalty`) and one discriminator serves all losses.
-    """
-
-    features: int = 32
-    normalization: str = "none"
-    num_classes: int | None = None
-
-    @nn.compact
-    def __call__(self, x, labels=None, update_stats: bool = False):
-        _check_normalization(self.normalization)
-        spectral = self.normalization == "spectral"
-        _, num_down = dcgan_plan(tuple(x.shape[1:]))
-        h = x
-        for i in range(num_down):
-            h = _Down(self.features * 2**i, spectral)(h, update_stats)
-            if i > 0 and self.normalization == "layer":
-                h = nn.LayerNorm(reduction_axes=(-3, -2, -1))(h)
-            h = nn.leaky_relu(h, 0.2)
-        phi = h.reshape(h.shape[0], -1)  # [batch, s0 * s0 * 2^(n-1) F]
-        logits = _Linear(1, spectral)(phi, update_stats)[:, 0]  # [batch]
-        if self.num_classes is None:
-            _check_unconditional(labels, "DCGANDiscriminator(num_classes=None)")
-            return logits
-        if labels is None:
-            raise ValueError("a projection DCGANDiscriminator needs labels [batch]")
-        one_hot = jax.nn.one_hot(labels, self.num_classes, dtype=phi.dtype)  # [batch, classes]
-        embed = _Linear(phi.shape[-1], spectral, use_bias=False)(one_hot, update_stats)
-        return logits + jnp.sum(embed * phi, axis=-1)  # [batch]

@@ -3,12 +3,15 @@ value at the optimal discriminator is -log 4 + 2 JS, the generator gradients at 
 discriminator (2 JS; reverse KL - 2 JS), the hinge optimum 2 - 2 TV, the saturating generator's
 gradient vanishes, the gradient penalty of a 1-Lipschitz critic is zero, clipping,
 mode coverage, the DCGAN players' shapes and per-example critics, spectral norm in the critic,
-and one alternating update of the recipes' GAN (n_critic steps inside one jitted step)."""
+the sampler, the alternating update (n_critic critic steps, then a generator step, inside one
+jitted step) and the mode-coverage study's table and figure."""
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import optax
 import pytest
@@ -21,6 +24,7 @@ from genjax.data import grid_means, load_dataset, ring_means
 from genjax.divergences import js, kl, tvd
 from genjax.nn.layers import SPECTRAL, spectral_norm_exact
 from genjax.recipes import gan as R
+from genjax.studies import gan_modes as S
 from genjax.train import TrainConfig, fit, init_state, make_train_chunk
 
 RTOL = 1e-5
@@ -241,24 +245,24 @@ def test_clip_weights_projects_every_leaf():
 def test_loss_errors():
     with pytest.raises(ValueError, match="real_logits must have shape"):
         G.discriminator_loss(jnp.zeros((2, 1)), jnp.zeros(2))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: real_logits \(3,\), fake_logits"):
         G.discriminator_loss(jnp.zeros(3), jnp.zeros(2))
     with pytest.raises(ValueError, match="fake_logits must have shape"):
         G.generator_loss(jnp.zeros(()))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: real_scores \(3,\), fake_scores"):
         G.critic_loss(jnp.zeros(3), jnp.zeros(4))
     with pytest.raises(ValueError, match="fake_scores must have shape"):
         G.wasserstein_generator_loss(jnp.zeros((2, 2)))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: real_scores \(1,\), fake_scores"):
         G.hinge_discriminator_loss(jnp.zeros(1), jnp.zeros(2))
-    with pytest.raises(ValueError, match="p and q must have the same shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: p \(2,\), q \(3,\)"):
         G.optimal_discriminator(jnp.ones(2) / 2, jnp.ones(3) / 3)
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match=r"shapes must match: p \(2,\), q \(2,\), d \(3,\)"):
         G.gan_value(jnp.ones(2) / 2, jnp.ones(2) / 2, jnp.ones(3))
     critic = lambda x: jnp.sum(x, -1)
-    with pytest.raises(ValueError, match=r"real and fake must have the same shape \[batch"):
+    with pytest.raises(ValueError, match=r"shapes must match: real \(2, 3\), fake \(3, 3\)"):
         G.gradient_penalty(jax.random.key(0), critic, jnp.zeros((2, 3)), jnp.zeros((3, 3)))
-    with pytest.raises(ValueError, match=r"real and fake must have the same shape \[batch"):
+    with pytest.raises(ValueError, match=r"real and fake must have shape \[batch, \*event\]"):
         G.gradient_penalty(jax.random.key(0), critic, jnp.zeros(3), jnp.zeros(3))
     with pytest.raises(ValueError, match=r"noise must have shape \(2,\)"):
         G.gradient_penalty(None, critic, jnp.zeros((2, 3)), jnp.zeros((2, 3)), noise=jnp.ones(3))
@@ -314,7 +318,7 @@ def test_mode_coverage_errors():
 @pytest.mark.parametrize("image_shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
 def test_dcgan_players_shapes(key, image_shape):
     # shapes by abstract evaluation: no compilation
-    gen = G.DCGANGenerator(image_shape, features=8)
+    gen = G.DCGANGenerator(image_shape, features=8, latent_dim=16)
     disc = G.DCGANDiscriminator(features=8)
     z = jax.ShapeDtypeStruct((3, 16), jnp.float32)
     g_vars = jax.eval_shape(lambda z: gen.init(key, z, train=False), z)
@@ -355,7 +359,7 @@ def test_critic_is_per_example(key):
 
 
 def test_conditional_players_use_labels(key):
-    gen = G.DCGANGenerator((8, 8, 1), features=4, num_classes=10)
+    gen = G.DCGANGenerator((8, 8, 1), features=4, num_classes=10, latent_dim=8)
     disc = G.DCGANDiscriminator(features=4, num_classes=10)
     z = jnp.tile(jax.random.normal(key, (1, 8)), (2, 1))
     y = jnp.array([1, 7])
@@ -386,6 +390,10 @@ def test_player_errors(key):
         init(G.MLPDiscriminator(normalization="batch"), jnp.zeros((2, 2)))
     with pytest.raises(ValueError, match="normalization must be one of"):
         init(G.DCGANDiscriminator(normalization="batch"), jnp.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"z must have shape \[batch, 3\]"):
+        init(G.MLPGenerator(latent_dim=3), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"z must have shape \[batch, 32\]"):
+        init(G.DCGANGenerator(), jnp.zeros((2, 4)))
 
 
 def test_spectral_critic_sigma_matches_svd_after_enough_steps(key):
@@ -470,6 +478,63 @@ def test_batch_size_must_be_a_multiple_of_n_critic():
         task.update(state, jax.random.key(0), batch, tx, None)
 
 
+@pytest.mark.parametrize("variant", ["wgan_gp", "wgan"])  # penalty; clipping + RMSProp
+def test_alternating_update_is_critic_steps_then_a_generator_step(key, variant):
+    # split(key) = (critic keys split n_critic ways, generator key); slice j feeds critic step j
+    task, _, tx, arrays, state = _mixture_state(variant, n_critic=2)
+    gan = task.model
+    real = jnp.asarray(arrays["x"][:16])
+    d_vars, d_opt = state.extra["discriminator"], state.extra["d_opt_state"]
+    statics = {"game": gan.game, "d_tx": gan.d_tx}
+    k_critic, k_gen = jax.random.split(key)
+    by_hand = (d_vars, d_opt)
+    for k, x in zip(jax.random.split(k_critic, 2), (real[:8], real[8:]), strict=True):
+        *by_hand, metrics = G.critic_step(k, *by_hand, state.params, x, **statics)
+    g_vars, g_opt, g_metrics = G.generator_step(
+        k_gen, state.params, state.opt_state, by_hand[0], 8, game=gan.game, g_tx=tx
+    )
+    update = functools.partial(G.alternating_update, g_tx=tx, n_critic=2, **statics)
+    for fn in (update, jax.jit(update)):
+        out = fn(key, state.params, state.opt_state, d_vars, d_opt, real)
+        want = (g_vars, g_opt, *by_hand)
+        for got, ref in zip(jax.tree.leaves(out[:4]), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[4]["g_loss"], g_metrics["g_loss"], rtol=1e-5)
+    assert set(out[4]) == {"d_loss", "gp", "score_gap", "g_loss"}
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_sampler_scales_the_latent_prior_by_the_temperature(key):
+    gen = G.MLPGenerator(out_dim=2, features=8, depth=1, latent_dim=3)
+    params = jax.jit(gen.init)(key, jnp.zeros((1, 3)))
+    z = jax.random.normal(key, (5, 3))
+    for tau in (1.0, 0.5):
+        np.testing.assert_allclose(
+            G.sample(key, gen, params, 5, temperature=tau), gen.apply(params, tau * z), rtol=RTOL
+        )
+    frozen = G.sample(key, gen, params, 5, temperature=0.0)  # every z at the prior's mean
+    np.testing.assert_allclose(frozen, np.repeat(gen.apply(params, jnp.zeros((1, 3))), 5, 0))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        G.sample(key, gen, params, 0)
+    with pytest.raises(ValueError, match=r"labels must have shape \(5,\)"):
+        G.sample(key, gen, params, 5, labels=jnp.zeros(4, jnp.int32))
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        G.sample(key, gen, params, 5, temperature=-1.0)
+
+
+def test_task_sample_is_the_family_sampler_in_pixel_range(key):
+    # Task.sample(params, key, n) is genjax.gan.sample mapped from [-1, 1] to [0, 1]; a
+    # conditional GAN cycles through the classes
+    dataset = load_dataset("digits")
+    task = R.make_task(dataset, {"variant": "sngan", "width": 4}, conditional=True)
+    g_vars, _ = task.init(key, {k: v[:2] for k, v in dataset.train.items()})
+    images = task.sample(g_vars, key, 12)
+    labels = jnp.arange(12) % 10
+    raw = G.sample(key, task.model.generator, g_vars, 12, labels=labels)
+    np.testing.assert_allclose(images, np.clip((np.asarray(raw) + 1.0) / 2.0, 0, 1), atol=1e-6)
+    assert images.shape == (12, 8, 8, 1)
+
+
 def test_make_task_errors():
     dataset = load_dataset("eight_gaussians")
     with pytest.raises(ValueError, match="variant must be one of"):
@@ -498,15 +563,15 @@ def test_discriminator_rate_decays_by_cosine_over_its_updates(kind):
 
 def test_mixture_options_share_players_and_decay_across_games():
     dataset = load_dataset("eight_gaussians")
-    for variant in R.STUDY_VARIANTS:
+    for variant in S.STUDY_VARIANTS:
         options = R.mixture_options(variant, steps=100)
         assert options["depth"] == R.MIXTURE_DEPTH and options["d_decay_steps"] == 100
-        gan = R.make_mixture_task(dataset, {"variant": variant}).sample.gan
+        gan = R.make_mixture_task(dataset, {"variant": variant}).model
         assert gan.generator.depth == gan.discriminator.depth == R.MIXTURE_DEPTH
         want_gp = R.TOY_GP_WEIGHT if variant == "wgan_gp" else R.VARIANTS[variant].gp_weight
         assert gan.variant.gp_weight == want_gp
     # options override the defaults
-    gan = R.make_mixture_task(dataset, {"depth": 2, "gp_weight": 10.0}).sample.gan
+    gan = R.make_mixture_task(dataset, {"depth": 2, "gp_weight": 10.0}).model
     assert gan.generator.depth == 2 and gan.variant.gp_weight == 10.0
 
 
@@ -531,7 +596,7 @@ def test_conditional_digits_step_and_sampler(key):
     [(d, v) for d in ("eight_gaussians", "gaussian_grid") for v in ("wgan_gp", "sngan")],
 )
 def test_lipschitz_games_cover_every_mode(data, variant):
-    # the README's mode-coverage study at the recipes' full budget and seed
+    # the mode-coverage study of docs/gans.md at the recipes' full budget and seed
     dataset = load_dataset(data)
     task = R.make_mixture_task(dataset, {"variant": variant})
     state = fit(task, dataset.train, R.mixture_config(False), progress=False)
@@ -556,6 +621,17 @@ def test_dcgan_digits_does_not_collapse():
     assert report.extra["kl_class_histogram_to_uniform"] < 0.1
 
 
+def test_study_figure_draws_a_panel_per_saved_run(tmp_path):
+    ring = R.mixture_means("eight_gaussians")
+    for variant in ("data", "sngan"):
+        np.save(tmp_path / f"samples_eight_gaussians_{variant}.npy", ring)
+    row = {"data": "eight_gaussians", "variant": "sngan", "modes": 8, "num_modes": 8}
+    rows = [{**row, "high_quality": 1.0}]
+    path = S.study_figure(tmp_path, "eight_gaussians", rows, tmp_path / "fig" / "gan.png")
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert width > 1.5 * height  # two panels side by side
+
+
 def test_study_table_has_a_row_per_game_and_columns_per_data_set():
     def row(data, variant, modes, num, hq):
         return {
@@ -576,7 +652,7 @@ def test_study_table_has_a_row_per_game_and_columns_per_data_set():
         row("gaussian_grid", "sngan", 21, 25, 0.5),
         row("gaussian_grid", "minimax", 1, 25, 0.9),
     ]
-    lines = R.study_table(rows).splitlines()
+    lines = S.study_table(rows).splitlines()
     assert lines[0].count("modes") == 2 and "ring of 8" in lines[0] and "grid of 25" in lines[0]
     body = {line.split("|")[1].strip(): line for line in lines[2:] if line.startswith("|")}
     assert body["SN-GAN (hinge)"].split("|")[2:6] == [" 7/8 ", " 81.2 % ", " 21/25 ", " 50.0 % "]
