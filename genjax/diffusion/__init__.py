@@ -16,6 +16,9 @@ A denoiser is any ``model_fn(x_t, t) -> prediction`` with ``x_t [batch, ...]`` a
 int32, returning an ε, :math:`x_0` or v prediction (``parameterization``). :class:`MLPDenoiser`
 is the network for vector data, :class:`genjax.nn.unet.UNet` the one for images.
 
+The code lives in private files by topic (``_schedules``, ``_training``: forward process,
+parameterisations, losses and denoisers, ``_sampling``, ``_guidance``); this module is the API.
+
 References:
   Ho et al., *Denoising Diffusion Probabilistic Models*, 2020, https://arxiv.org/abs/2006.11239
 
