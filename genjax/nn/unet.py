@@ -55,10 +55,13 @@ class AttentionBlock(nn.Module):
     References:
       Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
 
+      Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B: self-attention
+      inside the U-Net), https://arxiv.org/abs/2006.11239
+
     Derivation: derivations/03-attention.md
     """
 
-    num_heads: int = 4
+    num_heads: int = 4  # must divide the channel count
     num_groups: int = 8
 
     @nn.compact
