@@ -185,7 +185,16 @@ class MLP(nn.Module):
         return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
-class EncoderBlock(nn.Module):
+class _PreLNBlock(nn.Module):
+    """The fields shared by :class:`EncoderBlock` and :class:`DecoderBlock`."""
+
+    num_heads: int
+    mlp_ratio: int = 4
+    dropout_rate: float = 0.0
+    attention_fn: Callable[..., jax.Array] = scaled_dot_product_attention
+
+
+class EncoderBlock(_PreLNBlock):
     r"""Pre-LN encoder block: :math:`x + \operatorname{MHA}(\operatorname{LN}x)`, then
     :math:`x + \operatorname{MLP}(\operatorname{LN}x)`.
 
@@ -202,36 +211,23 @@ class EncoderBlock(nn.Module):
     Derivation: derivations/03-attention.md
     """
 
-    num_heads: int
-    mlp_ratio: int = 4
-    dropout_rate: float = 0.0
-    attention_fn: Callable[..., jax.Array] = scaled_dot_product_attention
-
     @nn.compact
     def __call__(
         self,
         x: Float[Array, "batch length features"],
         *,
-        mask: Bool[Array, "..."] | None = None,
         deterministic: bool = True,
+        mask: Bool[Array, "..."] | None = None,
     ) -> Float[Array, "batch length features"]:
-        attention = MultiHeadAttention(
-            self.num_heads, dropout_rate=self.dropout_rate, attention_fn=self.attention_fn
-        )
-        drop = nn.Dropout(self.dropout_rate)
-        x = _pre_ln_residual(x, attention, mask=mask, deterministic=deterministic, drop=drop)
-        mlp = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)
-        return _pre_ln_residual(x, mlp, deterministic=deterministic)  # [B, L, D]
+        return _pre_ln_block(self, x, mask, deterministic=deterministic)  # [B, L, D]
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(_PreLNBlock):
     r"""Pre-LN decoder block: masked self-attention, cross-attention to ``memory`` (if given),
     MLP, each as :math:`x \leftarrow x + f(\operatorname{LN}x)`.
 
     Attributes:
-      num_heads: attention heads.
-      mlp_ratio: MLP hidden width over the model width.
-      dropout_rate: dropout on attention weights and on each sub-layer's output.
+      num_heads, mlp_ratio, dropout_rate: as :class:`EncoderBlock`.
       attention_fn: the self-attention's function (e.g. :func:`rotary_attention`); the
         cross-attention uses plain scaled dot-product attention.
 
@@ -241,38 +237,58 @@ class DecoderBlock(nn.Module):
     Derivation: derivations/03-attention.md
     """
 
-    num_heads: int
-    mlp_ratio: int = 4
-    dropout_rate: float = 0.0
-    attention_fn: Callable[..., jax.Array] = scaled_dot_product_attention
-
     @nn.compact
     def __call__(
         self,
-        x: Float[Array, "batch length features"],
+        x: Float[Array, "batch tgt_length features"],
         memory: Float[Array, "batch src_length mem_features"] | None = None,
         *,
         self_mask: Bool[Array, "..."] | None = None,
         memory_mask: Bool[Array, "..."] | None = None,
         deterministic: bool = True,
-    ) -> Float[Array, "batch length features"]:
-        drop = nn.Dropout(self.dropout_rate)
-        attention = MultiHeadAttention(
-            self.num_heads,
-            dropout_rate=self.dropout_rate,
-            attention_fn=self.attention_fn,
-            name="self_attention",
+    ) -> Float[Array, "batch tgt_length features"]:
+        return _pre_ln_block(
+            self,
+            x,
+            self_mask,
+            memory,
+            memory_mask,
+            deterministic=deterministic,
+            self_attention_name="self_attention",
+        )  # [B, T, D]
+
+
+def _pre_ln_block(
+    block: _PreLNBlock,
+    x: jax.Array,
+    self_mask: jax.Array | None,
+    memory: jax.Array | None = None,
+    memory_mask: jax.Array | None = None,
+    *,
+    deterministic: bool,
+    self_attention_name: str | None = None,
+) -> jax.Array:
+    """Self-attention, cross-attention to ``memory`` (if given) and MLP, each
+    ``x + f(LN(x))``, with the submodules of ``block`` (called from its compact ``__call__``, so
+    they are named as if written inline: ``self_attention_name`` or ``MultiHeadAttention_0``,
+    ``cross_attention``, ``MLP_0``, ``LayerNorm_0..2``)."""
+    drop = nn.Dropout(block.dropout_rate)
+    attention = MultiHeadAttention(
+        block.num_heads,
+        dropout_rate=block.dropout_rate,
+        attention_fn=block.attention_fn,
+        name=self_attention_name,
+    )
+    x = _pre_ln_residual(x, attention, mask=self_mask, deterministic=deterministic, drop=drop)
+    if memory is not None:
+        cross = MultiHeadAttention(
+            block.num_heads, dropout_rate=block.dropout_rate, name="cross_attention"
         )
-        x = _pre_ln_residual(x, attention, mask=self_mask, deterministic=deterministic, drop=drop)
-        if memory is not None:
-            cross = MultiHeadAttention(
-                self.num_heads, dropout_rate=self.dropout_rate, name="cross_attention"
-            )
-            x = _pre_ln_residual(
-                x, cross, memory, mask=memory_mask, deterministic=deterministic, drop=drop
-            )  # [B, L, D]
-        mlp = MLP(self.mlp_ratio * x.shape[-1], self.dropout_rate)
-        return _pre_ln_residual(x, mlp, deterministic=deterministic)  # [B, L, D]
+        x = _pre_ln_residual(
+            x, cross, memory, mask=memory_mask, deterministic=deterministic, drop=drop
+        )  # [B, L, D]
+    mlp = MLP(block.mlp_ratio * x.shape[-1], block.dropout_rate)
+    return _pre_ln_residual(x, mlp, deterministic=deterministic)  # [B, L, D]
 
 
 def _pre_ln_residual(
@@ -405,12 +421,12 @@ class EncoderDecoderTransformer(nn.Module):
       src_vocab: source token ids.
       tgt_vocab: target token ids.
       max_length: longest source or target.
+      positional: ``"sinusoidal"`` or ``"learned"`` (``"rotary"`` applies to self-attention).
       features: model width.
       num_layers: encoder and decoder depth (each).
       num_heads: heads per attention.
       mlp_ratio: MLP width over the model width.
       dropout_rate: dropout rate.
-      positional: ``"sinusoidal"`` or ``"learned"`` (``"rotary"`` applies to self-attention).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -430,12 +446,12 @@ class EncoderDecoderTransformer(nn.Module):
     src_vocab: int
     tgt_vocab: int
     max_length: int
+    positional: str = "sinusoidal"
     features: int = 128
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 4
     dropout_rate: float = 0.0
-    positional: str = "sinusoidal"
 
     def setup(self):
         _check_config(self.positional, self.features, self.num_heads)
