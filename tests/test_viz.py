@@ -28,6 +28,10 @@ def test_every_writer_leaves_a_png(tmp_path):
         viz.loss_curves(tmp_path / "m.jsonl", tmp_path / "loss.png"),
         viz.scatter_2d({"a": rng.normal(size=(50, 2))}, tmp_path / "s.png"),
         viz.density_2d(lambda p: -0.5 * np.sum(p**2, axis=1), tmp_path / "d.png", lim=3.0),
+        viz.line_plot(
+            np.arange(5), {"model": rng.normal(size=5)}, tmp_path / "l.png", levels={"base": 0.0}
+        ),
+        viz.labelled_scatter(rng.normal(size=(3, 2)), ["a", "b", "c"], tmp_path / "w.png", "t"),
     ]
     for path in paths:
         assert mpimg.imread(path).ndim == 3
