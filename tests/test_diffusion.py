@@ -712,6 +712,25 @@ def test_mlp_denoiser_shapes_and_conditioning(key):
         nn.Module.apply(model, params, jnp.ones((5,)), t, y)
 
 
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_recipe_task_follows_the_task_contract():
+    """Task(init, loss, sample, model): sample is a plain (params, key, n) and model the Setup."""
+    from genjax.recipes import diffusion as recipe_module
+
+    dataset = data.load_dataset("two_moons")
+    task = recipe_module.make_task(
+        dataset, {"num_steps": 10, "width": 16, "depth": 1}, conditional=False
+    )
+    assert isinstance(task.model, recipe_module.Setup)
+    batch = {"x": dataset.train["x"][:8]}
+    params = task.init(jax.random.key(0), batch)
+    loss, _ = task.loss(params, jax.random.key(1), batch)
+    assert loss.shape == () and np.isfinite(float(loss))
+    assert task.sample(params, jax.random.key(2), 5).shape == (5, 2)
+
+
 # ----------------------------------------------------------------------------- trained models
 
 
