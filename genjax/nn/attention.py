@@ -227,8 +227,8 @@ def scaled_dot_product_attention(
       (0 here, the mean of the values there). The two products run on
       ``[batch, kv_heads, G·length, dim]`` copies of the operands (row-major matrix products
       batched over leading axes, the query heads that share a key/value head stacked along the
-      rows), which XLA on CPU runs faster than the same einsums on the
-      ``[batch, length, heads, dim]`` operands (derivations/03-attention.md, section 6). The
+      rows); on the ``[batch, length, heads, dim]`` operands XLA on CPU computes the value
+      product transposed instead (derivations/03-attention.md, section 6). The
       dropout key is a keyword, not the first argument, because the first three arguments are
       the attention's own (query, key, value), as in jax and flax.
 
