@@ -108,18 +108,20 @@ class Setup:
         return jnp.mean(D.ddpm_loss(k_loss, self.schedule, model_fn, x0)), {}
 
     def sampler(self, n: int, guided: bool, trajectory: bool = False) -> Callable:
-        """A jitted ``sample(params, key, labels, scale)``: ``n`` decoded draws. ``guided``
-        combines conditional and null-label predictions with ``scale`` (one network call on a
-        doubled batch); otherwise the network is called once with ``labels`` as given."""
+        """A jitted ``sample(params, key, labels, guidance_scale)``: ``n`` decoded draws.
+        ``guided`` combines conditional and null-label predictions with ``guidance_scale`` (one
+        network call on a doubled batch); otherwise the network is called once with ``labels``."""
         cache_key = (n, guided, trajectory)
         if cache_key not in self._cache:
             shape = (n, *self.event_shape)
             clip = (-1.0, 1.0) if self.images else None
 
-            def sample(params, key, labels, scale):
+            def sample(params, key, labels, guidance_scale):
                 conditional = lambda xt, t, y: self.model.apply(params, xt, t, y)
                 if guided:
-                    model_fn = D.guided_model_fn(conditional, labels, self.num_classes, scale)
+                    model_fn = D.guided_model_fn(
+                        conditional, labels, self.num_classes, guidance_scale
+                    )
                 else:
                     model_fn = lambda xt, t: conditional(xt, t, labels)
                 out = D.sample(
@@ -154,18 +156,19 @@ class Setup:
         guided with ``HEADLINE_SCALE``."""
         return self.draw(params, key, n)
 
-    def draw(self, params, key, n, labels=None, scale=HEADLINE_SCALE, trajectory=False):
+    def draw(self, params, key, n, labels=None, guidance_scale=HEADLINE_SCALE, trajectory=False):
         """``n`` samples. A conditional model cycles through the labels unless given and is
-        guided with ``scale`` (0: unconditional via the null label, 1: plain conditional)."""
+        guided with ``guidance_scale`` (0: unconditional via the null label, 1: conditional)."""
         if self.num_classes is None:
             return self.sampler(n, False, trajectory)(params, key, None, 0.0)
         if labels is None:
             labels = jnp.arange(n) % self.num_classes
         labels = jnp.asarray(labels, jnp.int32)
-        if scale == 0.0:
+        if guidance_scale == 0.0:
             labels = jnp.full((n,), self.num_classes, jnp.int32)
-        guided = scale not in (0.0, 1.0)
-        return self.sampler(n, guided, trajectory)(params, key, labels, jnp.float32(scale))
+        guided = guidance_scale not in (0.0, 1.0)
+        w = jnp.float32(guidance_scale)
+        return self.sampler(n, guided, trajectory)(params, key, labels, w)
 
 
 def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -> Setup:
@@ -244,9 +247,9 @@ def _bimodal_draws(setup: Setup, params, key, n: int):
 
     def compute():
         k_u, k_c = jax.random.split(key)
-        uncond, trajectory = setup.draw(params, k_u, n, scale=0.0, trajectory=True)
+        uncond, trajectory = setup.draw(params, k_u, n, guidance_scale=0.0, trajectory=True)
         asked = np.arange(n) % 2
-        cond, _ = setup.draw(params, k_c, n, asked, scale=1.0, trajectory=True)
+        cond, _ = setup.draw(params, k_c, n, asked, guidance_scale=1.0, trajectory=True)
         return np.asarray(uncond)[:, 0], np.asarray(cond)[:, 0], asked, np.asarray(trajectory)
 
     return setup.memo(("bimodal", n), params, key, compute)
@@ -397,6 +400,7 @@ def _images_cfg_figures(task: Task, params, dataset: Dataset, key, out_dir: Path
         )
         for scale in GUIDANCE_SCALES
     ]
+    panels = [np.pad(p, ((0, 0), (3, 3), (0, 0)), constant_values=1.0) for p in panels]  # margins
     names = {0.0: " (unconditional)", 1.0: " (conditional)"}
     title = "w = " + ", ".join(f"{w:g}{names.get(w, '')}" for w in GUIDANCE_SCALES)
     path = out_dir / f"{dataset.name}_guidance_grid.png"
