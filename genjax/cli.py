@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from genjax import recipes, tour, viz
+from genjax import recipes, tour
 from genjax.data import load_dataset
 
 __all__ = [
@@ -138,20 +137,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    """``genjax sample``: draw from a run folder's latest checkpoint (EMA parameters)."""
-    run_dir = Path(args.run_dir)
-    recipe, _, task, state = recipes.restore(run_dir)
-    if task.sample is None:
-        raise SystemExit(f"recipe {recipe.name!r} has no sampler")
-    samples = np.asarray(task.sample(state.ema_params, jax.random.key(args.seed), args.n))
-    out = run_dir / "samples" / "samples.png"
-    if samples.ndim == 4:
-        viz.image_grid(samples, out, title=f"{recipe.name}, step {int(state.step)}")
-    else:
-        out = out.with_suffix(".npy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, samples)
-    print(out)
+    """``genjax sample``: :func:`genjax.recipes.sample_run`."""
+    print(recipes.sample_run(jax.random.key(args.seed), args.run_dir, args.n))
     return 0
 
 
@@ -195,38 +182,17 @@ def cmd_interpret(args) -> int:
 
 
 def cmd_stylize(args) -> int:
-    """``genjax stylize``: a Gatys style transfer and its loss curve."""
-    import functools
+    """``genjax stylize``: :func:`genjax.recipes.style.stylize_images` into ``--out``."""
+    from genjax.recipes.style import stylize_images
 
-    from genjax import style
-
-    content = style.load_image(args.content, args.size)
-    target = style.load_image(args.style, args.size)
-    if args.vgg:
-        features = style.vgg_features(args.vgg)
-    else:
-        kernels = style.random_feature_kernels(jax.random.key(args.seed))
-        features = functools.partial(style.random_features, kernels)
-    result = style.stylize(
-        content,
-        target,
-        features,
-        steps=args.steps,
-        lr=args.lr,
-        style_weight=args.style_weight,
-        tv_weight=args.tv_weight,
+    options = ("size", "steps", "lr", "style_weight", "tv_weight", "seed", "vgg")
+    paths, h = stylize_images(
+        args.content, args.style, args.out, **{k: getattr(args, k) for k in options}
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    images = np.concatenate([content, target, np.asarray(result.image)])
-    viz.image_grid(images, out / "stylized.png", ncols=3, title="content / style / result")
-    viz.image_grid(np.asarray(result.image), out / "result.png")
-    style.plot_history(result.history, out / "loss_curve.png")
-    h = result.history
     print(
         f"style loss {h['style'][0]:.4g} -> {h['style'][-1]:.4g} "
         f"({h['style'][0] / h['style'][-1]:.1f}x), content loss {h['content'][-1]:.4g}; "
-        f"wrote {out / 'stylized.png'}, {out / 'result.png'}, {out / 'loss_curve.png'}"
+        f"wrote {', '.join(map(str, paths))}"
     )
     return 0
 

@@ -49,6 +49,7 @@ __all__ = [
     "register",
     "restore",
     "run",
+    "sample_run",
     "train_run",
 ]
 
@@ -205,3 +206,22 @@ def restore(run_dir: str | Path) -> tuple[Recipe, Dataset, Task, TrainState]:
     if manager.latest_step() is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to sample from")
     return recipe, dataset, task, manager.restore_latest(like)
+
+
+def sample_run(key: jax.Array, run_dir: str | Path, n: int) -> Path:
+    """Draw ``n`` samples from the EMA parameters of a run folder's latest checkpoint
+    (:func:`restore`) with ``key``: an image grid ``samples/samples.png`` for images
+    ``[n, H, W, C]``, else the array as ``samples/samples.npy``. Returns the path written."""
+    from genjax import viz
+
+    run_dir = Path(run_dir)
+    recipe, _, task, state = restore(run_dir)
+    if task.sample is None:
+        raise ValueError(f"recipe {recipe.name!r} has no sampler")
+    samples = np.asarray(task.sample(state.ema_params, key, n))
+    out = run_dir / "samples" / "samples.png"
+    if samples.ndim == 4:
+        return viz.image_grid(samples, out, title=f"{recipe.name}, step {int(state.step)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out.with_suffix(".npy"), samples)
+    return out.with_suffix(".npy")

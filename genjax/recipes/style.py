@@ -36,7 +36,7 @@ from genjax.data import Dataset
 from genjax.recipes import Recipe, Report, register
 from genjax.train import Task, TrainConfig
 
-__all__ = ["Stylization", "make_task"]
+__all__ = ["Stylization", "make_task", "stylize_images"]
 
 DEFAULTS = {
     "content": "shapes",
@@ -173,6 +173,51 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
     return [
         viz.image_grid(images, out_dir / "stylized.png", ncols=3, title="content / style / result")
     ]
+
+
+def stylize_images(
+    content: str,
+    style_source: str,
+    out: str | Path,
+    *,
+    size: int = 48,
+    steps: int = 300,
+    lr: float = 0.05,
+    style_weight: float = 1000.0,
+    tv_weight: float = 0.0,
+    seed: int = 0,
+    vgg: str | None = None,
+) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """:func:`genjax.style.stylize` of two images (files or pattern names,
+    :func:`genjax.style.load_image`) at ``size``, with random features of ``seed`` or the VGG-16
+    weights in the ``.npz`` file ``vgg``; writes ``stylized.png`` (content / style / result),
+    ``result.png`` and ``loss_curve.png`` in ``out``. Returns the paths and the loss history.
+    """
+    content_image = style.load_image(content, size)
+    target = style.load_image(style_source, size)
+    if vgg:
+        features = style.vgg_features(vgg)
+    else:
+        kernels = style.random_feature_kernels(jax.random.key(seed))
+        features = functools.partial(style.random_features, kernels)
+    result = style.stylize(
+        content_image,
+        target,
+        features,
+        steps=steps,
+        lr=lr,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+    )
+    out = Path(out)
+    image = np.asarray(result.image)
+    images = np.concatenate([content_image, target, image])
+    paths = [
+        viz.image_grid(images, out / "stylized.png", ncols=3, title="content / style / result"),
+        viz.image_grid(image, out / "result.png"),
+        style.plot_history(result.history, out / "loss_curve.png"),
+    ]
+    return paths, result.history
 
 
 _SUMMARY = "Gatys stylisation of a generated image with random multi-scale conv features"
