@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genjax.cli import main
@@ -128,6 +129,29 @@ def test_list_names_the_autoencoders(capsys):
     out = capsys.readouterr().out
     for name in ("autoencoder", "denoising_autoencoder", "sparse_autoencoder"):
         assert name in out
+
+
+def test_list_names_the_data_each_recipe_uses(capsys):
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert rows["autoencoder"] == "digits"
+    assert rows["transformer_char_lm"] == rows["word2vec"] == "pydoc_topics"
+    assert rows["style_transfer"] == "patterns" and rows["transformer_reverse"] == "digit_strings"
+
+
+def test_train_and_sample_a_recipe_that_draws_its_own_batches(tmp_path, capsys):
+    """A recipe on generated data trains for any step count (here 3, below log_every) and its
+    run folder samples its token output as an array."""
+    run = tmp_path / "reverse"
+    args = ["train", "transformer_reverse", "--steps", "3", "--batch-size", "8"]
+    assert main([*args, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 3 steps of batch 8; adam" in out and "exact-match accuracy" in out
+    assert json.loads((run / "config.json").read_text())["data"] == "digit_strings"
+    assert main(["sample", str(run), "-n", "2"]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path == run / "samples" / "samples.npy"
+    assert np.load(path).shape == (2, 2, 9)
 
 
 def test_interpret_writes_the_overlay_png(tmp_path, capsys):
