@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from genjax.divergences import gaussian_w2
 from genjax.metrics import (
+    bits_per_dim,
     feature_statistics,
     fid,
     fid_from_statistics,
@@ -48,6 +49,20 @@ def _pytorch_fid_reference(f1: np.ndarray, f2: np.ndarray) -> float:
     c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     covmean = scipy.linalg.sqrtm(c1 @ c2).real
     return float(np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+
+
+# ----------------------------------------------------------------------------- bits per dim
+
+
+def test_bits_per_dim_under_jit_equals_eager():
+    """invariant: part of the jit-able core (static num_dims and levels), the same numbers under
+    jax.jit; closed form -log p / (D ln 2) + log2 L (hand values in tests/test_flows.py)."""
+    log_p = jnp.array([-100.0, 0.0, 12.5])
+    jitted = jax.jit(bits_per_dim, static_argnums=(1, 2))
+    np.testing.assert_allclose(jitted(log_p, 64, 17), bits_per_dim(log_p, 64, 17), rtol=F32_RTOL)
+    np.testing.assert_allclose(
+        jitted(log_p, 64, None), -np.asarray(log_p) / (64 * math.log(2)), rtol=F32_RTOL
+    )
 
 
 # ----------------------------------------------------------------------------- Inception score
