@@ -30,8 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "DIGIT_STRING_BOS",
+    "DIGIT_STRING_EOS",
+    "DIGIT_STRING_LENGTH",
+    "DIGIT_STRING_PAD",
     "GENERATED_SETS",
     "IMAGE_SETS",
+    "TEXT_HELD_OUT_EVERY",
     "TEXT_SETS",
     "TOY_SETS",
     "Dataset",
