@@ -155,8 +155,11 @@ class TrainConfig:
                 else f"cosine to {self.final_lr_fraction:g} x lr"
             )
             clip = "off" if self.clip_norm is None else f"global norm {self.clip_norm:g}"
+            name = self.optimizer
+            if name == "adamw":
+                name = f"adamw (weight decay {self.weight_decay:g})"
             opt = (
-                f"{self.optimizer} lr {self.lr:g}, warm-up {self.warmup_steps} steps, "
+                f"{name} lr {self.lr:g}, warm-up {self.warmup_steps} steps, "
                 f"schedule {schedule}, clip {clip}"
             )
         evaluated = "EMA parameters" if self.ema_decay is not None else "parameters (no EMA)"
