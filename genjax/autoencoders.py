@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax._checks import one_of
+
 __all__ = [
     "NOISE_KINDS",
     "Autoencoder",
@@ -71,8 +73,7 @@ def corrupt(key, x, kind: str = "gaussian", level: float = 0.3):
 
     Derivation: derivations/01-autoencoders.md
     """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
+    one_of("kind", kind, NOISE_KINDS)
     if kind == "masking":
         if not 0.0 <= level < 1.0:
             raise ValueError(f"masking level must be in [0, 1), got {level}")
@@ -139,8 +140,7 @@ class Autoencoder(nn.Module):
     arch: str = "mlp"
 
     def setup(self):
-        if self.arch not in ("mlp", "conv"):
-            raise ValueError(f"arch must be 'mlp' or 'conv', got {self.arch!r}")
+        one_of("arch", self.arch, ("mlp", "conv"))
         if len(self.shape) != 3:
             raise ValueError(f"shape must be (H, W, C), got {self.shape}")
         h, w, c = self.shape
@@ -246,8 +246,7 @@ class DenoisingAutoencoder(Autoencoder):
     noise_level: float = 0.3
 
     def __post_init__(self):
-        if self.noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        one_of("noise", self.noise, NOISE_KINDS)
         super().__post_init__()
 
     def corrupt_input(self, key, x):

@@ -33,7 +33,7 @@ import numpy as np
 from jaxtyping import Array, Float
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-from genjax._checks import is_concrete, positive_int
+from genjax._checks import int_at_least, is_concrete, positive_int
 from genjax.divergences import gaussian_w2
 
 __all__ = [
@@ -95,8 +95,8 @@ def bits_per_dim(
     Derivation: derivations/10-realnvp.md
     """
     positive_int("num_dims", num_dims)
-    if levels is not None and (not isinstance(levels, int) or levels < 2):
-        raise ValueError(f"levels must be an int >= 2 or None, got {levels!r}")
+    if levels is not None:
+        int_at_least("levels", levels, 2)
     bpd = -log_prob / (num_dims * math.log(2.0))
     return bpd if levels is None else bpd + math.log2(levels)
 

@@ -32,6 +32,7 @@ import optax
 from jaxtyping import Array, Float, Int
 
 from genjax import divergences, train
+from genjax._checks import int_at_least, positive_int
 
 __all__ = [
     "LoRADense",
@@ -82,8 +83,7 @@ def smooth_labels(
 
     Derivation: derivations/18-training-tips.md
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    int_at_least("num_classes", num_classes, 2)
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     onehot = jax.nn.one_hot(labels, num_classes)
@@ -154,8 +154,7 @@ def warmup_cosine(
 
     Derivation: derivations/18-training-tips.md
     """
-    if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    positive_int("total_steps", total_steps)
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be an int in [0, total_steps), got {warmup_steps!r}")
     if not 0.0 <= final_fraction <= 1.0:
@@ -184,8 +183,7 @@ def reduce_on_plateau(
     """
     if not 0.0 < factor < 1.0:
         raise ValueError(f"factor must be in (0, 1), got {factor}")
-    if not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"patience must be a positive int, got {patience!r}")
+    positive_int("patience", patience)
     return optax.contrib.reduce_on_plateau(
         factor=factor, patience=patience, rtol=rtol, cooldown=cooldown
     )

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from genjax._checks import one_of
+
 __all__ = [
     "Initializer",
     "compute_fans",
@@ -92,15 +94,10 @@ def _check_gain(gain: float) -> float:
     return gain
 
 
-def _check_mode(mode: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    return mode
-
-
 def _he_std(mode: str, gain: float) -> Callable[[int, int], float]:
     """:math:`g / \\sqrt{n}` with :math:`n` the fan that ``mode`` names."""
-    gain, mode = _check_gain(gain), _check_mode(mode)
+    gain = _check_gain(gain)
+    one_of("mode", mode, _MODES)
     if mode == "fan_in":
         return lambda fan_in, fan_out: gain / math.sqrt(fan_in)
     return lambda fan_in, fan_out: gain / math.sqrt(fan_out)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from genjax._checks import one_of, positive_int
 from genjax.nn.attention import (
     MultiHeadAttention,
     causal_mask,
@@ -142,8 +143,7 @@ def generate(
     """
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must have shape [batch, P] with P >= 1, got {prompt.shape}")
-    if not isinstance(num_new, int) or num_new <= 0:
-        raise ValueError(f"num_new must be a positive int, got {num_new!r}")
+    positive_int("num_new", num_new)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     batch, p = prompt.shape
@@ -334,8 +334,7 @@ class _Embedding(nn.Module):
 
 
 def _check_config(positional: str, features: int, num_heads: int) -> None:
-    if positional not in POSITIONAL:
-        raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+    one_of("positional", positional, POSITIONAL)
     if features % num_heads:
         raise ValueError(f"num_heads ({num_heads}) must divide features ({features})")
 
