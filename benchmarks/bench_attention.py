@@ -224,7 +224,7 @@ def _analysis(lengths, wall, cpu, records) -> str:
 
 def _bench_train_step(h, label: str, options: dict, batch: int) -> None:
     data = load_dataset("digits")  # the loop's batch only sets the batch size
-    task = recipe.make_char_task(data, options)
+    task = recipe.make_char_task(load_dataset("pydoc_topics"), options)
     config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS, ema_decay=None)
     state, tx = train.init_state(task, config, data.train)
     flops, candidates = train_loop_candidates(task, config, tx, state, data.train)

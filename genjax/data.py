@@ -566,27 +566,39 @@ def dynamic_binarize(key, x):
     return jax.random.bernoulli(key, x).astype(x.dtype)
 
 
-def dequantize(key, x, levels: int):
+def dequantize(key, x, levels: int, *, noise=None):
     r"""Uniform dequantisation of pixels with ``levels`` discrete values in :math:`[0, 1]`.
 
-    A pixel :math:`x = k / (L-1)` with :math:`k \in \{0..L-1\}` becomes
-    :math:`y = (k + u) / L` with :math:`u \sim U[0, 1)`, so :math:`y \in [0, 1)` and a density
-    :math:`p(y)` on the unit cube bounds the discrete likelihood:
-    :math:`\log P(k) \ge E_u[\log p(y)] - D \log L` (Theis et al. 2016).
+    .. math:: y = \frac{k + u}{L}, \qquad k = \mathrm{round}\big((L-1)\,x\big),\quad
+       u \sim U[0, 1)
+
+    with :math:`L` = ``levels`` and :math:`u` = ``noise``, so :math:`y \in [0, 1)` and every
+    discrete value owns a cell of side :math:`1/L`. A density :math:`p(y)` on the unit cube then
+    bounds the discrete likelihood, :math:`\log P(k) \ge E_u[\log p(y)] - D \log L`
+    (:func:`genjax.metrics.bits_per_dim`); without the noise a density could pile infinite mass
+    on the grid.
 
     Args:
-      key: PRNG key.
-      x: ``[...]`` pixels on the grid ``k / (levels - 1)``.
-      levels: number of discrete values ``L`` (17 for digits, 256 for 8-bit images).
+      key: PRNG key (ignored when ``noise`` is given).
+      x: ``[*shape]`` pixels on the grid ``k / (levels - 1)``.
+      levels: :math:`L`, an int >= 2 (17 for digits, 256 for 8-bit images).
+      noise: optional ``[*shape]`` :math:`u` in :math:`[0, 1)` replacing the draw.
 
     Returns:
-      ``[...]`` float32 in ``[0, 1)``.
+      ``[*shape]`` float32 in ``[0, 1)``.
 
     References:
       Theis et al., *A note on the evaluation of generative models*, 2016,
       https://arxiv.org/abs/1511.01844
+
+    Derivation: derivations/10-realnvp.md
     """
+    from genjax._checks import same_shape
+
     if not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+    if noise is None:
+        noise = jax.random.uniform(key, jnp.shape(x))
+    same_shape(x=x, noise=noise)
     k = jnp.round(x * (levels - 1))
-    return (k + jax.random.uniform(key, jnp.shape(x))) / levels
+    return (k + noise) / levels

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from genjax.data import load_dataset
 from genjax.nn.attention import MultiHeadAttention
 from genjax.nn.transformer import (
     DecoderBlock,
@@ -19,7 +20,7 @@ from genjax.nn.transformer import (
     generate,
     token_nll,
 )
-from genjax.recipes import all_recipes
+from genjax.recipes import all_recipes, loop_arrays
 from genjax.recipes import transformer as recipe
 
 RTOL = 1e-5
@@ -222,22 +223,6 @@ def test_model_bad_input_raises(key, kwargs, tokens, match):
 # ----------------------------------------------------------------------------- recipes
 
 
-def test_corpus_split_is_fixed_and_by_topic():
-    from pydoc_data.topics import topics
-
-    corpus = recipe.load_corpus()
-    names = sorted(topics)
-    held_out = [topics[n] for i, n in enumerate(names) if i % recipe.HELD_OUT_EVERY == 4]
-    assert corpus.decode(corpus.test) == "\n\n".join(held_out)
-    assert len(corpus.train) + len(corpus.test) == sum(map(len, topics.values())) + 2 * (
-        len(names) - 2
-    )  # every character once, plus the blank lines joining topics within each split
-    assert 0.05 < len(corpus.test) / (len(corpus.train) + len(corpus.test)) < 0.1
-    assert set(corpus.decode(corpus.train)) | set(corpus.decode(corpus.test)) == set(
-        corpus.alphabet
-    )
-
-
 def test_ngram_baselines_against_hand_counts():
     train = np.array([0, 1, 0, 1, 0, 2] * 3)  # bigrams: 0->1 6, 1->0 6, 0->2 3, 2->0 2
     uni = np.exp(recipe.unigram_log_probs(train, 3))
@@ -281,7 +266,7 @@ def test_recipes_registered_and_losses_trace_to_scalars():
     recipes = all_recipes()
     batch = {"x": jnp.zeros((4, 1))}  # the loop's batch only sets the batch size
     for name in ("transformer_char_lm", "transformer_reverse"):
-        task = recipes[name].make_task(None, {})
+        task = recipes[name].make_task(load_dataset(recipes[name].data), {})
         params = jax.eval_shape(task.init, jax.random.key(0), batch)
         loss, _ = jax.eval_shape(task.loss, params, jax.random.key(1), batch)
         assert loss.shape == () and loss.dtype == jnp.float32
@@ -289,13 +274,13 @@ def test_recipes_registered_and_losses_trace_to_scalars():
 
 
 def train_quick(name):
-    from genjax.data import load_dataset
     from genjax.train import fit
 
     r = all_recipes()[name]
     dataset = load_dataset(r.data)
     task = r.make_task(dataset, {})
-    state = fit(task, dataset.train, r.config(True), progress=False)
+    config = r.config(True)
+    state = fit(task, loop_arrays(r, dataset, config.batch_size), config, progress=False)
     return r, task, state.params, dataset
 
 
@@ -314,7 +299,7 @@ def test_reverse_quick_run_reverses_and_greedy_agrees():
     r, task, params, dataset = train_quick("transformer_reverse")
     report = r.evaluate(task, params, dataset, jax.random.key(0))
     assert report.value > 0.8 and report.beats_baseline
-    reverser = task.sample.reverser
+    reverser = task.model
     src, lengths, _, tgt_out = recipe.digit_strings(
         jax.random.key(recipe.TEST_SEED), recipe.TEST_SIZE, reverser.max_len
     )

@@ -381,23 +381,25 @@ def _figures_images(task: Task, params, dataset: Dataset, key, out_dir: Path) ->
 # ----------------------------------------------------------------------------- registry
 
 
-def _config_2d(quick: bool) -> TrainConfig:
-    if quick:
-        return TrainConfig(
-            steps=300, batch_size=256, lr=5e-3, warmup_steps=30, ema_decay=None, log_every=150
-        )
-    return TrainConfig(
-        steps=10_000, batch_size=512, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=500
-    )
+# (steps, batch_size, lr, warmup_steps, log_every) of the tour's full and quick budgets; the
+# full budgets keep an EMA of the parameters, the quick ones do not.
+_BUDGETS = {
+    ("2d", False): (10_000, 512, 1e-3, 200, 500),
+    ("2d", True): (300, 256, 5e-3, 30, 150),
+    ("images", False): (5_000, 64, 2e-3, 100, 250),
+    ("images", True): (300, 64, 3e-3, 30, 100),
+}
 
 
-def _config_images(quick: bool) -> TrainConfig:
-    if quick:
-        return TrainConfig(
-            steps=300, batch_size=64, lr=3e-3, warmup_steps=30, ema_decay=None, log_every=100
-        )
+def _config(kind: str, quick: bool) -> TrainConfig:
+    steps, batch_size, lr, warmup_steps, log_every = _BUDGETS[kind, quick]
     return TrainConfig(
-        steps=5_000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.999, log_every=250
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        ema_decay=None if quick else 0.999,
+        log_every=log_every,
     )
 
 
@@ -416,7 +418,7 @@ for _name, _summary, _tour, _quick_tour in (
             name=f"flow_{_name}",
             summary=_summary,
             make_task=make_task,
-            config=_config_images if _images else _config_2d,
+            config=functools.partial(_config, "images" if _images else "2d"),
             evaluate=_evaluate_images if _images else _evaluate_2d,
             figures=_figures_images if _images else _figures_2d,
             data=_name,
