@@ -2,9 +2,11 @@
 
 The headline is the test-split mean squared error per pixel of reconstructing clean images,
 beside scikit-learn's PCA with as many components as the code has dimensions, fitted on the
-same training split: the best any *linear* code of that size can do
-(derivations/01-autoencoders.md). The task's ``model`` is the autoencoder module; its sampler
-reconstructs random test images (an autoencoder has no prior).
+same training split: the best any *linear* code of that size can do. The task's ``model`` is
+the autoencoder module; its sampler reconstructs random test images (an autoencoder has no
+prior).
+
+Derivation: derivations/01-autoencoders.md
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def make_task(dataset: Dataset, options: Mapping[str, Any], *, cls=ae.Autoencode
     """The :class:`Task` of an autoencoder ``cls(**fields)`` on ``dataset``.
 
     ``options`` (from the command line): ``code_dim``, ``hidden``, ``arch``.
+
+    Derivation: derivations/01-autoencoders.md
     """
     if len(dataset.shape) != 3:
         raise ValueError(
@@ -81,7 +85,10 @@ def _model_apply(params, x, model):
 
 
 def test_mse_per_pixel(model: ae.Autoencoder, params, x: np.ndarray) -> float:
-    """Mean over test images and pixels of the squared reconstruction error."""
+    """Mean over test images and pixels of the squared reconstruction error.
+
+    Derivation: derivations/01-autoencoders.md
+    """
     apply = jax.jit(partial(_model_apply, model=model))
     errors = [
         np.asarray(ae.squared_error(x[i : i + EVAL_BATCH], apply(params, x[i : i + EVAL_BATCH])))
@@ -91,7 +98,10 @@ def test_mse_per_pixel(model: ae.Autoencoder, params, x: np.ndarray) -> float:
 
 
 def pca_mse_per_pixel(train: np.ndarray, test: np.ndarray, components: int) -> float:
-    """Test MSE per pixel of scikit-learn's PCA with ``components`` fitted on ``train``."""
+    """Test MSE per pixel of scikit-learn's PCA with ``components`` fitted on ``train``.
+
+    Derivation: derivations/01-autoencoders.md
+    """
     from sklearn.decomposition import PCA
 
     flat_tr, flat_te = train.reshape(len(train), -1), test.reshape(len(test), -1)

@@ -32,8 +32,7 @@ The study that runs every game on both mixtures is :mod:`genjax.studies.gan_mode
   loop's ``batch_size`` is ``n_critic`` x the per-step batch), then one generator step, all in
   the loop's one jitted update.
 
-The game and the alternating update are derived in derivations/08-gans.md, the Wasserstein
-critics in derivations/09-wgan.md.
+Derivation: derivations/08-gans.md, derivations/09-wgan.md
 """
 
 from __future__ import annotations
@@ -96,6 +95,8 @@ class Variant:
       clip: weight-clipping bound :math:`c` (``None`` = none).
       d_optimizer: ``"adam"`` or ``"rmsprop"`` (WGAN with clipping: momentum makes it unstable,
         Arjovsky et al. section 3).
+
+    Derivation: derivations/08-gans.md, derivations/09-wgan.md
     """
 
     name: str
@@ -133,7 +134,10 @@ def discriminator_optimizer(
     """The discriminator's optimiser: Adam(lr, b1, b2) or RMSProp(lr).
 
     The rate is constant, or with ``decay_steps`` (discriminator updates) decays by cosine to
-    ``lr * final_lr_fraction``, as the loop's schedule does for the generator."""
+    ``lr * final_lr_fraction``, as the loop's schedule does for the generator.
+
+    Derivation: derivations/08-gans.md, derivations/09-wgan.md
+    """
     if kind not in ("adam", "rmsprop"):
         raise ValueError(f"d_optimizer must be 'adam' or 'rmsprop', got {kind!r}")
     _checks.positive_int("decay_steps", decay_steps, allow_none=True)
@@ -161,6 +165,8 @@ class GAN:
       event_shape: shape of one example.
       num_classes: label count of a conditional GAN, else ``None``.
       images: data are images in [0, 1], mapped to [-1, 1] for the players.
+
+    Derivation: derivations/08-gans.md
     """
 
     generator: nn.Module
@@ -266,7 +272,10 @@ class GAN:
 
 
 def make_gan(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool = False) -> GAN:
-    """The players for ``dataset``: MLPs for vectors, DCGAN for images; options override."""
+    """The players for ``dataset``: MLPs for vectors, DCGAN for images; options override.
+
+    Derivation: derivations/08-gans.md
+    """
     variant_name = str(options.get("variant", "wgan_gp"))
     if variant_name not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant_name!r}")
@@ -312,7 +321,10 @@ def make_gan(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool 
 
 
 def make_task(dataset: Dataset, options: Mapping[str, Any], conditional: bool = False) -> Task:
-    """The :class:`genjax.train.Task` of :func:`make_gan`; its ``model`` is the :class:`GAN`."""
+    """The :class:`genjax.train.Task` of :func:`make_gan`; its ``model`` is the :class:`GAN`.
+
+    Derivation: derivations/08-gans.md
+    """
     gan = make_gan(dataset, options, conditional=conditional)
     return Task(init=gan.init, loss=gan.loss, sample=gan.sample, model=gan, update=gan.update)
 
@@ -322,7 +334,10 @@ def mixture_options(variant: str = "wgan_gp", steps: int = MIXTURE_STEPS) -> dic
 
     Both players are 5 x 128 ReLU MLPs; the discriminator's rate decays by cosine over the
     ``steps`` generator steps, as the generator's does (:func:`mixture_config`); WGAN-GP uses
-    the paper's toy penalty weight :data:`TOY_GP_WEIGHT` instead of 10."""
+    the paper's toy penalty weight :data:`TOY_GP_WEIGHT` instead of 10.
+
+    Derivation: derivations/08-gans.md
+    """
     options: dict[str, Any] = {"variant": variant, "depth": MIXTURE_DEPTH, "d_decay_steps": steps}
     if variant == "wgan_gp":
         options["gp_weight"] = TOY_GP_WEIGHT
@@ -331,13 +346,19 @@ def mixture_options(variant: str = "wgan_gp", steps: int = MIXTURE_STEPS) -> dic
 
 def make_mixture_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     """``make_task`` of the mixture recipes: :func:`mixture_options` of ``options["variant"]``
-    (default WGAN-GP), which ``options`` override."""
+    (default WGAN-GP), which ``options`` override.
+
+    Derivation: derivations/08-gans.md
+    """
     variant = str(options.get("variant", "wgan_gp"))
     return make_task(dataset, {**mixture_options(variant), **options})
 
 
 def mixture_means(name: str) -> np.ndarray:
-    """The mode centres ``[K, 2]`` of a 2-D mixture data set."""
+    """The mode centres ``[K, 2]`` of a 2-D mixture data set.
+
+    Derivation: derivations/08-gans.md
+    """
     if name == "eight_gaussians":
         return data_lib.ring_means(8, 2.0)
     if name == "gaussian_grid":
@@ -460,7 +481,10 @@ def mixture_config(quick: bool) -> TrainConfig:
     WGAN-GP covered 4/8 modes of the ring), and an EMA of the weights averages generators whose
     modes have moved (with decay 0.999 it covered no mode after 3000 steps where the raw
     generator covered all 8). The quick budget (200 steps of 5 x 64 points) only smoke-tests
-    the loop; its discriminator's rate barely decays (the decay spans the full budget)."""
+    the loop; its discriminator's rate barely decays (the decay spans the full budget).
+
+    Derivation: derivations/08-gans.md
+    """
     return TrainConfig(
         steps=200 if quick else MIXTURE_STEPS,
         batch_size=5 * (64 if quick else 256),
@@ -480,7 +504,10 @@ def digits_config(quick: bool) -> TrainConfig:
 
     Adam without momentum (:math:`\beta_1 = 0`, Zhang et al. 2019, SAGAN): with
     :math:`\beta_1 = 0.5` the unconditional DCGAN collapsed onto one image (sliced W1 to the
-    test images 0.217, training images 0.022); with 0 it reached 0.028, all else equal."""
+    test images 0.217, training images 0.022); with 0 it reached 0.028, all else equal.
+
+    Derivation: derivations/08-gans.md
+    """
     return TrainConfig(
         steps=300 if quick else 5000,
         batch_size=64,

@@ -16,7 +16,7 @@ image itself); their ratio is the reduction factor (goal: at least 10x). Content
 result's content loss must stay below ``CONTENT_BOUND`` times the content loss the style image
 itself would have (a result that simply became the style image scores 1).
 
-The maths is derived in derivations/17-style-transfer.md.
+Derivation: derivations/17-style-transfer.md
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ CONTENT_BOUND = 0.75
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Stylization:
-    """The fixed pieces: content and style images, features, targets, weights."""
+    """The fixed pieces: content and style images, features, targets, weights.
+
+    Derivation: derivations/17-style-transfer.md
+    """
 
     content: np.ndarray  # [1, H, W, 3]
     style: np.ndarray  # [1, H, W, 3]
@@ -111,6 +114,8 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
     Options: ``content``, ``style`` (pattern names), ``size``, ``style_weight``,
     ``content_weight``, ``tv_weight``, ``seed`` (of the random features).
+
+    Derivation: derivations/17-style-transfer.md
     """
     opts = {**DEFAULTS, **options}
     size = int(opts["size"])
@@ -192,6 +197,8 @@ def stylize_images(
     :func:`genjax.style.load_image`) at ``size``, with random features of ``seed`` or the VGG-16
     weights in the ``.npz`` file ``vgg``; writes ``stylized.png`` (content / style / result),
     ``result.png`` and ``loss_curve.png`` in ``out``. Returns the paths and the loss history.
+
+    Derivation: derivations/17-style-transfer.md
     """
     content_image = style.load_image(content, size)
     target = style.load_image(style_source, size)

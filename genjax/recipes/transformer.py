@@ -17,8 +17,7 @@ from the step's key (random windows of the training text, or fresh random digit 
 loop's batch only sets the batch size (``Recipe(draws_batches=True)``), so every batch is still
 a function of the step number and runs resume exactly.
 
-The attention and positional encodings are derived in derivations/03-attention.md and
-derivations/04-positional-encoding.md.
+Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
 """
 
 from __future__ import annotations
@@ -82,6 +81,8 @@ class Corpus:
       alphabet: the sorted characters; a character's id is its index.
       train: int32 ids of the training text.
       test: int32 ids of the held-out text.
+
+    Derivation: derivations/03-attention.md
     """
 
     alphabet: str
@@ -109,14 +110,20 @@ class Corpus:
 
 
 def unigram_log_probs(train: np.ndarray, vocab_size: int) -> np.ndarray:
-    r"""Add-one unigram: :math:`\log p(c) = \log\frac{n_c + 1}{N + V}`; ``[V]`` float64."""
+    r"""Add-one unigram: :math:`\log p(c) = \log\frac{n_c + 1}{N + V}`; ``[V]`` float64.
+
+    Derivation: derivations/03-attention.md
+    """
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
     return np.log(counts / counts.sum())
 
 
 def bigram_log_probs(train: np.ndarray, vocab_size: int, alpha: float) -> np.ndarray:
     r"""Add-:math:`\alpha` bigram: :math:`\log p(c \mid a) = \log\frac{n_{ac} + \alpha}
-    {n_a + \alpha V}`; ``[V, V]`` float64 indexed ``[previous, next]``."""
+    {n_a + \alpha V}`; ``[V, V]`` float64 indexed ``[previous, next]``.
+
+    Derivation: derivations/03-attention.md
+    """
     counts = np.zeros((vocab_size, vocab_size))
     np.add.at(counts, (train[:-1], train[1:]), 1.0)
     counts += alpha
@@ -128,6 +135,8 @@ def ngram_bits_per_char(train: np.ndarray, test: np.ndarray, vocab_size: int):
     predicted from the one before; the bigram's α is chosen on the last slice of ``train``).
 
     Returns ``(unigram_bits, bigram_bits, alpha)``.
+
+    Derivation: derivations/03-attention.md
     """
     unigram = unigram_log_probs(train, vocab_size)
     split = int(len(train) * (1 - VALIDATION_FRACTION))
@@ -148,7 +157,10 @@ def ngram_bits_per_char(train: np.ndarray, test: np.ndarray, vocab_size: int):
 
 def random_windows(key, ids: jax.Array, batch: int, length: int) -> jax.Array:
     """``batch`` windows of ``length`` consecutive ids at uniform random offsets: ``[batch,
-    length]``."""
+    length]``.
+
+    Derivation: derivations/03-attention.md
+    """
     starts = jax.random.randint(key, (batch,), 0, ids.shape[0] - length + 1)  # [batch]
     return jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(ids, s, length))(starts)
 
@@ -156,7 +168,10 @@ def random_windows(key, ids: jax.Array, batch: int, length: int) -> jax.Array:
 def held_out_windows(ids: np.ndarray, context: int) -> np.ndarray:
     """Consecutive windows of ``context + 1`` ids overlapping by one, ``[n, context + 1]``: the
     model predicts ids ``1..context`` of each, so every id of ``ids[1 : 1 + n * context]`` is
-    predicted once (the tail shorter than a window is dropped)."""
+    predicted once (the tail shorter than a window is dropped).
+
+    Derivation: derivations/03-attention.md
+    """
     n = (len(ids) - 1) // context
     starts = np.arange(n) * context
     return ids[starts[:, None] + np.arange(context + 1)[None, :]]  # [n, context + 1]
@@ -172,7 +187,10 @@ def _batch_size(batch: Mapping[str, jax.Array]) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CharLM:
-    """The character model's pieces: corpus, network, context length."""
+    """The character model's pieces: corpus, network, context length.
+
+    Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
+    """
 
     corpus: Corpus
     model: DecoderOnlyTransformer
@@ -240,6 +258,8 @@ def make_char_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
     Options: ``context``, ``features``, ``num_layers``, ``num_heads``, ``positional``,
     ``dropout``.
+
+    Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
     """
     opts = {**CHAR_DEFAULTS, **options}
     corpus = Corpus.of(dataset)
@@ -316,7 +336,10 @@ TEST_SIZE = 1000
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Reverser:
-    """The reversal task's pieces."""
+    """The reversal task's pieces.
+
+    Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
+    """
 
     model: EncoderDecoderTransformer
     max_len: int
@@ -396,7 +419,10 @@ REVERSE_DEFAULTS = {
 def make_reverse_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     """The reversal :class:`Task`: strings of :func:`genjax.data.digit_strings`, drawn afresh
     by the loss (``dataset`` only names them). Options: ``max_len``, ``features``,
-    ``num_layers``, ``num_heads``, ``positional``, ``dropout``."""
+    ``num_layers``, ``num_heads``, ``positional``, ``dropout``.
+
+    Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
+    """
     opts = {**REVERSE_DEFAULTS, **options}
     max_len = int(opts["max_len"])
     model = EncoderDecoderTransformer(

@@ -20,7 +20,7 @@ words, the best predictor that ignores the centre word. Extra figures: the held-
 negative-sampling loss itself (fixed negatives) beside that of the unigram scorer
 :math:`s(o) = \log\frac{P(o)}{K P_n(o)}`, the centre-independent optimum of the same loss.
 
-The maths is derived in derivations/16-word2vec.md.
+Derivation: derivations/16-word2vec.md
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class Corpus:
       vocab: training vocabulary (:class:`genjax.word2vec.Vocab`).
       train: int32 ids of the training stream (words outside the vocabulary dropped).
       test: int32 ids of the held-out stream, the same way.
+
+    Derivation: derivations/16-word2vec.md
     """
 
     vocab: w2v.Vocab
@@ -72,7 +74,10 @@ class Corpus:
 
 
 def load_corpus(dataset: Dataset, min_count: int = 5) -> Corpus:
-    """The words of a text data set (``pydoc_topics``) as ids of its training vocabulary."""
+    """The words of a text data set (``pydoc_topics``) as ids of its training vocabulary.
+
+    Derivation: derivations/16-word2vec.md
+    """
     if dataset is None or dataset.alphabet is None:
         name = None if dataset is None else dataset.name
         raise ValueError(f"word2vec needs a text data set (pydoc_topics), got {name!r}")
@@ -92,7 +97,10 @@ def _batch_size(batch: Mapping[str, jax.Array]) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SkipGramTask:
-    """The recipe's pieces: corpus, model, training pairs, noise distribution."""
+    """The recipe's pieces: corpus, model, training pairs, noise distribution.
+
+    Derivation: derivations/16-word2vec.md
+    """
 
     corpus: Corpus
     model: w2v.SkipGram
@@ -175,6 +183,8 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
     Options: ``dim``, ``window``, ``negatives``, ``min_count``, ``power`` (noise exponent),
     ``subsample`` (threshold; 0 = off).
+
+    Derivation: derivations/16-word2vec.md
     """
     opts = {**DEFAULTS, **options}
     corpus = load_corpus(dataset, int(opts["min_count"]))
