@@ -652,6 +652,17 @@ def test_bad_time_steps_raise():
         D.q_sample(None, s, x, jnp.array([0, 1, 2]), noise=x)
 
 
+def test_out_of_range_time_steps_are_clamped_under_jit():
+    s = D.linear_schedule(10)
+    x0, eps = jnp.ones((3, 2)), jnp.full((3, 2), 0.5)
+    inside = D.q_sample(None, s, x0, jnp.array([0, 9, 9]), noise=eps)
+    outside = jax.jit(D.q_sample)(None, s, x0, jnp.array([-4, 10, 1000]), noise=eps)
+    np.testing.assert_array_equal(outside, inside)
+    model = lambda xt, t: xt * t[:, None]  # depends on t, so a clamped t shows in the loss
+    loss = jax.jit(lambda t: D.ddpm_loss(None, s, model, x0, t=t, noise=eps))
+    np.testing.assert_array_equal(loss(jnp.array([-4, 10, 1000])), loss(jnp.array([0, 9, 9])))
+
+
 def test_mismatched_shapes_raise():
     s = D.linear_schedule(10)
     x, t = jnp.zeros((2, 3)), jnp.array([0, 1])

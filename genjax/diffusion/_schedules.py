@@ -214,8 +214,12 @@ def cosine_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -
 
 
 def _t(schedule: Schedule, t, x: jax.Array, name: str = "t") -> jax.Array:
-    """``t`` as int32 ``[batch]`` for the batch of ``x`` (see :func:`_checks.time_steps`)."""
-    return _checks.time_steps(t, schedule.num_steps, x.shape[0], name)
+    """``t`` as int32 ``[batch]`` for the batch of ``x`` (see :func:`_checks.time_steps`).
+
+    A concrete ``t`` outside ``0..T-1`` is a ``ValueError``; a traced one (under ``jit``) cannot
+    be checked and is clamped to ``0..T-1`` (a negative step reads step 0, not the end)."""
+    t = _checks.time_steps(t, schedule.num_steps, x.shape[0], name)
+    return jnp.clip(t, 0, schedule.num_steps - 1)
 
 
 def _at(coef: jax.Array, t: jax.Array, ndim: int) -> jax.Array:

@@ -58,7 +58,8 @@ def q_sample(key: jax.Array, schedule: Schedule, x0: _Batch, t: _Steps, noise=No
       key: PRNG key for :math:`\epsilon` (may be ``None`` when ``noise`` is given).
       schedule: the :class:`Schedule`.
       x0: ``[batch, ...]`` clean data.
-      t: int step(s) in ``0..T-1``, a scalar or ``[batch]``.
+      t: int step(s) in ``0..T-1``, a scalar or ``[batch]``; outside that range a
+        ``ValueError``, or under ``jit`` (where it cannot be checked) clamped to ``0..T-1``.
       noise: optional ``[batch, ...]`` :math:`\epsilon` replacing the draw.
 
     Returns:
@@ -321,7 +322,8 @@ def ddpm_loss(
       x0: ``[batch, ...]`` data.
       parameterization: ``"eps"``, ``"x0"`` or ``"v"``.
       min_snr_gamma: optional Min-SNR-:math:`\gamma` weighting.
-      t: optional int step(s), a scalar or ``[batch]``, replacing the uniform draw.
+      t: optional int step(s) in ``0..T-1``, a scalar or ``[batch]``, replacing the uniform
+        draw; outside that range as in :func:`q_sample` (an error, clamped under ``jit``).
       noise: optional ``[batch, ...]`` :math:`\epsilon` replacing the draw.
 
     Returns:
