@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -71,6 +72,7 @@ IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TOY_SETS = ("two_moons", "eight_gaussians", "gaussian_grid", "checkerboard", "bimodal_1d")
 TEXT_SETS = ("pydoc_topics",)
 GENERATED_SETS = ("patterns", "digit_strings")
+_BUILT_IN = ("digits", *TOY_SETS, *TEXT_SETS, *GENERATED_SETS)  # sets that read no data_dir
 SPLITS = ("train", "test")
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -116,8 +118,9 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
     Args:
       name: one of ``IMAGE_SETS``, ``TOY_SETS``, ``TEXT_SETS`` or ``GENERATED_SETS``.
       split: ``"train"`` or ``"test"``.
-      data_dir: for image sets other than ``digits``: a folder of IDX files, or a
-        tensorflow-datasets data directory. ``None`` uses tfds's default directory.
+      data_dir: for the image sets other than ``digits`` (the sets read from files): a
+        folder of IDX files, or a tensorflow-datasets data directory. ``None`` uses tfds's
+        default directory; given for any other set, it is an error.
 
     Returns:
       ``(x, y)``: images ``[N, H, W, C]`` float32 in [0, 1] (toy sets: points ``[N, d]``) and
@@ -126,11 +129,14 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
       ``digit_strings``: padded strings ``[N, 8]`` and their lengths ``[N]``.
 
     Raises:
-      ValueError: unknown name or split (the message lists the known ones), or a corrupt file.
+      ValueError: unknown name or split (the message lists the known ones), a corrupt file, or
+        ``data_dir`` given for a set that reads no files.
       FileNotFoundError: ``data_dir`` does not exist or lacks the files for ``split``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data_dir is not None and name in _BUILT_IN:
+        raise ValueError(f"data set {name!r} is built in and reads no files; drop data_dir")
     if name == "digits":
         return _digits(split)
     if name in TEXT_SETS:
@@ -201,11 +207,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     the number of dimensions ``n``, ``n`` big-endian uint32 sizes, then the data in C order.
 
     Raises:
-      ValueError: wrong magic number, unknown type, or a file shorter or longer than its header
-        says; the message names the file.
+      ValueError: a ``.gz`` file that is not gzip or is cut short, a wrong magic number, an
+        unknown type, or a file shorter or longer than its header says; the message names the
+        file.
     """
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:  # not gzip, cut short, or corrupt
+            raise ValueError(f"{path}: not a readable gzip file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(
             f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}; expected "

@@ -116,6 +116,27 @@ def test_idx_bad_magic_and_truncation(tmp_path):
         data.read_idx(tmp_path / "t")
 
 
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "corrupt"])
+def test_bad_gzip_names_the_file(tmp_path, kind):
+    _write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 5, 5), np.uint8), gz=True)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    good = path.read_bytes()
+    bad = {
+        "garbage": b"this is not gzip at all",
+        "truncated": good[: len(good) // 2],
+        "corrupt": good[:10] + bytes(b ^ 0xFF for b in good[10:-8]) + good[-8:],
+    }[kind]
+    path.write_bytes(bad)
+    with pytest.raises(ValueError, match=f"{path}: not a readable gzip file"):
+        data.read_idx(path)
+
+
+@pytest.mark.parametrize("name", ["digits", "two_moons", "pydoc_topics", "patterns"])
+def test_data_dir_refused_for_built_in_sets(tmp_path, name):
+    with pytest.raises(ValueError, match=f"data set '{name}' is built in and reads no files"):
+        data.load(name, data_dir=tmp_path)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="known: digits, mnist"):
         data.load("imagenet")
