@@ -18,6 +18,9 @@ this package builds one or more :class:`Recipe` objects and hands them to :func:
 * ``draws_batches``: whether its loss draws its own batch from the step's key (text windows,
   generated strings, an image being optimised), so that the loop's batch only sets the batch
   size (:func:`loop_arrays`).
+* ``options``: the options ``make_task`` reads (``genjax train --option KEY=VALUE``), name ->
+  default or :class:`Option`; :meth:`Recipe.parse_options` refuses other names and values that
+  are not of the default's type or lie outside the option's range.
 
 The task's ``model`` is the recipe's setup object, which ``evaluate`` and ``figures`` read.
 """
@@ -27,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,9 +41,11 @@ import numpy as np
 
 from genjax.checkpoints import CheckpointManager
 from genjax.data import Dataset, load_dataset
+from genjax.runfolder import restore_newest
 from genjax.train import Task, TrainConfig, TrainState, fit, init_state, read_config
 
 __all__ = [
+    "Option",
     "Recipe",
     "Report",
     "Run",
@@ -81,6 +87,64 @@ class Report(NamedTuple):
         return self.value > self.baseline_value
 
 
+class Option(NamedTuple):
+    """A recipe option whose range or type is not the one its default implies.
+
+    A plain default in ``Recipe.options`` declares an option of the default's type: an ``int``
+    must be ``>= 1``, a ``float`` finite and ``>= 0``, a tuple a JSON list of such numbers. An
+    :class:`Option` sets the closed range ``[low, high]`` instead (``None``: that implied
+    bound), and ``type`` when the default is ``None``.
+    """
+
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    type: type | None = None
+
+
+def _parse_option(key: str, text: str, spec: Any, shown: str | None = None) -> Any:
+    """The value ``text`` of the option ``key`` declared by ``spec`` (a default or an
+    :class:`Option`); a value of another type or out of range is a ``ValueError`` naming it
+    (and the whole value ``shown`` when ``text`` is one entry of a list)."""
+    opt = spec if isinstance(spec, Option) else Option(spec)
+    kind = opt.type or type(opt.default)
+
+    def fail(what: str) -> ValueError:
+        entries = "" if shown is None else " entries"
+        return ValueError(f"--option {key}={shown or text}: {key}{entries} must be {what}")
+
+    if kind in (tuple, list):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            raise fail("a JSON list such as [64, 32]") from None
+        items = items if isinstance(items, list) else [items]
+        element = opt._replace(default=opt.default[0] if opt.default else 1, type=None)
+        return tuple(_parse_option(key, json.dumps(item), element, text) for item in items)
+    if kind is bool:
+        words = {"true": True, "1": True, "false": False, "0": False}
+        if text.lower() not in words:
+            raise fail("true or false")
+        return words[text.lower()]
+    if kind is str:
+        return text
+    if kind not in (int, float):  # declared without a type: JSON, else the text itself
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    try:
+        value = kind(text)
+    except ValueError:
+        raise fail("an integer" if kind is int else "a number") from None
+    low = opt.low if opt.low is not None else (1 if kind is int else 0.0)
+    high = math.inf if opt.high is None else opt.high
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise fail(f"{'an integer' if kind is int else 'a number'} {bounds}")
+    return value
+
+
 class Recipe(NamedTuple):
     """One trainable, reportable configuration of a family (see the module docstring)."""
 
@@ -94,6 +158,25 @@ class Recipe(NamedTuple):
     tour: bool = True
     quick_tour: bool = False
     draws_batches: bool = False
+    options: Mapping[str, Any] = {}
+
+    def parse_options(self, pairs: Sequence[str]) -> dict[str, Any]:
+        """``KEY=VALUE`` strings (``genjax train --option``) as this recipe's options: a key
+        outside ``options`` is a ``ValueError`` listing the known keys, and a value is parsed
+        with its declaration (:class:`Option`), a ``ValueError`` naming the option if it does not
+        fit."""
+        out = {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--option must be KEY=VALUE, got {pair!r}")
+            if key not in self.options:
+                known = ", ".join(sorted(self.options)) or "none"
+                raise ValueError(
+                    f"--option {key}: recipe {self.name!r} has no such option; known: {known}"
+                )
+            out[key] = _parse_option(key, text, self.options[key])
+        return out
 
 
 _REGISTRY: dict[str, Recipe] = {}
@@ -194,18 +277,26 @@ def train_run(
 
 
 def restore(run_dir: str | Path) -> tuple[Recipe, Dataset, Task, TrainState]:
-    """The recipe, data set, task and latest checkpointed state of a run folder that
-    :func:`train_run` wrote; a folder without a checkpoint is a ``FileNotFoundError``."""
+    """The recipe, data set, task and newest intact checkpointed state of a run folder that
+    :func:`train_run` wrote, read without writing anything.
+
+    Raises:
+      FileNotFoundError: the folder has no ``config.json`` or no checkpoint.
+      genjax.runfolder.RunFolderError: a corrupt ``config.json``
+        (:class:`~genjax.runfolder.CorruptFile`) or no intact checkpoint
+        (:class:`~genjax.runfolder.NoIntactCheckpoint`); a corrupt newer checkpoint is skipped
+        with a warning naming its step.
+    """
     run_dir = Path(run_dir)
     config, info = read_config(run_dir)
     recipe = get(info["recipe"])
     dataset = load_dataset(info["data"], info.get("data_dir"))
     task = recipe.make_task(dataset, info.get("options", {}))
     like, _ = init_state(task, config, loop_arrays(recipe, dataset, config.batch_size))
-    manager = CheckpointManager(run_dir / "checkpoints")
-    if manager.latest_step() is None:
+    state, step, _ = restore_newest(CheckpointManager(run_dir / "checkpoints"), like, run_dir)
+    if step is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to sample from")
-    return recipe, dataset, task, manager.restore_latest(like)
+    return recipe, dataset, task, state
 
 
 def sample_run(key: jax.Array, run_dir: str | Path, n: int) -> Path:

@@ -183,5 +183,6 @@ for _name, (_summary, _variant) in VARIANTS.items():
             evaluate=_evaluate,
             figures=_figures,
             quick_tour=_name == "autoencoder",
+            options={"code_dim": CODE_DIM, "hidden": 256, "arch": "mlp"},
         )
     )

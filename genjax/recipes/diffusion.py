@@ -450,6 +450,7 @@ register(
         figures=_bimodal_figures,
         data="bimodal_1d",
         quick_tour=True,
+        options={"num_steps": TOY_NUM_STEPS, "width": 64, "depth": 3},
     )
 )
 
@@ -464,6 +465,7 @@ for _name, _tour in (("two_moons", True), ("eight_gaussians", False), ("checkerb
             figures=_toy_2d_figures,
             data=_name,
             tour=_tour,
+            options={"num_steps": TOY_NUM_STEPS, "width": 128, "depth": 3},
         )
     )
 
@@ -503,5 +505,10 @@ for _name, _summary, _conditional, _data, _tour in _IMAGE_RECIPES:
             figures=_images_cfg_figures if _conditional else _images_figures,
             data=_data,
             tour=_tour,
+            options={
+                "num_steps": IMAGE_NUM_STEPS,
+                "base_features": 16,
+                "sample_steps": IMAGE_SAMPLE_STEPS,
+            },
         )
     )

@@ -37,7 +37,7 @@ from genjax import data as data_lib
 from genjax import flows as F
 from genjax import metrics, viz
 from genjax.data import Dataset
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import one_blas_thread, select_on_validation
 from genjax.train import Task, TrainConfig
 
@@ -424,5 +424,8 @@ for _name, _summary, _tour, _quick_tour in (
             data=_name,
             tour=_tour,
             quick_tour=_quick_tour,
+            options={**IMAGE_DEFAULTS, "logit_alpha": Option(LOGIT_ALPHA, high=1.0)}
+            if _images
+            else VECTOR_DEFAULTS,
         )
     )

@@ -55,7 +55,7 @@ from genjax import gan as G
 from genjax.classifier import fit_digits_classifier
 from genjax.data import Dataset
 from genjax.divergences import kl, sliced_wasserstein
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.train import Task, TrainConfig, TrainState, ema_update
 
 __all__ = [
@@ -528,6 +528,21 @@ _MIXTURE = {
     "figures": _mixture_figures,
 }
 _DIGITS = {"config": digits_config, "figures": _image_figures, "data": "digits"}
+_OPTIONS = {  # what make_gan reads (the sizes and rates default by data kind)
+    "variant": "wgan_gp",
+    "normalization": "none",
+    "d_optimizer": "adam",
+    "width": 128,
+    "latent_dim": 2,
+    "depth": 3,
+    "n_critic": 5,
+    "gp_weight": 10.0,
+    "d_lr": 2e-3,
+    "d_b1": Option(0.0, high=1.0),
+    "d_b2": Option(0.9, high=1.0),
+    "d_final_lr_fraction": Option(0.05, high=1.0),
+    "d_decay_steps": Option(None, type=int),
+}
 for _recipe in (
     Recipe(
         "gan_eight_gaussians",

@@ -33,7 +33,7 @@ import numpy as np
 
 from genjax import style, viz
 from genjax.data import Dataset
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.train import Task, TrainConfig
 
 __all__ = ["Stylization", "make_task", "stylize_images"]
@@ -229,4 +229,5 @@ def stylize_images(
 
 _SUMMARY = "Gatys stylisation of a generated image with random multi-scale conv features"
 _RECIPE = Recipe("style_transfer", _SUMMARY, make_task, _config, _evaluate, _figures)
-register(_RECIPE._replace(data="patterns", draws_batches=True))
+_OPTIONS = {**DEFAULTS, "seed": Option(0, low=0)}
+register(_RECIPE._replace(data="patterns", draws_batches=True, options=_OPTIONS))

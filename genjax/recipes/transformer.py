@@ -47,7 +47,7 @@ from genjax.nn.transformer import (
     generate,
     token_nll,
 )
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
 
@@ -475,6 +475,7 @@ register(
         data=CORPUS_NAME,
         draws_batches=True,
         quick_tour=True,
+        options={**CHAR_DEFAULTS, "dropout": Option(0.0, high=1.0)},
     )
 )
 register(
@@ -486,5 +487,6 @@ register(
         evaluate=_evaluate_reverse,
         data="digit_strings",
         draws_batches=True,
+        options={**REVERSE_DEFAULTS, "dropout": Option(0.0, high=1.0)},
     )
 )

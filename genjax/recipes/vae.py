@@ -48,7 +48,7 @@ from genjax import likelihoods, metrics, probes, viz
 from genjax import vae as V
 from genjax.classifier import fit_digits_classifier
 from genjax.data import Dataset
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import fast_init_key, one_blas_thread, select_on_validation
 from genjax.train import Task, TrainConfig, standard_update
 
@@ -531,6 +531,13 @@ def _config(quick: bool, *, steps=10_000, batch_size=64, warmup_steps=200) -> Tr
 _conv_config = functools.partial(_config, steps=20_000, batch_size=128, warmup_steps=500)
 
 RECIPES: dict[str, Recipe] = {}
+_OPTIONS = {  # the options of make_task beside the recipe's own defaults
+    "likelihood": "gaussian",
+    "preparation": "dequantize",
+    "holdout": Option(None, 0, 9, int),
+    "kl_warmup": Option(0, low=0),
+    "beta": 1.0,
+}
 
 
 def _register(name, summary, evaluate, *, config=_config, figures=_figures, **options) -> None:
@@ -538,6 +545,7 @@ def _register(name, summary, evaluate, *, config=_config, figures=_figures, **op
     :class:`genjax.recipes.Recipe` fields (``data``, ``tour``, ``quick_tour``)."""
     fields = {k: options.pop(k) for k in ("data", "tour", "quick_tour") if k in options}
     make = functools.partial(make_task, **options)
+    fields["options"] = {**{k: v for k, v in options.items() if k != "kind"}, **_OPTIONS}
     recipe = Recipe(name, summary, make, config, evaluate, figures=figures, **fields)
     RECIPES[name] = register(recipe)
 

@@ -261,5 +261,6 @@ register(
         figures=_figures,
         data="pydoc_topics",
         draws_batches=True,
+        options=DEFAULTS,
     )
 )
