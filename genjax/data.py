@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "BUILT_IN_SETS",
     "DIGIT_STRING_BOS",
     "DIGIT_STRING_EOS",
     "DIGIT_STRING_LENGTH",
@@ -47,6 +48,7 @@ __all__ = [
     "batches",
     "bimodal_1d",
     "binarize",
+    "check_data_dir",
     "checkerboard",
     "checkerboard_log_prob",
     "dequantize",
@@ -72,7 +74,7 @@ IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TOY_SETS = ("two_moons", "eight_gaussians", "gaussian_grid", "checkerboard", "bimodal_1d")
 TEXT_SETS = ("pydoc_topics",)
 GENERATED_SETS = ("patterns", "digit_strings")
-_BUILT_IN = ("digits", *TOY_SETS, *TEXT_SETS, *GENERATED_SETS)  # sets that read no data_dir
+BUILT_IN_SETS = ("digits", *TOY_SETS, *TEXT_SETS, *GENERATED_SETS)  # read no files: no data_dir
 SPLITS = ("train", "test")
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -135,8 +137,7 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data_dir is not None and name in _BUILT_IN:
-        raise ValueError(f"data set {name!r} is built in and reads no files; drop data_dir")
+    check_data_dir(name, data_dir)
     if name == "digits":
         return _digits(split)
     if name in TEXT_SETS:
@@ -160,6 +161,14 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None):
         return _tfds(name, split, data_dir)
     known = IMAGE_SETS + TOY_SETS + TEXT_SETS + GENERATED_SETS
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(known)}")
+
+
+def check_data_dir(name: str, data_dir: str | Path | None) -> None:
+    """A ``data_dir`` given for a set of ``BUILT_IN_SETS`` (which read no files) is an error."""
+    if data_dir is not None and name in BUILT_IN_SETS:
+        raise ValueError(
+            f"data_dir {str(data_dir)!r}: data set {name!r} is built in, reads no files"
+        )
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

@@ -133,7 +133,7 @@ def test_bad_gzip_names_the_file(tmp_path, kind):
 
 @pytest.mark.parametrize("name", ["digits", "two_moons", "pydoc_topics", "patterns"])
 def test_data_dir_refused_for_built_in_sets(tmp_path, name):
-    with pytest.raises(ValueError, match=f"data set '{name}' is built in and reads no files"):
+    with pytest.raises(ValueError, match=f"data set '{name}' is built in, reads no files"):
         data.load(name, data_dir=tmp_path)
 
 
