@@ -24,9 +24,11 @@ the scan, the guard, EMA, logging and checkpoints. The contract is ``docs/api.md
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +41,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from genjax import checkpoints, parallel
+from genjax import checkpoints, parallel, runfolder
 from genjax import data as data_lib
 from genjax._checks import positive_int
 
@@ -48,6 +50,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "check_finite",
     "ema_update",
     "fit",
@@ -290,7 +293,22 @@ def standard_update(
 
 
 class TrainingDiverged(FloatingPointError):
-    """A metric became NaN or infinite; the message names the step and the metric."""
+    """A metric became NaN or infinite; the message names the step and the metric, and, for a
+    run folder, the last good checkpoint and how to resume from it with a lower rate."""
+
+
+class TrainingInterrupted(Exception):
+    """:func:`fit` was interrupted (``KeyboardInterrupt``) after its pending checkpoint writes
+    were flushed; ``step`` is the checkpoint a new ``fit`` on the same folder resumes from.
+
+    Args:
+      step: the step to resume from (0 when nothing was saved).
+      message: one line naming that step.
+    """
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
 
 
 def init_state(
@@ -408,8 +426,11 @@ def fit(
         keys with a leading ``batch_size`` axis.
       config: the run's :class:`TrainConfig`; with ``progress`` its
         :meth:`TrainConfig.describe` line is printed first.
-      run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go. If it already
-        holds a checkpoint, training resumes from the latest one.
+      run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go, owned by this
+        call for its duration (:func:`genjax.runfolder.lock`). If it already holds a
+        checkpoint, training resumes from the newest intact one once the saved record is
+        checked against ``config`` and ``run_info`` (which fields may change:
+        :mod:`genjax.runfolder`).
       run_info: extra JSON-able facts stored in ``config.json`` (the recipe, data set, options).
       mesh: a device mesh from :func:`genjax.parallel.make_mesh`; batches are sharded over its
         ``"batch"`` axis and parameters replicated. ``None`` runs on the default device.
@@ -422,7 +443,14 @@ def fit(
       when ``config.ema_decay`` is ``None``).
 
     Raises:
-      TrainingDiverged: a metric became NaN/inf; the message names the step and the metric.
+      TrainingDiverged: a metric became NaN/inf; the message names the step, the metric and
+        the last good checkpoint to resume from with a lower rate.
+      TrainingInterrupted: ``KeyboardInterrupt``; pending checkpoints are flushed first.
+      OSError: a write failed (``errno.ENOSPC`` for a full disk); the newest complete
+        checkpoint stays the latest and ``metrics.jsonl`` does not run past it.
+      genjax.runfolder.RunFolderError: the folder is locked by a live process, holds another
+        run (:class:`~genjax.runfolder.ConfigMismatch`), no intact checkpoint, or a corrupt
+        ``config.json``; the folder is left as it was.
     """
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     state, tx = init_state(task, config, arrays)
@@ -443,69 +471,139 @@ def fit(
         return chunks[length](state)
 
     manager = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, config, run_info)
-        manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
-        state = manager.restore_latest(state)
-        if mesh is not None:
-            state = parallel.replicate(state, mesh)
-
-    start = int(state.step)
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
-    if progress:
-        print(config.describe(), flush=True)
-    bar = tqdm(total=end, initial=start, disable=not progress, desc="train", unit="step")
-    tic = time.perf_counter()
-    try:
-        while int(state.step) < end:
-            first = int(state.step)
-            length = min(config.log_every - first % config.log_every, end - first)
-            state, metrics = chunk(state, length)
-            metrics = jax.device_get(metrics)
-            check_finite(metrics, first)
-            summary = _summarise(metrics)
-            step = int(state.step)
-            bar.update(length)
-            bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4g}")
-            if run_dir is not None:
-                record = {"step": step, "time": time.perf_counter() - tic, **summary}
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                every = config.checkpoint_every
-                if step == end or (every is not None and step % every == 0):
-                    manager.save(step, state)
-    finally:
-        bar.close()
-    if manager is not None:
-        manager.wait()
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(runfolder.lock(run_dir))
+            state = _prepare_run(run_dir, config, run_info, state)
+            manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
+            if mesh is not None:
+                state = parallel.replicate(state, mesh)
+        start = int(state.step)
+        end = config.steps if stop_after is None else min(config.steps, stop_after)
+        if progress:
+            print(config.describe(), flush=True)
+        bar = tqdm(total=end, initial=start, disable=not progress, desc="train", unit="step")
+        tic = time.perf_counter()
+        try:
+            while int(state.step) < end:
+                first = int(state.step)
+                length = min(config.log_every - first % config.log_every, end - first)
+                state, metrics = chunk(state, length)
+                metrics = jax.device_get(metrics)
+                check_finite(metrics, first)
+                summary = _summarise(metrics)
+                step = int(state.step)
+                bar.update(length)
+                bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4g}")
+                if run_dir is not None:
+                    record = {"step": step, "time": time.perf_counter() - tic, **summary}
+                    _append_metrics(run_dir / "metrics.jsonl", record)
+                    every = config.checkpoint_every
+                    if step == end or (every is not None and step % every == 0):
+                        manager.save(step, state)
+            if manager is not None:
+                manager.wait()
+        except BaseException as err:
+            _stop(err, manager, run_dir, config, run_info)
+            raise
+        finally:
+            bar.close()
     return state
 
 
-def _write_config(run_dir: Path, config: TrainConfig, run_info: Mapping[str, Any] | None):
+def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
+    """Leave the run folder consistent after ``err`` stopped :func:`fit`: pending checkpoint
+    writes flushed (or abandoned when they fail), ``metrics.jsonl`` trimmed to the newest
+    complete checkpoint; then raise :class:`TrainingInterrupted` for an interrupt and a
+    :class:`TrainingDiverged` naming the checkpoint to resume from for a divergence."""
+    last = 0
+    if manager is not None:
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            manager.wait()
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            manager.close()
+        last = manager.latest_step() or 0
+        runfolder.trim_metrics(run_dir / "metrics.jsonl", last)
+    if isinstance(err, KeyboardInterrupt):
+        where = f"; run again on {run_dir} to resume" if manager is not None else ""
+        raise TrainingInterrupted(last, f"interrupted: the last checkpoint is step {last}{where}")
+    if isinstance(err, TrainingDiverged):
+        lower = f"{config.lr / 10:g}"
+        if manager is None or not last:
+            advice = f"start again with a lower learning rate (e.g. lr={lower})"
+        else:
+            recipe = (run_info or {}).get("recipe", "RECIPE")
+            advice = (
+                f"the last good checkpoint is step {last} in {run_dir}: resume from it with a "
+                f"lower learning rate (lr={lower}; genjax train {recipe} --out {run_dir} "
+                f"--lr {lower})"
+            )
+        raise TrainingDiverged(f"{err.args[0]}; {advice}") from None
+
+
+def _config_fields(config: TrainConfig) -> dict[str, Any]:
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     if config.custom_optimizer:
         fields["optimizer"] = _CUSTOM
-    record = {"train": fields, **(run_info or {})}
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    tmp.replace(run_dir / "config.json")
+    return fields
+
+
+def _prepare_run(
+    run_dir: Path, config: TrainConfig, run_info: Mapping[str, Any] | None, like: TrainState
+) -> TrainState:
+    """Check the run folder against ``config`` and ``run_info`` and restore its newest intact
+    checkpoint (:mod:`genjax.runfolder`); only then record the new segment, move corrupt
+    checkpoints aside (to ``corrupt_checkpoints/``) and trim ``metrics.jsonl`` to the restored
+    step."""
+    fields, info = _config_fields(config), dict(run_info or {})
+    saved = runfolder.read_record(run_dir)
+    manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
+    if saved is not None and manager.all_steps():  # the fields first: the clearer message
+        runfolder.plan_resume(run_dir, saved, {**fields, "steps": math.inf}, info, 0)
+    state, step, bad = runfolder.restore_newest(manager, like, run_dir)
+    if step is None or saved is None:
+        record = runfolder.new_record(fields, info)
+    else:
+        record = runfolder.plan_resume(run_dir, saved, fields, info, step)
+    if step is not None and config.steps == step:
+        return state  # nothing to train: the folder stays as it is
+    if record is not None and record != saved:
+        runfolder.write_record(run_dir, record)
+    for bad_step in bad:
+        aside = run_dir / "corrupt_checkpoints"
+        aside.mkdir(exist_ok=True)
+        os.replace(manager.directory / str(bad_step), aside / str(bad_step))
+    runfolder.trim_metrics(run_dir / "metrics.jsonl", step or 0)
+    return state
 
 
 def read_config(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """Read back ``config.json``: the :class:`TrainConfig` and the ``run_info`` facts."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a genjax run folder?")
-    record = json.loads(path.read_text())
-    fields = record.pop("train")
+    """Read back ``config.json``: the :class:`TrainConfig` in force at the end of the run's
+    history (:mod:`genjax.runfolder`) and the ``run_info`` facts.
+
+    Raises:
+      FileNotFoundError: there is no ``config.json``.
+      genjax.runfolder.CorruptFile: it cannot be parsed.
+    """
+    record = runfolder.read_record(run_dir)
+    if record is None:
+        raise FileNotFoundError(
+            f"{Path(run_dir) / 'config.json'} not found: is {run_dir} a genjax run folder?"
+        )
+    fields, info = runfolder.current_settings(record)
     if fields.get("optimizer") == _CUSTOM:
         raise ValueError(
             f"{run_dir} was trained with a user optax.GradientTransformation, which config.json "
             "cannot hold: build its TrainConfig again to restore it"
         )
-    return TrainConfig(**fields), record
+    return TrainConfig(**fields), info
 
 
 _CUSTOM = "custom optax.GradientTransformation"
