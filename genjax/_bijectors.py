@@ -122,10 +122,6 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Float[Array, "*s
     Returns:
       float32 mask of shape ``shape`` (1 = kept and used to condition, 0 = transformed).
 
-    Example:
-      >>> checkerboard_mask((4,)).tolist()
-      [1.0, 0.0, 1.0, 0.0]
-
     Derivation: derivations/10-realnvp.md
     """
     shape = tuple(int(s) for s in shape)
@@ -161,10 +157,6 @@ def channel_mask(shape: Sequence[int], parity: int = 0) -> Float[Array, "*shape"
 
     Returns:
       float32 mask of shape ``shape``.
-
-    Example:
-      >>> channel_mask((1, 1, 4))[0, 0].tolist()
-      [1.0, 1.0, 0.0, 0.0]
 
     Derivation: derivations/10-realnvp.md
     """
@@ -372,10 +364,6 @@ def squeeze(x: Float[Array, "*batch H W C"], factor: int = 2) -> Float[Array, "*
 
     Returns:
       ``[*batch, H/f, W/f, C f^2]``.
-
-    Example:
-      >>> squeeze(jnp.arange(4.0).reshape(1, 2, 2, 1))[0, 0, 0].tolist()
-      [0.0, 1.0, 2.0, 3.0]
 
     Derivation: derivations/10-realnvp.md
     """

@@ -283,7 +283,7 @@ def train_cnn_classifier(
 
     Args:
       dataset: ``digits`` (default everywhere) or any labelled image set (e.g. ``mnist``).
-      steps: optimiser updates (1500 take well under a minute on one CPU core for digits).
+      steps: optimiser updates.
       widths, strides: the architecture (see :class:`DigitsCNN`).
       seed: the run's seed.
       run_dir: when given, the loop writes ``config.json``, ``metrics.jsonl`` and an orbax
@@ -317,10 +317,6 @@ def train_cnn_classifier(
 
 def load_cnn_classifier(run_dir: str | Path) -> CNNClassifier:
     """Load a classifier that :func:`train_cnn_classifier` saved in ``run_dir``.
-
-    Raises:
-      FileNotFoundError: no ``config.json`` or no checkpoint in ``run_dir``.
-      ValueError: ``run_dir`` holds another kind of run.
 
     Derivation: derivations/14-metrics.md
     """
@@ -409,10 +405,6 @@ def save_npz_params(path: str | Path, params) -> Path:
 
 def load_npz_params(path: str | Path) -> dict:
     """Read an ``.npz`` of ``"a/b/c"``-keyed arrays into a nested dict (``allow_pickle=False``).
-
-    Raises:
-      FileNotFoundError: no such file.
-      ValueError: not an ``.npz`` archive.
 
     Derivation: derivations/14-metrics.md
     """

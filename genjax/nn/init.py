@@ -58,14 +58,6 @@ def compute_fans(shape: Sequence[int], in_axis: int = -2, out_axis: int = -1) ->
     Returns:
       ``(fan_in, fan_out)`` as Python ints.
 
-    Raises:
-      ValueError: ``shape`` has fewer than 2 axes or a non-positive size, or the axes coincide
-        or are out of range.
-
-    Example:
-      >>> compute_fans((3, 3, 16, 32))
-      (144, 288)
-
     Note:
       PyTorch stores conv kernels ``OIHW``; pass ``in_axis=1, out_axis=0`` for that layout.
 

@@ -75,14 +75,6 @@ def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Float[A
     Returns:
       float32 ``[length, dim]``.
 
-    Raises:
-      ValueError: non-positive ``length``/``dim``, odd ``dim``, or ``base <= 1``.
-
-    Example:
-      >>> import numpy as np
-      >>> np.asarray(sinusoidal_encoding(2, 2), np.float64).round(4).tolist()
-      [[0.0, 1.0], [0.8415, 0.5403]]
-
     Note:
       Interleaved, as in the paper. tensor2tensor and many diffusion codebases concatenate
       ``[sin, cos]`` halves instead; :func:`interleaved_to_halves` maps one to the other.
@@ -153,14 +145,6 @@ def interleaved_to_halves(x: Float[Array, "*batch dim"]) -> Float[Array, "*batch
     Returns:
       ``[..., dim]``, the same values permuted.
 
-    Raises:
-      ValueError: odd last axis.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> interleaved_to_halves(jnp.arange(6)).tolist()
-      [0, 2, 4, 1, 3, 5]
-
     Derivation: derivations/04-positional-encoding.md
     """
     x = jnp.asarray(x)
@@ -175,13 +159,6 @@ class LearnedPositionalEmbedding(nn.Module):
     Attributes:
       max_length: rows of the table :math:`E` (longest sequence).
       init_std: standard deviation of the initial table (0.02 as in GPT-2).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> m = LearnedPositionalEmbedding(max_length=16)
-      >>> x = jnp.zeros((2, 5, 8))
-      >>> m.apply(m.init(jax.random.key(0), x), x).shape
-      (2, 5, 8)
 
     Note:
       Positions past ``max_length`` have no row: a learned table does not extrapolate, unlike
@@ -296,13 +273,6 @@ class RelativePositionBias(nn.Module):
       max_distance: :math:`D`.
       bidirectional: encoder-style (``True``) or causal decoder (``False``).
 
-    Example:
-      >>> import jax
-      >>> rpb = RelativePositionBias(num_heads=2)
-      >>> params = rpb.init(jax.random.key(0), 3, 4)
-      >>> rpb.apply(params, 3, 4).shape
-      (1, 2, 3, 4)
-
     References:
       Raffel et al., *Exploring the Limits of Transfer Learning with a Unified Text-to-Text
       Transformer*, 2019, https://arxiv.org/abs/1910.10683
@@ -357,15 +327,6 @@ def apply_rotary(
 
     Returns:
       ``[batch, length, heads, head_dim]`` in ``x``'s dtype (rotated in float32).
-
-    Raises:
-      ValueError: wrong rank, odd ``head_dim``, or ``positions`` of the wrong shape.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> x = jnp.ones((1, 3, 1, 2))
-      >>> [round(float(n), 4) for n in jnp.linalg.norm(apply_rotary(x), axis=-1).ravel()]
-      [1.4142, 1.4142, 1.4142]
 
     Note:
       Interleaved pairs as in Su et al.; GPT-NeoX and LLaMA rotate halves

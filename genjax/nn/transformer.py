@@ -360,14 +360,6 @@ class DecoderOnlyTransformer(nn.Module):
       dropout_rate: dropout rate (``"dropout"`` RNG stream, when ``deterministic=False``).
       positional: ``"sinusoidal"``, ``"learned"`` or ``"rotary"``.
 
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> lm = DecoderOnlyTransformer(vocab_size=11, max_length=8, features=16, num_layers=1,
-      ...                             num_heads=2)
-      >>> tokens = jnp.zeros((2, 8), jnp.int32)
-      >>> lm.apply(lm.init(jax.random.key(0), tokens), tokens).shape
-      (2, 8, 11)
-
     References:
       Radford et al., *Language Models are Unsupervised Multitask Learners*, 2019,
       https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf
@@ -426,15 +418,6 @@ class EncoderDecoderTransformer(nn.Module):
       num_heads: heads per attention.
       mlp_ratio: MLP width over the model width.
       dropout_rate: dropout rate.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> model = EncoderDecoderTransformer(src_vocab=12, tgt_vocab=13, max_length=6,
-      ...                                   features=16, num_layers=1, num_heads=2)
-      >>> src, tgt = jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 6), jnp.int32)
-      >>> lengths = jnp.array([5, 3])
-      >>> model.apply(model.init(jax.random.key(0), src, lengths, tgt), src, lengths, tgt).shape
-      (2, 6, 13)
 
     References:
       Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762

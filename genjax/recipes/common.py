@@ -23,9 +23,9 @@ VALIDATION_FRACTION = 0.2  # of the training set, for choosing a baseline's sett
 def fast_init_key(key: jax.Array) -> jax.Array:
     """An RngBitGenerator key derived from ``key`` (deterministic in ``key``).
 
-    XLA on CPU compiles every threefry draw into a large hash kernel (about 0.1 s per parameter
-    tensor of an ``init``); RngBitGenerator draws compile in a fraction of that. Used for
-    parameter initialisation and for the noise of short runs on small data.
+    XLA on CPU compiles every threefry draw into a large hash kernel, one per parameter tensor
+    of an ``init``; RngBitGenerator draws compile to a much smaller one. Used for parameter
+    initialisation and for the noise of short runs on small data.
     """
     if jax.random.key_impl(key) == "unsafe_rbg":
         return key

@@ -203,8 +203,8 @@ class GAN:
     def init(self, key, batch):
         """``(generator variables, {"discriminator": vars, "d_opt_state": ...})``.
 
-        Parameters do not depend on the batch size: two examples suffice, and one compiled
-        function initialises faster than flax's op-by-op ``init``."""
+        Parameters do not depend on the batch size: two examples suffice, and the
+        initialisation runs as one compiled function rather than flax's op-by-op ``init``."""
         small = {k: jnp.asarray(v)[:2] for k, v in batch.items()}  # [2, ...]
         return jax.jit(self._init)(key, small)
 

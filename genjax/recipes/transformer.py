@@ -277,7 +277,7 @@ def make_char_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
 
 def _char_config(quick: bool) -> TrainConfig:
-    if quick:  # about ten seconds, most of it compilation; beats the bigram already
+    if quick:  # beats the bigram already
         return TrainConfig(
             steps=200, batch_size=32, lr=4e-3, warmup_steps=20, ema_decay=None, log_every=100
         )
