@@ -50,7 +50,9 @@ __all__ = [
     "NoIntactCheckpoint",
     "RunFolderError",
     "RunLocked",
+    "current_settings",
     "lock",
+    "new_record",
     "plan_resume",
     "read_record",
     "restore_newest",
@@ -64,7 +66,7 @@ MUTABLE_TRAIN = ("steps", "lr", "checkpoint_every")
 MUTABLE_INFO = ("data_dir",)
 """``run_info`` facts a resumed run may change (recorded as a new history segment)."""
 
-LOCK_NAME = "lock"
+_LOCK_NAME = "lock"
 
 
 class RunFolderError(Exception):
@@ -108,7 +110,7 @@ def lock(run_dir: str | Path) -> Iterator[Path]:
     Raises:
       RunLocked: another live process holds the lock.
     """
-    path = Path(run_dir) / LOCK_NAME
+    path = Path(run_dir) / _LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -128,13 +130,13 @@ def lock(run_dir: str | Path) -> Iterator[Path]:
     try:
         owner = _read_owner(fd)
         host = socket.gethostname()
-        if owner.get("pid") is not None and owner.get("pid") != os.getpid():
-            state = "dead" if owner.get("host") == host and not _pid_alive(owner["pid"]) else "gone"
-            warnings.warn(
-                f"{path}: taking over the stale lock of {state} pid {owner['pid']} on "
-                f"{owner.get('host', '?')}",
-                stacklevel=3,
-            )
+        pid = owner.get("pid")
+        if pid is not None and pid != os.getpid():
+            if owner.get("host") == host and not _pid_alive(pid):
+                whose = f"dead pid {pid} on {host}"
+            else:
+                whose = f"pid {pid} on {owner.get('host', '?')}, which no longer holds it"
+            warnings.warn(f"{path}: taking over the stale lock of {whose}", stacklevel=3)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
         yield path

@@ -532,8 +532,13 @@ def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
         last = manager.latest_step() or 0
         runfolder.trim_metrics(run_dir / "metrics.jsonl", last)
     if isinstance(err, KeyboardInterrupt):
-        where = f"; run again on {run_dir} to resume" if manager is not None else ""
-        raise TrainingInterrupted(last, f"interrupted: the last checkpoint is step {last}{where}")
+        if manager is None:
+            raise TrainingInterrupted(0, "interrupted; nothing was saved (fit without run_dir)")
+        raise TrainingInterrupted(
+            last,
+            f"interrupted: the last checkpoint is step {last}; run again on {run_dir} to "
+            f"resume from step {last}",
+        )
     if isinstance(err, TrainingDiverged):
         lower = f"{config.lr / 10:g}"
         if manager is None or not last:
@@ -565,9 +570,12 @@ def _prepare_run(
     fields, info = _config_fields(config), dict(run_info or {})
     saved = runfolder.read_record(run_dir)
     manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
-    if saved is not None and manager.all_steps():  # the fields first: the clearer message
-        runfolder.plan_resume(run_dir, saved, {**fields, "steps": math.inf}, info, 0)
-    state, step, bad = runfolder.restore_newest(manager, like, run_dir)
+    try:
+        if saved is not None and manager.all_steps():  # the fields first: the clearer message
+            runfolder.plan_resume(run_dir, saved, {**fields, "steps": math.inf}, info, 0)
+        state, step, bad = runfolder.restore_newest(manager, like, run_dir)
+    finally:
+        manager.close()
     if step is None or saved is None:
         record = runfolder.new_record(fields, info)
     else:
