@@ -65,6 +65,7 @@ CASES = [
     (("interpret", "--data-dir", "{tmp}"), 1, "data set 'digits' is built in"),
     (("interpret", "--methods", "nope"), 1, "unknown methods ['nope']"),
     (("stylize", "{tmp}/missing.png", "checks"), 1, "missing.png"),
+    (("stylize", "shapes", "checks", "--size", "12"), 1, "image size (12, 12) must be a multiple"),
     # run folder
     (("sample", "{tmp}/corrupt"), 3, "{tmp}/corrupt/config.json"),
 ]
@@ -146,12 +147,17 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     assert f"{run} is in use by pid" in _error_line(capsys)
 
 
-def test_zero_flags_are_not_the_default(monkeypatch, capsys):
-    """A flag left out is the recipe's default (None), never a zero that was given."""
+def test_flags_left_out_are_the_recipes_defaults(monkeypatch, capsys):
+    """A flag left out (None) leaves the recipe's default in place; one given is passed on."""
     seen = {}
-    monkeypatch.setattr(recipes, "train_run", lambda *a, **kw: seen.update(kw))
-    with pytest.raises(AttributeError):  # the stub returns no report to print
-        main(["train", "autoencoder", "--steps", "7", "--option", "code_dim=3"])
+
+    def train_run(*args, **kwargs):
+        seen.update(kwargs)
+        return recipes.Report("test MSE per pixel", 0.01, "PCA, 8 components", 0.02)
+
+    monkeypatch.setattr(recipes, "train_run", train_run)
+    assert main(["train", "autoencoder", "--steps", "7", "--option", "code_dim=3"]) == 0
+    assert "autoencoder: test MSE per pixel = 0.01" in capsys.readouterr().out
     assert seen["steps"] == 7 and "lr" not in seen and "batch_size" not in seen
     assert seen["options"] == {"code_dim": 3}
 
