@@ -577,4 +577,4 @@ for _recipe in (
         **_DIGITS,
     ),
 ):
-    register(_recipe)
+    register(_recipe._replace(options=_OPTIONS))
