@@ -514,14 +514,18 @@ def fit(
 
 
 def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # name the file: a failed write() does not
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
     """Leave the run folder consistent after ``err`` stopped :func:`fit`: pending checkpoint
     writes flushed (or abandoned when they fail), ``metrics.jsonl`` trimmed to the newest
-    complete checkpoint; then raise :class:`TrainingInterrupted` for an interrupt and a
+    complete checkpoint; then raise :class:`TrainingInterrupted` for an interrupt, an
+    ``OSError`` naming the run folder for a failed write that names no file, and a
     :class:`TrainingDiverged` naming the checkpoint to resume from for a divergence."""
     last = 0
     if manager is not None:
@@ -539,6 +543,8 @@ def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
             f"interrupted: the last checkpoint is step {last}; run again on {run_dir} to "
             f"resume from step {last}",
         )
+    if isinstance(err, OSError) and err.filename is None and run_dir is not None:
+        raise OSError(err.errno, err.strerror or str(err), str(run_dir)) from err
     if isinstance(err, TrainingDiverged):
         lower = f"{config.lr / 10:g}"
         if manager is None or not last:

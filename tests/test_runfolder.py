@@ -5,8 +5,10 @@ import errno
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +55,19 @@ def reference(tmp_path_factory):
     return state, metric_lines(run_dir)
 
 
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A run folder stopped at step 40 of 100 (checkpoints 20 and 40)."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    _fit(run_dir, stop_after=40)
+    return run_dir
+
+
+def copy_of(stopped, tmp_path):
+    """A private copy of the ``stopped`` folder."""
+    return Path(shutil.copytree(stopped, tmp_path / "run"))
+
+
 def assert_same_run(state, run_dir, reference):
     ref_state, ref_lines = reference
     for a, b in zip(jax.tree.leaves(ref_state), jax.tree.leaves(state), strict=True):
@@ -82,13 +97,13 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     assert not path.exists()
 
 
-def test_fit_refuses_a_locked_folder_untouched(tmp_path):
-    _fit(tmp_path, stop_after=40)
-    before = snapshot(tmp_path)
-    with runfolder.lock(tmp_path):
-        with pytest.raises(runfolder.RunLocked, match=str(tmp_path)):
-            _fit(tmp_path)
-    assert snapshot(tmp_path) == before
+def test_fit_refuses_a_locked_folder_untouched(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    before = snapshot(run)
+    with runfolder.lock(run):
+        with pytest.raises(runfolder.RunLocked, match=str(run)):
+            _fit(run)
+    assert snapshot(run) == before
 
 
 @pytest.mark.parametrize(
@@ -102,18 +117,18 @@ def test_fit_refuses_a_locked_folder_untouched(tmp_path):
         ({"config": dataclasses.replace(CONFIG, steps=20)}, "at step 40: steps=20"),
     ],
 )
-def test_resume_with_another_run_is_refused_untouched(tmp_path, change, named):
-    _fit(tmp_path, stop_after=40)
-    before = snapshot(tmp_path)
+def test_resume_with_another_run_is_refused_untouched(stopped, tmp_path, change, named):
+    run = copy_of(stopped, tmp_path)
+    before = snapshot(run)
     with pytest.raises(runfolder.ConfigMismatch, match=named) as err:
-        _fit(tmp_path, **change)
-    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
-    assert snapshot(tmp_path) == before
+        _fit(run, **change)
+    assert str(run) in str(err.value) and "\n" not in str(err.value)
+    assert snapshot(run) == before
 
 
-def test_resume_with_other_shapes_is_refused_untouched(tmp_path):
-    _fit(tmp_path, stop_after=40)
-    before = snapshot(tmp_path)
+def test_resume_with_other_shapes_is_refused_untouched(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    before = snapshot(run)
     base = linear_task()
 
     def init(key, batch):
@@ -123,8 +138,8 @@ def test_resume_with_other_shapes_is_refused_untouched(tmp_path):
         return base.loss({"w": params["w"][:, 0]}, key, batch)
 
     with pytest.raises(runfolder.ConfigMismatch, match=r"params/w \(4,\) -> \(4, 1\)"):
-        _fit(tmp_path, task=train.Task(init=init, loss=loss))
-    assert snapshot(tmp_path) == before
+        _fit(run, task=train.Task(init=init, loss=loss))
+    assert snapshot(run) == before
 
 
 def test_extending_a_run_adds_a_history_segment(tmp_path):
@@ -145,15 +160,15 @@ def test_extending_a_run_adds_a_history_segment(tmp_path):
     assert [x["step"] for x in metric_lines(tmp_path)] == [20, 40, 60, 80, 100]
 
 
-def test_resume_trims_metrics_past_the_checkpoint(tmp_path, reference):
+def test_resume_trims_metrics_past_the_checkpoint(stopped, tmp_path, reference):
     """Lines past the restored step (a crash after the metrics write, before the checkpoint
     commits) and a half-written line are dropped; the resumed run equals the uninterrupted
     one."""
-    _fit(tmp_path, stop_after=40)
-    with open(tmp_path / "metrics.jsonl", "a") as f:
+    run = copy_of(stopped, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 60, "loss": 1.0}) + "\n" + '{"step": 8')
-    state = _fit(tmp_path)
-    assert_same_run(state, tmp_path, reference)
+    state = _fit(run)
+    assert_same_run(state, run, reference)
 
 
 def test_trim_metrics_is_a_no_op_when_nothing_is_past(tmp_path):
@@ -169,32 +184,38 @@ def test_trim_metrics_is_a_no_op_when_nothing_is_past(tmp_path):
         runfolder.trim_metrics(path, 40)
 
 
-def _corrupt(run_dir, step):
-    for path in glob.glob(str(run_dir / "checkpoints" / str(step) / "default" / "d" / "*")):
+def _corrupt(run_dir, step, how="truncate"):
+    """Truncate checkpoint ``step``'s data files, or empty its ``_METADATA``."""
+    where = run_dir / "checkpoints" / str(step) / "default"
+    if how == "empty_metadata":
+        (where / "_METADATA").write_text("")
+        return
+    for path in glob.glob(str(where / "d" / "*")):
         with open(path, "r+b") as f:
             f.truncate(10)
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference):
+@pytest.mark.parametrize("how", ["truncate", "empty_metadata"])
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference, how):
     _fit(tmp_path, stop_after=60)
-    _corrupt(tmp_path, 60)
+    _corrupt(tmp_path, 60, how)
     with pytest.warns(UserWarning, match="checkpoint 60 is corrupt"):
         state = _fit(tmp_path)
     assert_same_run(state, tmp_path, reference)
     assert (tmp_path / "corrupt_checkpoints" / "60").is_dir()
 
 
-def test_no_intact_checkpoint_is_refused_untouched(tmp_path):
-    _fit(tmp_path, stop_after=40)
+def test_no_intact_checkpoint_is_refused_untouched(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
     for step in (20, 40):
-        _corrupt(tmp_path, step)
-    before = snapshot(tmp_path)
+        _corrupt(run, step)
+    before = snapshot(run)
     with (
         pytest.warns(UserWarning),
-        pytest.raises(runfolder.NoIntactCheckpoint, match=str(tmp_path)),
+        pytest.raises(runfolder.NoIntactCheckpoint, match=str(run)),
     ):
-        _fit(tmp_path)
-    assert snapshot(tmp_path) == before
+        _fit(run)
+    assert snapshot(run) == before
 
 
 def test_garbage_config_json_is_refused_untouched(tmp_path):
@@ -257,7 +278,7 @@ def test_stopped_fit_leaves_a_consistent_folder(tmp_path, reference, monkeypatch
             if fault == "enospc_metrics":
                 with open(path, "a") as f:
                     f.write('{"step": 6')
-                raise OSError(errno.ENOSPC, "No space left on device")
+                raise OSError(errno.ENOSPC, "No space left on device")  # names no file
         append(path, record)
 
     def full_save(self, step, tree):
@@ -274,7 +295,7 @@ def test_stopped_fit_leaves_a_consistent_folder(tmp_path, reference, monkeypatch
     else:
         with pytest.raises(OSError) as err:
             _fit(tmp_path)
-        assert err.value.errno == errno.ENOSPC
+        assert err.value.errno == errno.ENOSPC and str(tmp_path) in str(err.value)
     assert [x["step"] for x in metric_lines(tmp_path)] == [20, 40]
     assert train.checkpoints.CheckpointManager(tmp_path / "checkpoints").latest_step() == 40
     assert not (tmp_path / "lock").exists()

@@ -246,7 +246,9 @@ def train_run(
 ) -> Report:
     """Train ``recipe`` at its full budget into the run folder ``run_dir`` (``config.json``,
     ``metrics.jsonl``, a checkpoint every ``log_every`` steps, ``loss.png``), evaluate the EMA
-    parameters with ``key`` and write ``report.json``; resumes a stopped run.
+    parameters with ``key`` and write ``report.json``; resumes a stopped run once its saved
+    record is checked (:func:`genjax.train.fit`; the folder is locked while training, and the
+    fields that may change on resume are those of :mod:`genjax.runfolder`).
 
     Args:
       key: the evaluation's PRNG key.
@@ -259,6 +261,12 @@ def train_run(
 
     Returns:
       The :class:`Report`.
+
+    Raises:
+      genjax.runfolder.RunFolderError: the folder is in use, holds another run, no intact
+        checkpoint or a corrupt ``config.json``; nothing in it is changed.
+      genjax.train.TrainingDiverged, genjax.train.TrainingInterrupted, OSError: as
+        :func:`genjax.train.fit` raises them, with the folder at its newest checkpoint.
     """
     from genjax import viz
 
@@ -300,7 +308,7 @@ def restore(run_dir: str | Path) -> tuple[Recipe, Dataset, Task, TrainState]:
 
 
 def sample_run(key: jax.Array, run_dir: str | Path, n: int) -> Path:
-    """Draw ``n`` samples from the EMA parameters of a run folder's latest checkpoint
+    """Draw ``n`` samples from the EMA parameters of a run folder's newest intact checkpoint
     (:func:`restore`) with ``key``: an image grid ``samples/samples.png`` for images
     ``[n, H, W, C]``, else the array as ``samples/samples.npy``. Returns the path written."""
     from genjax import viz
