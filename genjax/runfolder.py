@@ -334,8 +334,8 @@ def restore_newest(manager: Any, like: Any, run_dir: str | Path) -> tuple[Any, i
             state = manager.restore(step, like)
         except _RESTORE_ERRORS as err:
             warnings.warn(
-                f"{run_dir}: checkpoint {step} is corrupt or partial "
-                f"({str(err).splitlines()[0][:120]}); trying the one before",
+                f"{run_dir}: checkpoint {step} is corrupt or partial ({type(err).__name__}: "
+                f"{str(err).split(':')[0][:60]}); trying the one before",
                 stacklevel=2,
             )
             bad.append(step)

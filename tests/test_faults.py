@@ -302,6 +302,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path, referen
     out = train_run(tmp_path, run_dir)
     assert out.returncode == 0, out.stderr
     assert "checkpoint 60 is corrupt or partial" in out.stderr
+    assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "final.npy"), reference[0])
     assert metric_lines(run_dir) == reference[1]
     COUNTS["recovered exactly"] += 1
@@ -343,3 +344,34 @@ def test_zz_fault_table(capsys):
     with capsys.disabled():
         print("\nrun-folder faults:", ", ".join(f"{k} {v}" for k, v in COUNTS.items()))
     assert COUNTS["injected"] == COUNTS["recovered exactly"] + COUNTS["refused cleanly"]
+
+
+@pytest.mark.slow
+def test_cli_resume_with_another_recipe_keeps_the_run(tmp_path):
+    """``genjax train autoencoder`` then ``genjax train sparse_autoencoder`` on the same folder:
+    refused with one line (exit 3), the folder unchanged and ``genjax sample`` still works; a
+    shorter ``--steps`` on the finished run is refused the same way."""
+    from test_cli import _run
+
+    run = tmp_path / "run"
+    _run(
+        "train",
+        "autoencoder",
+        "--steps",
+        "40",
+        "--batch-size",
+        "32",
+        "--out",
+        str(run),
+        cwd=tmp_path,
+    )
+    before = snapshot(run)
+    for args, named in [
+        (("sparse_autoencoder", "--steps", "40", "--batch-size", "32"), "recipe 'autoencoder'"),
+        (("autoencoder", "--steps", "20", "--batch-size", "32"), "at step 40: steps=20"),
+        (("autoencoder", "--steps", "40", "--batch-size", "16"), "batch_size 32 -> 16"),
+    ]:
+        out = _run("train", *args, "--out", str(run), cwd=tmp_path, check=False)
+        assert_refused(tmp_path, run, before, out, 3, str(run), named)
+    out = _run("sample", str(run), "-n", "4", cwd=tmp_path)
+    assert Path(out.stdout.strip()) == run / "samples" / "samples.png"
