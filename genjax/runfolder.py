@@ -237,14 +237,19 @@ def plan_resume(
             f"{run_dir} is at step {step}: steps={train['steps']} cannot undo training "
             "(give steps >= the restored step, or use a new folder)"
         )
-    changed = any(old_train.get(k) != train.get(k) for k in MUTABLE_TRAIN) or any(
-        old_info.get(k) != info.get(k) for k in MUTABLE_INFO
-    )
-    if not changed or train["steps"] == step:
-        return None
+    if train["steps"] == step:
+        return None  # nothing to train
+    # Segments after `step` describe training the restored checkpoint does not hold.
     history = list(saved.get("history") or [_segment(0, saved["train"], saved)])
-    history = [seg for seg in history if seg.get("from_step", 0) < step]
-    return {**saved, "history": [*history, _segment(step, train, info)]}
+    kept = [seg for seg in history if seg.get("from_step", 0) <= step] or history[:1]
+    past_train, past_info = current_settings({**saved, "history": kept})
+    changed = any(past_train.get(k) != train.get(k) for k in MUTABLE_TRAIN) or any(
+        past_info.get(k) != info.get(k) for k in MUTABLE_INFO
+    )
+    if changed:
+        before = [seg for seg in kept if seg.get("from_step", 0) < step] or kept[:1]
+        return {**saved, "history": [*before, _segment(step, train, info)]}
+    return None if kept == history else {**saved, "history": kept}
 
 
 def write_record(run_dir: str | Path, record: Mapping[str, Any]) -> None:

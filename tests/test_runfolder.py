@@ -301,3 +301,43 @@ def test_stopped_fit_leaves_a_consistent_folder(tmp_path, reference, monkeypatch
     assert not (tmp_path / "lock").exists()
     monkeypatch.undo()
     assert_same_run(_fit(tmp_path), tmp_path, reference)
+
+
+def test_plan_resume_drops_segments_the_checkpoint_does_not_hold():
+    """A segment recorded from step 60 is dropped when the run resumes from checkpoint 40 (its
+    newer checkpoints were corrupt); a change from 40 becomes the new segment."""
+    fields = {f.name: getattr(CONFIG, f.name) for f in dataclasses.fields(CONFIG)}
+    saved = runfolder.new_record(fields, INFO)
+    saved["history"].append({"from_step": 60, "steps": 200, "lr": 0.05, "checkpoint_every": 20})
+    same = runfolder.plan_resume("r", saved, {**fields, "steps": 200}, INFO, 40)
+    assert [seg["from_step"] for seg in same["history"]] == [0, 40]
+    assert runfolder.plan_resume("r", saved, {**fields, "steps": 200}, INFO, 60) is None
+    assert runfolder.plan_resume("r", same, {**fields, "steps": 200}, INFO, 40) is None
+    back = runfolder.plan_resume("r", saved, fields, INFO, 40)
+    assert back["history"] == saved["history"][:1]
+    lower = runfolder.plan_resume("r", saved, {**fields, "steps": 200, "lr": 0.01}, INFO, 60)
+    assert [(seg["from_step"], seg["lr"]) for seg in lower["history"]] == [(0, 0.05), (60, 0.01)]
+
+
+def test_trim_metrics_truncates_in_place_when_the_disk_is_full(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 20}\n{"step": 40}\n')
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    runfolder.trim_metrics(path, 20)
+    assert path.read_text() == '{"step": 20}\n'
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+
+
+def test_interrupt_without_a_run_folder(monkeypatch):
+    def interrupt(metrics):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_summarise", interrupt)
+    arrays, _ = linear_data()
+    with pytest.raises(train.TrainingInterrupted, match="nothing was saved") as err:
+        train.fit(linear_task(), arrays, CONFIG, progress=False)
+    assert err.value.step == 0
