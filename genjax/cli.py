@@ -215,7 +215,7 @@ def _exit_code(err: BaseException) -> int | None:
         return 3
     if isinstance(err, train.TrainingDiverged):
         return 4
-    if isinstance(err, (KeyboardInterrupt, getattr(train, "TrainingInterrupted", ()))):
+    if isinstance(err, (KeyboardInterrupt, train.TrainingInterrupted)):
         return 130
     chain = (err, err.__cause__, err.__context__)
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
