@@ -339,18 +339,12 @@ def test_damaged_or_changed_folder_is_refused(tmp_path, damage, named):
     assert_refused(tmp_path, run_dir, before, out, 3, str(run_dir), *named)
 
 
-def test_zz_fault_table(capsys):
-    """Prints how many faults this session injected, recovered exactly and refused cleanly."""
-    with capsys.disabled():
-        print("\nrun-folder faults:", ", ".join(f"{k} {v}" for k, v in COUNTS.items()))
-    assert COUNTS["injected"] == COUNTS["recovered exactly"] + COUNTS["refused cleanly"]
-
-
 @pytest.mark.slow
 def test_cli_resume_with_another_recipe_keeps_the_run(tmp_path):
     """``genjax train autoencoder`` then ``genjax train sparse_autoencoder`` on the same folder:
     refused with one line (exit 3), the folder unchanged and ``genjax sample`` still works; a
-    shorter ``--steps`` on the finished run is refused the same way."""
+    shorter ``--steps`` or another ``--batch-size`` is refused the same way, and so is
+    ``genjax sample`` once every checkpoint is corrupt."""
     from test_cli import _run
 
     run = tmp_path / "run"
@@ -375,3 +369,16 @@ def test_cli_resume_with_another_recipe_keeps_the_run(tmp_path):
         assert_refused(tmp_path, run, before, out, 3, str(run), named)
     out = _run("sample", str(run), "-n", "4", cwd=tmp_path)
     assert Path(out.stdout.strip()) == run / "samples" / "samples.png"
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
+    for step in steps:
+        _corrupt(run, step)
+    before = snapshot(run)
+    out = _run("sample", str(run), "-n", "4", cwd=tmp_path, check=False)
+    assert_refused(tmp_path, run, before, out, 3, f"none of the checkpoints {steps} restores")
+
+
+def test_zz_fault_table(capsys):
+    """Prints how many faults this session injected, recovered exactly and refused cleanly."""
+    with capsys.disabled():
+        print("\nrun-folder faults:", ", ".join(f"{k} {v}" for k, v in COUNTS.items()))
+    assert COUNTS["injected"] == COUNTS["recovered exactly"] + COUNTS["refused cleanly"]
