@@ -534,15 +534,17 @@ def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
         with contextlib.suppress(Exception, KeyboardInterrupt):
             manager.close()
         last = manager.latest_step() or 0
-        runfolder.trim_metrics(run_dir / "metrics.jsonl", last)
+        with contextlib.suppress(OSError, runfolder.CorruptFile):  # keep `err` the error raised
+            runfolder.trim_metrics(run_dir / "metrics.jsonl", last)
     if isinstance(err, KeyboardInterrupt):
         if manager is None:
-            raise TrainingInterrupted(0, "interrupted; nothing was saved (fit without run_dir)")
+            message = "interrupted; nothing was saved (fit without run_dir)"
+            raise TrainingInterrupted(0, message) from None
         raise TrainingInterrupted(
             last,
             f"interrupted: the last checkpoint is step {last}; run again on {run_dir} to "
             f"resume from step {last}",
-        )
+        ) from None
     if isinstance(err, OSError) and err.filename is None and run_dir is not None:
         raise OSError(err.errno, err.strerror or str(err), str(run_dir)) from err
     if isinstance(err, TrainingDiverged):
@@ -554,7 +556,7 @@ def _stop(err, manager, run_dir, config: TrainConfig, run_info) -> None:
             advice = (
                 f"the last good checkpoint is step {last} in {run_dir}: resume from it with a "
                 f"lower learning rate (lr={lower}; genjax train {recipe} --out {run_dir} "
-                f"--lr {lower})"
+                f"--lr {lower}, with the run's other flags)"
             )
         raise TrainingDiverged(f"{err.args[0]}; {advice}") from None
 
