@@ -16,7 +16,8 @@ checkpoints.
     :data:`MUTABLE_INFO` (``data_dir``, where the same data set lives);
   - must match, else :class:`ConfigMismatch` naming every field that differs: everything
     else (recipe, data set, options, seed, batch size, optimiser and its constants, schedule,
-    clipping, EMA, ``log_every``), and the shapes of the saved state (checked against the
+    clipping, EMA, ``log_every``, the training data's digest ``train_data_sha256`` that
+    :func:`genjax.train.fit` records), and the shapes of the saved state (checked against the
     checkpoint's metadata in :func:`restore_newest`).
 
   A folder without any checkpoint holds no training yet, so a new record replaces its own.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -476,7 +477,7 @@ def fit(
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(runfolder.lock(run_dir))
-            state = _prepare_run(run_dir, config, run_info, state)
+            state = _prepare_run(run_dir, config, run_info, state, arrays)
             manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
             if mesh is not None:
                 state = parallel.replicate(state, mesh)
@@ -568,18 +569,36 @@ def _config_fields(config: TrainConfig) -> dict[str, Any]:
     return fields
 
 
+def _data_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """A short SHA-256 of the training arrays (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}{array.shape}{array.dtype}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
 def _prepare_run(
-    run_dir: Path, config: TrainConfig, run_info: Mapping[str, Any] | None, like: TrainState
+    run_dir: Path,
+    config: TrainConfig,
+    run_info: Mapping[str, Any] | None,
+    like: TrainState,
+    arrays: Mapping[str, np.ndarray],
 ) -> TrainState:
-    """Check the run folder against ``config`` and ``run_info`` and restore its newest intact
-    checkpoint (:mod:`genjax.runfolder`); only then record the new segment, move corrupt
+    """Check the run folder against ``config``, ``run_info`` and a digest of ``arrays``
+    (``train_data_sha256``; a record without one is not checked for it) and restore its newest
+    intact checkpoint (:mod:`genjax.runfolder`); only then record the new segment, move corrupt
     checkpoints aside (to ``corrupt_checkpoints/``) and trim ``metrics.jsonl`` to the restored
     step."""
     fields, info = _config_fields(config), dict(run_info or {})
     saved = runfolder.read_record(run_dir)
     manager = checkpoints.CheckpointManager(run_dir / "checkpoints")
+    resuming = saved is not None and bool(manager.all_steps())
+    if not resuming or "train_data_sha256" in saved:
+        info["train_data_sha256"] = _data_digest(arrays)
     try:
-        if saved is not None and manager.all_steps():  # the fields first: the clearer message
+        if resuming:  # the fields first: the clearer message
             runfolder.plan_resume(run_dir, saved, {**fields, "steps": math.inf}, info, 0)
         state, step, bad = runfolder.restore_newest(manager, like, run_dir)
     finally:

@@ -126,6 +126,15 @@ def test_resume_with_another_run_is_refused_untouched(stopped, tmp_path, change,
     assert snapshot(run) == before
 
 
+def test_resume_with_other_data_is_refused_untouched(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    before = snapshot(run)
+    arrays, _ = linear_data(seed=1)
+    with pytest.raises(runfolder.ConfigMismatch, match="train_data_sha256"):
+        train.fit(linear_task(), arrays, CONFIG, run_dir=run, run_info=INFO, progress=False)
+    assert snapshot(run) == before
+
+
 def test_resume_with_other_shapes_is_refused_untouched(stopped, tmp_path):
     run = copy_of(stopped, tmp_path)
     before = snapshot(run)
