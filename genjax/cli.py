@@ -1,11 +1,10 @@
 """The ``genjax`` command: train, sample, tour, bench, list, interpret, stylize.
 
-``genjax train NAME`` trains a registered recipe and writes a run folder; ``genjax sample RUN``
-draws from its latest checkpoint; ``genjax tour`` trains every recipe and writes
-``runs/tour/report.md`` (:mod:`genjax.tour`); ``genjax bench`` runs the benchmark suites;
-``genjax interpret`` draws saliency, guided backprop and Grad-CAM overlays of the digits CNN as
-a PNG; ``genjax stylize CONTENT STYLE`` writes a Gatys style transfer and its loss curve. This
-module only parses arguments and dispatches; errors are one line with an exit code (docs/cli.md).
+``genjax train NAME`` trains a registered recipe into a run folder; ``genjax sample RUN`` draws
+from its latest checkpoint; ``genjax tour`` trains the recipes and writes a report
+(:mod:`genjax.tour`); ``genjax bench`` runs the benchmark suites; ``genjax interpret`` draws
+saliency and Grad-CAM overlays of the digits CNN; ``genjax stylize CONTENT STYLE`` writes a Gatys
+style transfer. This module only parses and dispatches; errors are one line (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import errno
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -69,8 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_FLOAT, default=None, help="default: the recipe's")
     t.add_argument("--seed", type=_INT0, default=0)
     t.add_argument("--out", default=None, help="run folder (default runs/RECIPE)")
-    devices_help = "'all' shards each batch over every device"
-    t.add_argument("--devices", choices=("one", "all"), default="one", help=devices_help)
+    t.add_argument("--devices", choices=("one", "all"), default="one", help="'all': every device")
     option_help = "recipe option, e.g. code_dim=16 (repeatable)"
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help=option_help)
 
@@ -226,6 +225,7 @@ def _exit_code(err: BaseException) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code. An error a user can cause
     prints one line ``genjax: error: ...`` on stderr and returns its code (``docs/cli.md``)."""
+    warnings.formatwarning = lambda m, *_, **__: f"genjax: warning: {' '.join(str(m).split())}\n"
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (printed by _Parser) or --help

@@ -194,17 +194,25 @@ def test_trim_metrics_is_a_no_op_when_nothing_is_past(tmp_path):
 
 
 def _corrupt(run_dir, step, how="truncate"):
-    """Truncate checkpoint ``step``'s data files, or empty its ``_METADATA``."""
+    """Truncate checkpoint ``step``'s data files, overwrite every data file (the per-process
+    ones too) with random bytes, or empty its ``_METADATA``."""
     where = run_dir / "checkpoints" / str(step) / "default"
     if how == "empty_metadata":
         (where / "_METADATA").write_text("")
+        return
+    if how == "overwrite":
+        paths = glob.glob(str(where / "**" / "d" / "*"), recursive=True)
+        assert paths
+        for path in paths:
+            with open(path, "wb") as f:
+                f.write(np.random.default_rng(0).bytes(100))
         return
     for path in glob.glob(str(where / "d" / "*")):
         with open(path, "r+b") as f:
             f.truncate(10)
 
 
-@pytest.mark.parametrize("how", ["truncate", "empty_metadata"])
+@pytest.mark.parametrize("how", ["truncate", "overwrite", "empty_metadata"])
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference, how):
     _fit(tmp_path, stop_after=60)
     _corrupt(tmp_path, 60, how)
