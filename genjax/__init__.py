@@ -29,6 +29,7 @@ _SUBMODULES = (
     "parallel",
     "probes",
     "recipes",
+    "runfolder",
     "studies",
     "style",
     "tour",
