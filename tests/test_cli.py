@@ -28,17 +28,8 @@ def _run(*args, cwd, check=True):
 
 def test_train_then_sample_writes_the_run_folder(tmp_path):
     run = tmp_path / "run"
-    out = _run(
-        "train",
-        "autoencoder",
-        "--steps",
-        "40",
-        "--batch-size",
-        "32",
-        "--out",
-        str(run),
-        cwd=tmp_path,
-    )
+    args = "train autoencoder --steps 40 --batch-size 32 --out".split()
+    out = _run(*args, str(run), cwd=tmp_path)
     assert "test MSE per pixel" in out.stdout
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["steps"] == 40

@@ -348,17 +348,7 @@ def test_cli_resume_with_another_recipe_keeps_the_run(tmp_path):
     from test_cli import _run
 
     run = tmp_path / "run"
-    _run(
-        "train",
-        "autoencoder",
-        "--steps",
-        "40",
-        "--batch-size",
-        "32",
-        "--out",
-        str(run),
-        cwd=tmp_path,
-    )
+    _run(*"train autoencoder --steps 40 --batch-size 32 --out".split(), str(run), cwd=tmp_path)
     before = snapshot(run)
     for args, named in [
         (("sparse_autoencoder", "--steps", "40", "--batch-size", "32"), "recipe 'autoencoder'"),
