@@ -23,6 +23,7 @@ from genjax.interpret import (
     guided_backprop,
     guided_grad_cam,
     guided_relu,
+    receptive_field,
     saliency,
     saliency_map,
     upsample,
@@ -200,3 +201,72 @@ def test_interpret_rejects_bad_input():
     with pytest.raises(ValueError, match="steps must be"):
         activation_maximisation(apply_fn, params, x, 0, steps=-1)
     assert isinstance(_cnn().split_model(), SplitModel)
+
+
+def _gradient_supports(fmap, x: np.ndarray, units) -> list:
+    """For each ``i`` in ``units``: the rows and columns of ``x [1, H, W, 1]`` where the gradient
+    of ``fmap(x)[0, i, i, 0]`` is nonzero (all units through one jitted, vmapped backward pass)."""
+    out = jax.eval_shape(fmap, x)
+    cotangents = np.zeros((len(units), *out.shape), np.float32)
+    for n, i in enumerate(units):
+        cotangents[n, 0, i, i, 0] = 1.0
+    backward = jax.jit(jax.vmap(lambda ct: jax.vjp(fmap, x)[1](ct)[0]))
+    grads = np.asarray(backward(cotangents))[:, 0, :, :, 0]  # [units, H, W]
+    return [(np.flatnonzero(g.any(axis=1)), np.flatnonzero(g.any(axis=0))) for g in grads]
+
+
+@pytest.mark.parametrize(
+    "kernel_sizes, strides",
+    [((3, 3, 3), (1, 2, 1)), ((5, 3), (2, 2)), ((2, 3, 1, 3), (2, 1, 2, 1)), ((1,), (3,))],
+)
+def test_receptive_field_is_the_support_of_one_units_input_gradient(kernel_sizes, strides):
+    """closed form: with positive kernels and inputs (no cancellation) and no padding, the
+    gradient of unit (i, i) of the last layer is nonzero exactly on input rows and columns
+    i j_L .. i j_L + r_L - 1. Exact integer comparison."""
+    size, jump = receptive_field(kernel_sizes, strides)
+    rng = np.random.default_rng(0)
+    kernels = [rng.uniform(0.5, 1.5, (k, k, 1, 1)).astype(np.float32) for k in kernel_sizes]
+
+    def last_map(x):
+        for kernel, s in zip(kernels, strides, strict=True):
+            x = jax.lax.conv_general_dilated(
+                x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return x
+
+    x = rng.uniform(0.5, 1.5, (1, 40, 40, 1)).astype(np.float32)
+    for i, (rows, cols) in zip((0, 1, 2), _gradient_supports(last_map, x, (0, 1, 2)), strict=True):
+        expected = np.arange(i * jump, i * jump + size)
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_array_equal(cols, expected)
+
+
+def test_digits_cnn_units_see_a_nine_pixel_square():
+    """closed form: DigitsCNN's 3x3 convolutions with strides (1, 2, 1) give r = 9, j = 2; the
+    gradient of one unit of the last map (positive weights and input, so every ReLU passes) is
+    nonzero on a 9 x 9 square, and its neighbour's square starts 2 pixels further on."""
+    assert receptive_field((3, 3, 3), (1, 2, 1)) == (9, 2)
+    module = DigitsCNN(num_classes=2, widths=(2, 2, 2), strides=(1, 2, 1))
+    x = np.random.default_rng(1).uniform(0.5, 1.5, (1, 20, 20, 1)).astype(np.float32)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(rng.uniform(0.1, 1.0, s.shape), jnp.float32), shapes
+    )
+    features = lambda v: module.apply({"params": params}, v, method=DigitsCNN.features)
+    assert jax.eval_shape(features, x).shape == (1, 10, 10, 2)
+    starts = []
+    for rows, cols in _gradient_supports(features, x, (4, 5)):
+        np.testing.assert_array_equal(rows, np.arange(rows[0], rows[0] + 9))
+        np.testing.assert_array_equal(cols, rows)
+        starts.append(rows[0])
+    assert starts[1] - starts[0] == 2
+
+
+def test_receptive_field_rejects_bad_input():
+    with pytest.raises(ValueError, match="one entry per layer"):
+        receptive_field((3, 3), (1,))
+    with pytest.raises(ValueError, match="kernel_sizes must be positive ints"):
+        receptive_field((3, 0), (1, 1))
+    with pytest.raises(ValueError, match="strides must be positive ints"):
+        receptive_field((3,), (1.5,))
