@@ -78,9 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_INT, default=64)
     s.add_argument("--seed", type=_INT0, default=0)
 
-    tour = sub.add_parser("tour", help="train every recipe briefly and write a report")
-    quick_help = "one recipe per family, quick budgets (under two minutes)"
-    tour.add_argument("--quick", action="store_true", help=quick_help)
+    tour = sub.add_parser("tour", help="train a recipe or two per family and write a report")
+    size = tour.add_mutually_exclusive_group()
+    for flag, help_ in (
+        ("quick", "one recipe per family, smoke budgets (under two minutes)"),
+        ("full", "every touring recipe at its full budget (an hour or more)"),
+    ):
+        size.add_argument(f"--{flag}", dest="budget", action="store_const", const=flag, help=help_)
+    tour.set_defaults(budget="tour")
     tour.add_argument("--only", nargs="*", default=None, help="recipe names to include")
     tour.add_argument("--out", default="runs/tour")
     report_help = "train nothing: rebuild report.md from the results kept in --out"
@@ -151,7 +156,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_tour(args) -> int:
     """``genjax tour``: :func:`genjax.tour.run`."""
-    print(tour.run(args.out, args.quick, args.only, args.report_only))
+    print(tour.run(args.out, args.budget, args.only, args.report_only))
     return 0
 
 

@@ -2,10 +2,11 @@
 
 Each recipe's result (``<out>/<recipe>/result.json``) and image samples
 (``<out>/<recipe>/samples.npy``) are kept, and the report covers every recipe with a result in
-``out`` from a tour of the same mode (full or quick): a tour of a few recipes updates their rows
-in an earlier tour's report, and the FID table ranks them all with the same kept classifier. The
-image families on ``digits`` are ranked by FID/KID in the digits CNN's features, beside a floor
-(training images) and a baseline (a Gaussian mixture's samples).
+``out`` from a tour of the same budget (quick, tour or full: :data:`genjax.recipes.BUDGETS`): a
+tour of a few recipes updates their rows in an earlier tour's report, and the FID table ranks them
+all with the same kept classifier. The image families on ``digits`` are ranked by FID/KID in the
+digits CNN's features, beside a floor (training images) and a baseline (a Gaussian mixture's
+samples).
 """
 
 from __future__ import annotations
@@ -37,37 +38,50 @@ __all__ = [
     "select",
 ]
 
-CNN_STEPS = {False: 1500, True: 300}  #: digits CNN budget of the tour, by ``quick``
+CNN_STEPS = {"quick": 300, "tour": 1500, "full": 1500}  #: digits CNN budget, by tour budget
 KID_SUBSETS = 100  #: KID subsets in the tour's sample-quality table
 GMM_COMPONENTS = 10  #: components of the tour's baseline sampler (one per digit)
 
 
-def select(quick: bool, only: list[str] | None = None) -> dict[str, recipes.Recipe]:
-    """The recipes a tour runs: those named in ``only`` (an unknown name is a ``SystemExit``),
-    else every touring recipe, or with ``quick`` one per family."""
+def select(budget: str, only: list[str] | None = None) -> dict[str, recipes.Recipe]:
+    """The recipes a tour of ``budget`` runs: those named in ``only`` (an unknown name is a
+    ``SystemExit``), else those with a budget of that name: one per family for ``"quick"``
+    (``quick_tour``), those with ``tour_steps`` for ``"tour"``, every touring recipe for
+    ``"full"``."""
     selected = recipes.all_recipes()
     if only:
         unknown = set(only) - set(selected)
         if unknown:
             raise SystemExit(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
-        selected = {k: v for k, v in selected.items() if k in only}
-    quick_only = quick and not only
-    return {k: v for k, v in selected.items() if v.tour and (v.quick_tour or not quick_only)}
+        outside = [k for k in only if budget == "tour" and selected[k].tour_steps is None]
+        if outside:
+            raise SystemExit(f"{', '.join(outside)}: no tour budget; use --quick or --full")
+        return {k: v for k, v in selected.items() if k in only}
+    wanted = {
+        "quick": lambda r: r.tour and r.quick_tour,
+        "tour": lambda r: r.tour_steps is not None,
+        "full": lambda r: r.tour,
+    }[budget]
+    return {k: v for k, v in selected.items() if wanted(v)}
 
 
-def run(out: str | Path, quick: bool, only: list[str] | None = None, report_only: bool = False):
-    """Train, evaluate and draw the selected recipes (none with ``report_only``), keep their
-    results in ``out`` and write ``out/report.md``; returns its path.
+def run(
+    out: str | Path, budget: str = "tour", only: list[str] | None = None, report_only: bool = False
+):
+    """Train, evaluate and draw the recipes of ``budget`` (:func:`select`; none with
+    ``report_only``), keep their results in ``out`` and write ``out/report.md``; returns its path.
 
     Training and evaluation use the EMA parameters (:func:`genjax.recipes.run`).
     """
-    selected = {} if report_only else select(quick, only)
+    if budget not in recipes.BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(recipes.BUDGETS)}, got {budget!r}")
+    selected = {} if report_only else select(budget, only)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, recipe in selected.items():
         tic = time.perf_counter()
         key = jax.random.key(1)
-        dataset, task, state, report = recipes.run(key, recipe, quick)
+        dataset, task, state, report = recipes.run(key, recipe, budget)
         figs = (
             recipe.figures(task, state.ema_params, dataset, key, out / name)
             if recipe.figures
@@ -82,22 +96,22 @@ def run(out: str | Path, quick: bool, only: list[str] | None = None, report_only
         drawn = None
         if recipe.data == "digits":
             drawn = image_samples(jax.random.key(2), task, state.ema_params, dataset)
-        keep_result(out / name, quick, report, seconds, figs, drawn)
-    rows, samples = kept_results(out, quick)
+        keep_result(out / name, budget, report, seconds, figs, drawn)
+    rows, samples = kept_results(out, budget)
     if not rows:
-        raise SystemExit(f"{out}: no {'quick ' if quick else ''}tour results to report")
-    quality = sample_quality(samples, out, quick) if samples else None
+        raise SystemExit(f"{out}: no tour results of the {budget!r} budget to report")
+    quality = sample_quality(samples, out, budget) if samples else None
     path = out / "report.md"
-    path.write_text(report_markdown(rows, quick, quality))
+    path.write_text(report_markdown(rows, budget, quality))
     return path
 
 
-def keep_result(where: Path, quick: bool, report, seconds: float, figs, drawn) -> None:
+def keep_result(where: Path, budget: str, report, seconds: float, figs, drawn) -> None:
     """Write one recipe's tour result to ``where/result.json`` and its image samples ``drawn``
     ``[n, H, W, C]`` (or their absence, ``None``) to ``where/samples.npy``."""
     where.mkdir(parents=True, exist_ok=True)
     result = {
-        "quick": quick,
+        "budget": budget,
         "report": {**report._asdict(), "extra": dict(report.extra)},
         "seconds": seconds,
         "figures": [Path(f).name for f in figs],
@@ -110,9 +124,9 @@ def keep_result(where: Path, quick: bool, report, seconds: float, figs, drawn) -
     (where / "result.json").write_text(json.dumps(result, indent=1, default=float))
 
 
-def kept_results(out: Path, quick: bool):
+def kept_results(out: Path, budget: str):
     """The rows ``(recipe, report, seconds, figure paths)`` and the image samples of every
-    registered recipe with a result of this tour mode in ``out``, in registry order."""
+    registered recipe with a result of this tour budget in ``out``, in registry order."""
     rows, samples = [], {}
     for name, recipe in recipes.all_recipes().items():
         where = out / name
@@ -120,7 +134,7 @@ def kept_results(out: Path, quick: bool):
             result = json.loads((where / "result.json").read_text())
         except FileNotFoundError:
             continue
-        if result["quick"] != quick:
+        if result.get("budget") != budget:
             continue
         report = recipes.Report(**result["report"])
         rows.append((recipe, report, result["seconds"], [where / f for f in result["figures"]]))
@@ -150,28 +164,29 @@ def image_samples(key, task: train.Task, params, dataset: Dataset) -> np.ndarray
     return drawn
 
 
-def load_classifier(out: Path, quick: bool):
+def load_classifier(out: Path, budget: str):
     """``(run folder, classifier)``: the digits CNN of the FID/KID table, loaded from
     ``out/digits_cnn`` (quick tour: ``out/digits_cnn_quick``) when a finished run is there,
     else trained there first (:data:`CNN_STEPS`)."""
+    quick = budget == "quick"
     run_dir = out / ("digits_cnn_quick" if quick else "digits_cnn")
     try:
         net = classifier.load_cnn_classifier(run_dir)
     except FileNotFoundError:  # no run yet, or one without its final checkpoint: (re)train
         net = classifier.train_cnn_classifier(
-            load_dataset("digits"), steps=CNN_STEPS[quick], run_dir=run_dir
+            load_dataset("digits"), steps=CNN_STEPS[budget], run_dir=run_dir
         )
     return run_dir, net
 
 
-def sample_quality(samples: dict[str, np.ndarray], out: Path, quick: bool) -> dict:
+def sample_quality(samples: dict[str, np.ndarray], out: Path, budget: str) -> dict:
     """FID, KID, precision/recall and IS of each family's samples against the digits test
     split, in the digits CNN's features (:func:`genjax.metrics.image_quality`), with the floor
     (as many training images as there are test images) and the baseline (:func:`gmm_samples`),
     against the same test split."""
     tic = time.perf_counter()
     dataset = load_dataset("digits")
-    run_dir, net = load_classifier(out, quick)
+    run_dir, net = load_classifier(out, budget)
     test = dataset.test["x"]
     n = len(test)
     pick = np.random.default_rng(0).choice(len(dataset.train["x"]), n, replace=False)
@@ -216,14 +231,15 @@ def gmm_samples(images: np.ndarray, n: int) -> np.ndarray:
     return np.clip(drawn, 0.0, 1.0).reshape(n, *images.shape[1:]).astype(np.float32)
 
 
-def report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
+def report_markdown(rows, budget: str, quality: dict | None = None) -> str:
     """The tour's ``report.md``: one row per kept result (:func:`kept_results`), the FID table
     (:func:`quality_markdown`) when ``quality`` is given, and each recipe's further figures."""
     lines = [
-        f"# genjax tour{' (quick)' if quick else ''}",
+        f"# genjax tour{'' if budget == 'tour' else f' ({budget} budget)'}",
         "",
-        f"Each recipe trained on its data set with its {'quick ' if quick else ''}tour budget; "
-        "figures on the test split, the baseline computed on the same split.",
+        f"Each recipe trained on its data set with its {budget} budget "
+        "(`genjax.recipes.Recipe.budget`); figures on the test split, the baseline computed on "
+        "the same split.",
         "",
         "| recipe | data | metric | value | baseline | baseline value | beats baseline | "
         "seconds | figure |",
@@ -237,7 +253,7 @@ def report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
             f"{'yes' if report.beats_baseline else 'no'} | {seconds:.1f} | {fig} |"
         )
     if quality is not None:
-        lines += quality_markdown(quality, [recipe.name for recipe, *_ in rows], quick)
+        lines += quality_markdown(quality, [recipe.name for recipe, *_ in rows], budget)
     extras = [(r.name, rep.extra) for r, rep, _, _ in rows if rep.extra]
     if extras:
         lines += ["", "## Further figures", ""]
@@ -246,7 +262,7 @@ def report_markdown(rows, quick: bool, quality: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]:
+def quality_markdown(quality: dict, order: list[str], budget: str) -> list[str]:
     """The lines of the FID table: floor, baseline, then the families of ``order`` with figures
     in ``quality`` (:func:`sample_quality`) ranked by FID, non-finite samples last."""
     figures, n = quality["figures"], quality["n"]
@@ -272,12 +288,11 @@ def quality_markdown(quality: dict, order: list[str], quick: bool) -> list[str]:
         f"Sampling aside, the table took {quality['seconds']:.1f} s (classifier training "
         "included when it was not kept from an earlier tour).",
     ]
-    if quick:
+    if budget == "quick":
         lines += [
             "",
-            f"Quick tour: its classifier's budget is {CNN_STEPS[True]} steps, not the full "
-            f"tour's {CNN_STEPS[False]}, so these values are not comparable with the full "
-            "tour's.",
+            f"Quick tour: its classifier's budget is {CNN_STEPS['quick']} steps, not the "
+            f"other tours' {CNN_STEPS['tour']}, so these values are not comparable with theirs.",
         ]
     if any("autoencoder" in name for name in families):
         lines += [

@@ -1,8 +1,20 @@
-"""Strict JAX for every test: silent rank broadcasting is an error, and keys are fixtures."""
+"""Strict JAX for every test: silent rank broadcasting is an error, and keys are fixtures.
+
+Compiled programs are kept in a persistent XLA cache (``.cache/xla`` at the repository root, or
+``$JAX_COMPILATION_CACHE_DIR``), shared with the command-line runs the tests start: a second run
+of the suite loads what the first compiled instead of compiling it again.
+"""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "xla")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30))  # LRU beyond 1 GiB
 
 import jax
 import pytest

@@ -5,7 +5,6 @@ and left the folder byte for byte as it was. The command-line table is tests/tes
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -98,25 +97,6 @@ np.save(os.path.join(run_dir, "..", "final.npy"), np.concatenate(
 
 NOISE = ("WARNING: All log messages before absl::InitializeLog()",)
 COUNTS = {"injected": 0, "recovered exactly": 0, "refused cleanly": 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for the module's trainers: each compiles the chunk once."""
-    cache = tmp_path_factory.mktemp("xla_cache")
-    env = {
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k)
-        else:
-            os.environ[k] = v
 
 
 def _trainer(tmp_path, run_dir, **spec):

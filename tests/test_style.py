@@ -190,7 +190,7 @@ def test_style_transfer_recipe_meets_its_goal():
     """The tour budget reduces the style loss at least 10x with content within the bound."""
     from genjax import recipes
 
-    report = recipes.run(jax.random.key(0), recipes.get("style_transfer"), False).report
+    report = recipes.run(jax.random.key(0), recipes.get("style_transfer"), "full").report
     assert report.extra["style_reduction_factor"] >= 10.0
     assert report.extra["content_ratio"] <= report.extra["content_bound"]
 

@@ -1,5 +1,7 @@
 """The tour (genjax/tour.py): kept results, the report, the FID table, the image samples."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,32 +27,33 @@ def _fid_table(report: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
 
 
-def test_tour_results_are_kept_and_merged_by_mode(tmp_path):
+def test_tour_results_are_kept_and_merged_by_budget(tmp_path):
     def report(value):
         return Report("m", np.float32(value), "b", 2.0, extra={"e": np.float64(value)})
 
     images = np.zeros((3, 8, 8, 1), np.float32)
-    keep_result(tmp_path / "vae_digits", True, report(1.0), 4.0, [], images)
-    keep_result(tmp_path / "autoencoder", True, report(0.5), 3.0, [tmp_path / "a.png"], None)
-    keep_result(tmp_path / "flow_digits", False, report(9.0), 5.0, [], images)  # full tour
-    rows, samples = kept_results(tmp_path, quick=True)
+    keep_result(tmp_path / "vae_digits", "quick", report(1.0), 4.0, [], images)
+    keep_result(tmp_path / "autoencoder", "quick", report(0.5), 3.0, [tmp_path / "a.png"], None)
+    keep_result(tmp_path / "flow_digits", "full", report(9.0), 5.0, [], images)
+    rows, samples = kept_results(tmp_path, "quick")
     assert [recipe.name for recipe, *_ in rows] == ["autoencoder", "vae_digits"]  # registry order
     (_, first, seconds, figs), (_, second, _, _) = rows
     assert first == report(0.5) and second.extra == {"e": 1.0} and seconds == 3.0
     assert figs == [tmp_path / "autoencoder" / "a.png"]
     assert list(samples) == ["vae_digits"] and samples["vae_digits"].shape == images.shape
-    keep_result(tmp_path / "vae_digits", True, report(0.25), 1.0, [], None)  # rerun, no images
-    rows, samples = kept_results(tmp_path, quick=True)
+    keep_result(tmp_path / "vae_digits", "quick", report(0.25), 1.0, [], None)  # rerun, no images
+    rows, samples = kept_results(tmp_path, "quick")
     assert rows[1][1].value == 0.25 and samples == {}
-    assert [recipe.name for recipe, *_ in kept_results(tmp_path, quick=False)[0]] == ["flow_digits"]
+    assert [recipe.name for recipe, *_ in kept_results(tmp_path, "full")[0]] == ["flow_digits"]
+    assert kept_results(tmp_path, "tour") == ([], {})
 
 
 def test_tour_report_only_rebuilds_the_report_fromkept_results(tmp_path):
     out = tmp_path / "tour"
-    with pytest.raises(SystemExit, match="no quick tour results"):
+    with pytest.raises(SystemExit, match="no tour results of the 'quick' budget"):
         main(["tour", "--quick", "--report-only", "--out", str(out)])
     report = Report("test MSE per pixel", 0.0125, "PCA, 8 components", 0.0246)
-    keep_result(out / "autoencoder", True, report, 3.0, [], None)
+    keep_result(out / "autoencoder", "quick", report, 3.0, [], None)
     assert main(["tour", "--quick", "--report-only", "--out", str(out)]) == 0
     row = next(
         line for line in (out / "report.md").read_text().splitlines() if "autoencoder" in line
@@ -140,9 +143,22 @@ def test_gmm_baseline_is_seeded_shuffled_and_clipped():
     )
 
 
-def test_select_quick_is_one_recipe_per_family_and_only_overrides():
-    quick = select(True)
+def test_select_by_budget_and_only_overrides():
+    quick, default, full = select("quick"), select("tour"), select("full")
     assert "autoencoder" in quick and "denoising_autoencoder" not in quick
-    assert list(select(True, ["denoising_autoencoder"])) == ["denoising_autoencoder"]
+    assert set(default) < set(full) and all(r.tour_steps for r in default.values())
+    assert list(select("quick", ["denoising_autoencoder"])) == ["denoising_autoencoder"]
     with pytest.raises(SystemExit, match="unknown recipes"):
-        select(False, ["nope"])
+        select("full", ["nope"])
+    with pytest.raises(SystemExit, match="convvae_digits: no tour budget"):
+        select("tour", ["convvae_digits"])
+
+
+def test_tour_budget_is_the_full_config_cut_to_tour_steps():
+    recipe = select("tour")["transformer_char_lm"]
+    full, cut = recipe.budget("full"), recipe.budget("tour")
+    assert cut.steps == recipe.tour_steps < full.steps
+    assert dataclasses.replace(cut, steps=full.steps) == full
+    assert recipe.budget("quick") == recipe.config(True)
+    with pytest.raises(ValueError, match="budget must be one of quick, tour, full"):
+        recipe.budget("long")

@@ -225,6 +225,6 @@ def test_word2vec_recipe_beats_the_unigram_baseline():
     """The recipe's quick budget already predicts held-out contexts better than the unigram."""
     from genjax import recipes
 
-    report = recipes.run(jax.random.key(0), recipes.get("word2vec"), True).report
+    report = recipes.run(jax.random.key(0), recipes.get("word2vec"), "quick").report
     assert report.beats_baseline
     assert report.extra["held_out_ns_loss"] < report.extra["held_out_ns_loss_unigram_scorer"]

@@ -6,14 +6,18 @@ this package builds one or more :class:`Recipe` objects and hands them to :func:
 ``genjax tour`` by adding one file. A recipe says:
 
 * ``make_task(dataset, options) -> Task``: the :class:`genjax.train.Task` for that data;
-* ``config(quick) -> TrainConfig``: the tour's budget (``quick`` for ``genjax tour --quick``);
+* ``config(quick) -> TrainConfig``: the full budget (``genjax train``, ``genjax tour --full``),
+  or with ``quick`` a smoke budget of about ten seconds (``genjax tour --quick``);
+* ``tour_steps``: the number of updates of the full config that the default ``genjax tour``
+  trains (``None``: the recipe is not in it). One or two recipes per family carry it, chosen so
+  that each still beats its baseline and the whole tour ends within ten minutes on 2 cores;
 * ``evaluate(task, params, dataset, key) -> Report``: the headline test metric beside its
   baseline computed on the same split (e.g. PCA for the autoencoder);
 * ``figures(task, params, dataset, key, out_dir) -> [paths]``: PNGs for the report;
-* ``tour``: whether ``genjax tour`` runs it (recipes on large downloaded sets say no);
+* ``tour``: whether ``genjax tour --full`` runs it (recipes on large downloaded sets say no);
 * ``quick_tour``: whether ``genjax tour --quick`` runs it. One recipe per family says yes, with a
   quick budget of about ten seconds, so that the quick tour touches every family in under two
-  minutes; ``--only`` overrides the selection;
+  minutes; ``--only`` overrides the selection of every budget;
 * ``data``: the name of the data set it trains on (:func:`genjax.data.load_dataset`);
 * ``draws_batches``: whether its loss draws its own batch from the step's key (text windows,
   generated strings, an image being optimised), so that the loop's batch only sets the batch
@@ -45,6 +49,7 @@ from genjax.runfolder import restore_newest
 from genjax.train import Task, TrainConfig, TrainState, fit, init_state, read_config
 
 __all__ = [
+    "BUDGETS",
     "Option",
     "Recipe",
     "Report",
@@ -159,6 +164,20 @@ class Recipe(NamedTuple):
     quick_tour: bool = False
     draws_batches: bool = False
     options: Mapping[str, Any] = {}
+    tour_steps: int | None = None
+
+    def budget(self, name: str) -> TrainConfig:
+        """The :class:`~genjax.train.TrainConfig` of the budget ``name`` (:data:`BUDGETS`):
+        ``"quick"`` is ``config(True)``, ``"full"`` is ``config(False)``, and ``"tour"`` is the
+        full config cut to ``tour_steps`` updates (its learning-rate schedule follows the new
+        length); a ``ValueError`` names an unknown budget or a recipe outside the tour."""
+        if name not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {name!r}")
+        if name != "tour":
+            return self.config(name == "quick")
+        if self.tour_steps is None:
+            raise ValueError(f"recipe {self.name!r} has no tour budget (tour_steps is None)")
+        return dataclasses.replace(self.config(False), steps=self.tour_steps)
 
     def parse_options(self, pairs: Sequence[str]) -> dict[str, Any]:
         """``KEY=VALUE`` strings (``genjax train --option``) as this recipe's options: a key
@@ -180,6 +199,7 @@ class Recipe(NamedTuple):
 
 
 _REGISTRY: dict[str, Recipe] = {}
+BUDGETS = ("quick", "tour", "full")  #: the training budgets of a recipe (:meth:`Recipe.budget`)
 
 
 def register(recipe: Recipe) -> Recipe:
@@ -223,12 +243,13 @@ def loop_arrays(recipe: Recipe, dataset: Dataset, batch_size: int) -> dict[str, 
     return dataset.train
 
 
-def run(key: jax.Array, recipe: Recipe, quick: bool) -> Run:
-    """Load ``recipe``'s data, train its task at its (``quick``) budget, and evaluate the EMA
-    parameters (the parameters themselves when the config has no EMA) with ``key``."""
+def run(key: jax.Array, recipe: Recipe, budget: str) -> Run:
+    """Load ``recipe``'s data, train its task at the ``budget`` (:meth:`Recipe.budget`), and
+    evaluate the EMA parameters (the parameters themselves when the config has no EMA) with
+    ``key``."""
     dataset = load_dataset(recipe.data)
     task = recipe.make_task(dataset, {})
-    config = recipe.config(quick)
+    config = recipe.budget(budget)
     state = fit(task, loop_arrays(recipe, dataset, config.batch_size), config, progress=False)
     return Run(dataset, task, state, recipe.evaluate(task, state.ema_params, dataset, key))
 

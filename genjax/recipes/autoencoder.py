@@ -183,6 +183,7 @@ for _name, (_summary, _variant) in VARIANTS.items():
             evaluate=_evaluate,
             figures=_figures,
             quick_tour=_name == "autoencoder",
+            tour_steps=3000 if _name == "autoencoder" else None,
             options={"code_dim": CODE_DIM, "hidden": 256, "arch": "mlp"},
         )
     )

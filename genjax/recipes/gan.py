@@ -574,6 +574,7 @@ for _recipe in (
             dataset, {"variant": "sngan", **options}, conditional=True
         ),
         evaluate=_evaluate_conditional,
+        tour_steps=2000,
         **_DIGITS,
     ),
 ):

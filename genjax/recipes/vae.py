@@ -542,8 +542,9 @@ _OPTIONS = {  # the options of make_task beside the recipe's own defaults
 
 def _register(name, summary, evaluate, *, config=_config, figures=_figures, **options) -> None:
     """Register a recipe whose task is :func:`make_task` with the ``options`` that are not
-    :class:`genjax.recipes.Recipe` fields (``data``, ``tour``, ``quick_tour``)."""
-    fields = {k: options.pop(k) for k in ("data", "tour", "quick_tour") if k in options}
+    :class:`genjax.recipes.Recipe` fields (``data``, ``tour``, ``quick_tour``, ``tour_steps``)."""
+    recipe_fields = ("data", "tour", "quick_tour", "tour_steps")
+    fields = {k: options.pop(k) for k in recipe_fields if k in options}
     make = functools.partial(make_task, **options)
     fields["options"] = {**{k: v for k, v in options.items() if k != "kind"}, **_OPTIONS}
     recipe = Recipe(name, summary, make, config, evaluate, figures=figures, **fields)
@@ -555,6 +556,7 @@ _register(
     "Gaussian-decoder MLP VAE on dequantised digits: IS NLL vs PPCA and a GMM",
     _evaluate_likelihood,
     quick_tour=True,
+    tour_steps=3000,
     kind="VAE",
     **DIGITS_DEFAULTS,
 )

@@ -262,5 +262,6 @@ register(
         data="pydoc_topics",
         draws_batches=True,
         options=DEFAULTS,
+        tour_steps=3000,
     )
 )
