@@ -467,3 +467,82 @@ def test_non_boolean_mask_raises_type_error():
     q = jnp.ones((1, 4, 2, 4))
     with pytest.raises(TypeError, match="mask must be boolean"):
         attention_weights(q, q, mask=jnp.ones((4, 4)))
+
+
+def _matmul_flops(jaxpr) -> int:
+    """2 · (output size) · (contracted size), summed over every ``dot_general`` of a jaxpr and of
+    the jaxprs nested in its equations (jit, custom derivatives)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[c] for c in contract)
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                total += _matmul_flops(inner)
+    return total
+
+
+@pytest.mark.parametrize("length_over_width", [0.5, 1.0, 2.0, 4.0])
+def test_attention_outgrows_the_projections_beyond_twice_the_width(length_over_width):
+    """closed form, exact integer FLOP counts: over one sequence of length L and width D with H
+    heads of size D/H, MultiHeadAttention's four projections cost 8 L D² and the attention inside
+    it 4 L² D (2 L² D/H for Q Kᵀ and for A V, per head), so attention / projections = L / (2D):
+    they are equal at L = 2D, not at L = D. Counted from the traced matmuls of the code."""
+    width, heads = 32, 4
+    length = int(length_over_width * width)
+    x = jax.ShapeDtypeStruct((1, length, width), jnp.float32)
+    module = MultiHeadAttention(num_heads=heads)
+    params = jax.eval_shape(module.init, INIT_KEY, x)
+    total = _matmul_flops(jax.make_jaxpr(module.apply)(params, x).jaxpr)
+    qkv = jax.ShapeDtypeStruct((1, length, heads, width // heads), jnp.float32)
+    attention = _matmul_flops(jax.make_jaxpr(scaled_dot_product_attention)(qkv, qkv, qkv).jaxpr)
+    projections = total - attention
+    assert attention == 4 * length**2 * width
+    assert projections == 8 * length * width**2
+    assert attention * 2 * width == projections * length  # ratio L / (2D), exactly
+
+
+@jax.jit
+def _first_row_and_its_query_jacobian(q, k):
+    """Query 0's attention weights ``[k_len]`` and their Jacobian in ``q``."""
+    row = lambda q: attention_weights(q, k)[0, 0, 0]  # [k_len]
+    return row(q), jax.jacobian(row)(q)
+
+
+def test_softmax_saturates_as_unscaled_scores_grow_and_scaling_keeps_it_fixed():
+    """Monte Carlo over 128 queries x 128 keys with unit-normal entries. The softmax Jacobian
+    J = diag(A) - A Aᵀ of each row (checked against jax.jacobian of the code's weights) has a
+    median Frobenius norm near 0.13 with the 1/sqrt(d_k) scale, whatever d_k (σ = 1); unscaled
+    scores (σ = sqrt(d_k)) push rows towards one-hot: the fraction of rows with a weight above
+    0.99 grows with d_k (0.13 at d_k = 64, 0.79 at d_k = 1024), and at d_k = 1024 the
+    median Jacobian norm is below 1 % of the scaled one. Tolerances: `median_atol` on the
+    scaled medians (their spread over seeds is about 0.01); the thresholds on the unscaled rows
+    are about half the measured values.
+    """
+    n, median_atol = 128, 0.03
+
+    def rows(scores):  # [n, n] scores -> weights, median Frobenius norm of the row Jacobians
+        a = np.exp(scores - scores.max(axis=1, keepdims=True))
+        a /= a.sum(axis=1, keepdims=True)
+        jac = a[:, :, None] * np.eye(n) - a[:, :, None] * a[:, None, :]  # [n, n, n]
+        return a, jac, np.median(np.sqrt((jac**2).sum(axis=(1, 2))))
+
+    one_hot = {}
+    for d_k in (64, 1024):
+        q, k = normal(d_k, (1, n, 1, d_k)), normal(d_k + 1, (1, n, 1, d_k))
+        unscaled = np.asarray(attention_scores(q, k, scale=1.0), np.float64)[0, 0]  # [n, n]
+        a, jac, scaled_median = rows(unscaled / math.sqrt(d_k))
+        if d_k == 64:  # the closed forms against the code's weights and their autodiff Jacobian
+            weights, dq = _first_row_and_its_query_jacobian(q, k)
+            np.testing.assert_allclose(weights, a[0], rtol=RTOL, atol=ATOL)
+            dq = np.asarray(dq)[:, 0, 0, 0, :]  # [n, d_k]: d A_0j / d q_0
+            np.testing.assert_allclose(dq, jac[0] @ k[0, :, 0] / 8.0, rtol=RTOL, atol=ATOL)
+        assert abs(scaled_median - 0.13) < median_atol
+        assert (a.max(axis=1) > 0.99).mean() == 0.0
+        a, _, unscaled_median = rows(unscaled)
+        one_hot[d_k] = (a.max(axis=1) > 0.99).mean()
+    assert 0.08 < one_hot[64] < 0.35 < one_hot[1024]
+    assert unscaled_median < 0.01 * scaled_median
