@@ -26,6 +26,7 @@ __all__ = [
     "CNN_STEPS",
     "GMM_COMPONENTS",
     "KID_SUBSETS",
+    "family_markdown",
     "gmm_samples",
     "image_samples",
     "keep_result",
@@ -252,6 +253,7 @@ def report_markdown(rows, budget: str, quality: dict | None = None) -> str:
             f"{report.baseline} | {report.baseline_value:.5g} | "
             f"{'yes' if report.beats_baseline else 'no'} | {seconds:.1f} | {fig} |"
         )
+    lines += family_markdown(rows, quality)
     if quality is not None:
         lines += quality_markdown(quality, [recipe.name for recipe, *_ in rows], budget)
     extras = [(r.name, rep.extra) for r, rep, _, _ in rows if rep.extra]
@@ -260,6 +262,36 @@ def report_markdown(rows, budget: str, quality: dict | None = None) -> str:
         for name, extra in extras:
             lines.append(f"- **{name}**: " + ", ".join(f"{k} = {v:.5g}" for k, v in extra.items()))
     return "\n".join(lines) + "\n"
+
+
+def family_markdown(rows, quality: dict | None = None) -> list[str]:
+    """The lines of the family table: per family (:attr:`genjax.recipes.Recipe.family`), whether
+    a recipe of this tour beats its baseline in its own metric, and whether one's samples score a
+    lower FID than the Gaussian-mixture baseline in the FID table (``quality``,
+    :func:`sample_quality`); a family beats its baseline when either holds."""
+    figures = quality["figures"] if quality else {}
+    base = figures.get("baseline")
+    by_family: dict[str, list] = {}
+    for recipe, report, *_ in rows:
+        by_family.setdefault(recipe.family, []).append((recipe.name, report))
+    lines = [
+        "",
+        "## Families",
+        "",
+        "| family | recipes | beats its baseline in its metric | FID below the mixture's | "
+        "beats a baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for family, members in by_family.items():
+        own = [name for name, report in members if report.beats_baseline]
+        fid = [
+            name
+            for name, _ in members
+            if base and figures.get(name) and figures[name]["fid"] < base["fid"]
+        ]
+        cells = [", ".join(own) or "no", ", ".join(fid) or "no", "yes" if own or fid else "no"]
+        lines.append(f"| {family} | {', '.join(n for n, _ in members)} | {' | '.join(cells)} |")
+    return lines
 
 
 def quality_markdown(quality: dict, order: list[str], budget: str) -> list[str]:

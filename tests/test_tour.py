@@ -11,6 +11,7 @@ from genjax.cli import main
 from genjax.recipes import Report
 from genjax.tour import (
     GMM_COMPONENTS,
+    family_markdown,
     gmm_samples,
     image_samples,
     keep_result,
@@ -162,3 +163,23 @@ def test_tour_budget_is_the_full_config_cut_to_tour_steps():
     assert recipe.budget("quick") == recipe.config(True)
     with pytest.raises(ValueError, match="budget must be one of quick, tour, full"):
         recipe.budget("long")
+
+
+def test_family_table_counts_a_win_in_the_own_metric_or_in_fid():
+    recipes = select("full")
+    rows = [
+        (recipes["autoencoder"], Report("m", 1.0, "b", 2.0), 1.0, []),  # beats in its metric
+        (recipes["dcgan_digits"], Report("m", 3.0, "b", 2.0), 1.0, []),  # loses, but FID wins
+        (recipes["cgan_digits"], Report("m", 3.0, "b", 2.0), 1.0, []),
+        (recipes["word2vec"], Report("m", 3.0, "b", 2.0), 1.0, []),  # loses both
+    ]
+    fid = {"baseline": {"fid": 10.0}, "dcgan_digits": {"fid": 5.0}, "cgan_digits": None}
+    table = {
+        line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")
+        for line in family_markdown(rows, {"figures": fid})
+        if line.startswith("| ") and "---" not in line
+    }
+    assert table["autoencoder"][2:] == ["autoencoder", "no", "yes "]
+    assert table["gan"][1:] == ["dcgan_digits, cgan_digits", "no", "dcgan_digits", "yes "]
+    assert table["word2vec"][2:] == ["no", "no", "no "]
+    assert recipes["vae_digits"].family == "vae" and recipes["flow_digits"].family == "flows"

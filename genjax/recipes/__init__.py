@@ -32,6 +32,7 @@ The task's ``model`` is the recipe's setup object, which ``evaluate`` and ``figu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -165,6 +166,14 @@ class Recipe(NamedTuple):
     draws_batches: bool = False
     options: Mapping[str, Any] = {}
     tour_steps: int | None = None
+
+    @property
+    def family(self) -> str:
+        """The family: the name of the module of this package that built ``make_task``."""
+        fn = self.make_task
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        return fn.__module__.rsplit(".", 1)[-1]
 
     def budget(self, name: str) -> TrainConfig:
         """The :class:`~genjax.train.TrainConfig` of the budget ``name`` (:data:`BUDGETS`):
