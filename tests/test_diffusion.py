@@ -913,3 +913,67 @@ def test_trained_toy_model_needs_the_clip_under_ddim():
         )
     assert clipped < 8 * floor, (clipped, floor)
     assert unclipped > 3 * clipped, (unclipped, clipped)
+
+
+def test_large_variance_adds_sqrt_beta_noise_and_is_exact_for_standard_normal_data():
+    """closed form + Monte Carlo. One step: given the same z, variance="large" differs from
+    "small" by (sqrt(beta_t) - sqrt(tilde beta_t)) z for t > 0 and not at all at t = 0. Chain:
+    for data N(0, I) the exact eps is sqrt(1 - alpha_bar_t) x_t, the step's mean is
+    sqrt(alpha_t) x_t, and sigma_t^2 = beta_t makes each step the true reverse transition, so
+    N(0, I) is kept to the last (noise-free) step: Var x_0 = alpha_0 = 0.992 after 20 cosine
+    steps, where "small" would give v_{t-1} = alpha_t v_t + tilde beta_t, 0.81 (8 standard
+    errors away). The sample mean and variance lie within Z = 5 standard errors of 0 and
+    alpha_0 (sqrt(v / n) and v sqrt(2 / (n - 1)))."""
+    s, n, z_tol = D.cosine_schedule(20), 4000, 5.0
+    eps_fn = lambda x, t: D.gaussian_mixture_eps(s, x, t, jnp.zeros((1, 1)), 1.0)
+    xt, z = (jax.random.normal(jax.random.key(i), (s.num_steps, 1)) for i in (20, 21))
+    t = np.arange(s.num_steps)
+
+    @jax.jit
+    def steps(xt, z):
+        step = lambda z, variance: D.ddpm_step(s, eps_fn, xt, t, z, variance=variance)
+        return step(z, "large") - step(z, "small"), step(jnp.zeros_like(z), "large")
+
+    difference, mean = steps(xt, z)
+    betas, tilde = np.asarray(s.betas, np.float64), np.asarray(s.posterior_variance, np.float64)
+    expected = (np.sqrt(betas) - np.sqrt(tilde)) * (t > 0)  # [T]
+    np.testing.assert_allclose(difference, expected[:, None] * z, atol=ATOL)
+    np.testing.assert_allclose(mean, np.sqrt(1.0 - betas)[:, None] * xt, rtol=RTOL, atol=ATOL)
+    v_small = 1.0
+    for k in range(s.num_steps - 1, -1, -1):
+        v_small = (1.0 - betas[k]) * v_small + (tilde[k] if k > 0 else 0.0)
+    v = 1.0 - betas[0]
+    assert v - v_small > z_tol * v * math.sqrt(2.0 / (n - 1))  # "small" would fail the check
+    x = np.asarray(D.sample(jax.random.key(3), s, eps_fn, (n, 1), clip_x0=None, variance="large"))
+    assert abs(x.mean()) < z_tol * math.sqrt(v / n), x.mean()
+    assert abs(x.var(ddof=1) - v) < z_tol * v * math.sqrt(2.0 / (n - 1)), x.var(ddof=1)
+
+
+def test_vlb_weights_fall_with_t_so_l_simple_gives_low_noise_steps_less_weight():
+    """closed form: lambda_t = beta_t^2 / (2 tilde beta_t alpha_t (1 - alpha_bar_t)) simplifies
+    to beta_t / (2 alpha_t (1 - alpha_bar_{t-1})) for t >= 1 (float64 reference, rtol 1e-3).
+    On the linear schedule it falls from 0.60 at t = 1 through every step to t = 300, and stays
+    below 1/50 of that from there on, so L_simple's uniform weight gives the low-noise steps
+    (small t) at least 50 times less weight, relative to the late steps, than the bound does."""
+    s = D.linear_schedule(1000)
+    lam = np.asarray(D.vlb_weights(s), np.float64)
+    b = np.asarray(s.betas, np.float64)
+    ab = np.cumprod(1.0 - b)
+    # float32 schedule: 1 - alpha_bar_0 = 1e-4 is held to float32's 6e-8 spacing near 1
+    np.testing.assert_allclose(lam[1:], b[1:] / (2 * (1 - b[1:]) * (1 - ab[:-1])), rtol=1e-3)
+    assert abs(lam[1] - 0.60) < 0.005
+    assert np.all(np.diff(lam[1:301]) < 0)
+    assert lam[300:].max() < lam[1] / 50
+
+
+@pytest.mark.parametrize(("sampler", "mean", "std"), [("ddpm", 2.12, 0.48), ("ddim", 2.51, 0.29)])
+def test_guidance_scale_three_lands_beyond_the_mode_and_narrower(sampler, mean, std):
+    """Monte Carlo, 10,000 samples: with w = 3 on the mixture (mode +2, std 0.5) the samples'
+    mean and standard deviation are the figures of derivations/12-guidance.md §4 within Z = 5
+    standard errors (std / sqrt(n) for the mean, std / sqrt(2n) for the standard deviation), and
+    those lie beyond the mode (mean > 2) and inside its spread (std < 0.5) by more than that."""
+    x = np.asarray(_analytic_sampler(sampler)(jax.random.key(13), jnp.array([0.5, 0.5]), 1, 3.0))
+    se_mean, se_std = std / math.sqrt(NUM_SAMPLES), std / math.sqrt(2 * NUM_SAMPLES)
+    assert abs(x.mean() - mean) < 5 * se_mean, x.mean()
+    assert abs(x.std() - std) < 5 * se_std, x.std()
+    assert mean - 5 * se_mean > 2.0 and std + 5 * se_std < STD
