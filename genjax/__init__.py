@@ -20,6 +20,7 @@ _SUBMODULES = (
     "data",
     "diffusion",
     "divergences",
+    "figures",
     "flows",
     "gan",
     "interpret",

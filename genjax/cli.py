@@ -1,10 +1,11 @@
-"""The ``genjax`` command: train, sample, tour, bench, list, interpret, stylize.
+"""The ``genjax`` command: train, sample, tour, bench, list, interpret, stylize, figures.
 
 ``genjax train NAME`` trains a registered recipe into a run folder; ``genjax sample RUN`` draws
 from its latest checkpoint; ``genjax tour`` trains the recipes and writes a report
 (:mod:`genjax.tour`); ``genjax bench`` runs the benchmark suites; ``genjax interpret`` draws
 saliency and Grad-CAM overlays of the digits CNN; ``genjax stylize CONTENT STYLE`` writes a Gatys
-style transfer. This module only parses and dispatches; errors are one line (docs/cli.md).
+style transfer; ``genjax figures`` draws the derivation notes' concept figures
+(:mod:`genjax.figures`). This module only parses and dispatches; errors are one line (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     methods_help = "any of saliency guided_backprop deconvnet cam grad_cam guided_grad_cam"
     i.add_argument("--methods", nargs="+", default=methods, help=methods_help)
     i.add_argument("--out", default="runs/interpret", help="folder for interpret.png")
+
+    f = sub.add_parser("figures", help="draw the derivation notes' concept figures as PNG")
+    f.add_argument("--out", default="docs/figures/concepts", help="folder for NAME.png")
+    f.add_argument("--only", nargs="+", metavar="NAME", help="figure names (default: all)")
     return p
 
 
@@ -206,6 +211,15 @@ def _cmd_stylize(args) -> int:
         f"({h['style'][0] / h['style'][-1]:.1f}x), content loss {h['content'][-1]:.4g}; "
         f"wrote {', '.join(map(str, paths))}"
     )
+    return 0
+
+
+def _cmd_figures(args) -> int:
+    """``genjax figures``: :func:`genjax.figures.make_figures` into ``--out``."""
+    from genjax import figures
+
+    for path in figures.make_figures(jax.random.key(0), args.out, args.only):
+        print(path)
     return 0
 
 
