@@ -522,7 +522,8 @@ def rst_to_markdown(text: str, obj: griffe.Object) -> str:
         target = _resolve_in_scope(obj, name)
         if target is None:
             return f"`{name}`"
-        return f'<autoref identifier="{html.escape(target)}" optional><code>{html.escape(name)}</code></autoref>'
+        code = f"<code>{html.escape(name)}</code>"
+        return f'<autoref identifier="{html.escape(target)}" optional>{code}</autoref>'
 
     text = _XREF_ROLE.sub(xref, text)
 

@@ -1,0 +1,203 @@
+"""The documentation site in a real browser: maths typeset, figures loaded, citations resolve.
+
+The site is the one ``.ci/run`` built (``GENJAX_SITE_DIR``) or, without it, a fresh
+``mkdocs build --strict`` into ``tmp_path``. It is served from a thread on localhost and read by
+headless Chromium (``GENJAX_CHROMIUM``, default Debian's ``/usr/bin/chromium``) through
+Playwright, which never downloads a browser here.
+"""
+
+import contextlib
+import functools
+import http.server
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("GENJAX_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+DOCS_EXTRA = ("mkdocs", "material", "mkdocstrings_handlers.python", "pymdownx", "playwright")
+NOTE = "derivations/11-ddpm/"  # the DDPM note: ~160 formulas, ~40 cited tests and functions
+RESULTS = "diffusion/"  # its results page, with figures
+MIN_MATH = 100  # typeset formulas expected on the note
+MIN_CITATIONS = 30  # links to tests, API entries and source pages expected on the note
+
+
+def _missing_requirement() -> str | None:
+    if not CHROMIUM.exists():
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    for name in DOCS_EXTRA:
+        if importlib.util.find_spec(name.partition(".")[0]) is None:
+            return f"{name} is not installed (pip install -e '.[docs]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    if reason := _missing_requirement():
+        pytest.skip(reason)
+    if given := os.environ.get("GENJAX_SITE_DIR"):
+        site_dir = Path(given)
+        assert (site_dir / "index.html").exists(), f"GENJAX_SITE_DIR={given} holds no built site"
+        return site_dir
+    site_dir = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", site_dir],
+        cwd=ROOT,
+        check=True,
+    )
+    return site_dir
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        with contextlib.closing(context):
+            yield context.new_page()
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.ids.update(v for k, v in attrs if k in ("id", "name") and v)
+
+
+@functools.cache
+def _fetch_ids(url: str) -> frozenset[str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200, url
+        parser = _Ids()
+        parser.feed(response.read().decode("utf-8"))
+    return frozenset(parser.ids)
+
+
+def _open(page, url: str) -> None:
+    page.goto(url, wait_until="load")
+    page.wait_for_function(
+        "document.querySelectorAll('.arithmatex').length === 0 || "
+        "document.querySelectorAll('.arithmatex .katex').length > 0"
+    )
+
+
+def _images_loaded(page) -> tuple[int, list[str]]:
+    return page.evaluate(
+        """() => {
+            const imgs = [...document.querySelectorAll('.md-content img')];
+            return [imgs.length,
+                    imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)];
+        }"""
+    )
+
+
+def test_note_renders_maths_figures_and_resolving_citations(base_url, browser_page, tmp_path):
+    page = browser_page
+    _open(page, base_url + NOTE)
+
+    math = page.evaluate(
+        """() => ({
+            formulas: document.querySelectorAll('.arithmatex').length,
+            typeset: document.querySelectorAll(
+                '.arithmatex > .katex, .arithmatex > .katex-display').length,
+            errors: document.querySelectorAll('.katex-error').length,
+            text: document.querySelector('.md-content').innerText,
+        })"""
+    )
+    assert math["typeset"] > MIN_MATH, math["typeset"]
+    assert math["typeset"] == math["formulas"], "some formulas were left untypeset"
+    assert math["errors"] == 0, "KaTeX could not parse some formulas"
+    assert "$$" not in math["text"] and "\\[" not in math["text"]
+
+    checked = 0
+    for url in (base_url + NOTE, base_url + RESULTS):
+        if url != page.url:
+            _open(page, url)
+        count, broken = _images_loaded(page)
+        assert not broken, f"images that did not load on {url}: {broken}"
+        checked += count
+    assert checked > 0, "no figure was checked"
+
+    _open(page, base_url + NOTE)
+    hrefs = page.evaluate(
+        "() => [...document.querySelectorAll('.md-content a[href]')].map(a => a.href)"
+    )
+    citations = sorted(
+        {h for h in hrefs if any(f"/{kind}/" in h for kind in ("source", "reference"))}
+    )
+    assert len(citations) >= MIN_CITATIONS, citations
+    assert any("/source/tests/" in h and "#test_" in h for h in citations)
+    assert any("/reference/genjax.diffusion/#genjax.diffusion." in h for h in citations)
+    for href in citations:
+        url, anchor = urldefrag(urljoin(page.url, href))
+        ids = _fetch_ids(url)
+        assert not anchor or anchor in ids, f"{href}: no element with id {anchor!r}"
+
+    # one hop further: the cited test's anchor and the API entry are on the pages they name
+    test_link = next(h for h in citations if "/source/tests/" in h and "#test_" in h)
+    page.goto(test_link)
+    assert page.locator(f"[id='{urldefrag(test_link)[1]}']").count() == 1
+
+    page.goto(base_url + NOTE, wait_until="load")
+    page.wait_for_selector(".arithmatex .katex")
+    page.locator("h2").nth(1).scroll_into_view_if_needed()
+    shot = tmp_path / "ddpm-note.png"
+    page.screenshot(path=str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 50_000, shot.stat().st_size
+    print(
+        f"\n{math['typeset']} formulas typeset, {checked} figures loaded, "
+        f"{len(citations)} citation links resolved; screenshot {shot}"
+    )
+
+
+def test_skips_without_chromium(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    assert _missing_requirement() == (
+        "Chromium not found at /nonexistent/chromium (apt-get install chromium)"
+    )
