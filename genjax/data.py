@@ -14,6 +14,9 @@ Images come back NHWC float32 in :math:`[0, 1]`, labels int32. Three sources:
 * generated sets that a recipe's loss draws afresh at every step: ``patterns`` (the style
   recipe's images, :func:`genjax.style.pattern`) and ``digit_strings`` (the reversal recipe's
   sequences, :func:`digit_strings`); their splits are fixed samples of the same generator.
+* image-to-image sets made from ``digits`` with an exact answer (:mod:`genjax._canvases`):
+  segmentation canvases and label maps, Sobel edge maps, the hidden transform of the unpaired
+  task, inpainting masks.
 """
 
 from __future__ import annotations
@@ -30,17 +33,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax._canvases import (
+    BACKGROUND,
+    CANVAS_SIZE,
+    STROKE_THRESHOLD,
+    Canvases,
+    edge_maps,
+    segmentation_canvases,
+    square_masks,
+    thick_inverted,
+    unpaired_split,
+)
+
 __all__ = [
+    "BACKGROUND",
     "BUILT_IN_SETS",
+    "CANVAS_SIZE",
     "DIGIT_STRING_BOS",
     "DIGIT_STRING_EOS",
     "DIGIT_STRING_LENGTH",
     "DIGIT_STRING_PAD",
     "GENERATED_SETS",
     "IMAGE_SETS",
+    "STROKE_THRESHOLD",
     "TEXT_HELD_OUT_EVERY",
     "TEXT_SETS",
     "TOY_SETS",
+    "Canvases",
     "Dataset",
     "Text",
     "batch_from_orders",
@@ -54,6 +73,7 @@ __all__ = [
     "dequantize",
     "digit_strings",
     "dynamic_binarize",
+    "edge_maps",
     "eight_gaussians",
     "epoch_orders",
     "gaussian_grid",
@@ -67,7 +87,11 @@ __all__ = [
     "num_examples",
     "read_idx",
     "ring_means",
+    "segmentation_canvases",
+    "square_masks",
+    "thick_inverted",
     "two_moons",
+    "unpaired_split",
 ]
 
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")

@@ -1,7 +1,10 @@
-r"""The diffusion U-Net: time embedding, residual blocks with group norm, skips, attention.
+r"""The U-Net: time embedding, residual blocks with group norm, skips, attention.
 
-The network maps a noisy image and its time step (and optionally a label) to a prediction of
-the same shape (ε, :math:`x_0` or v; see :mod:`genjax.diffusion`). Its parts:
+The diffusion network maps a noisy image and its time step (and optionally a label) to a
+prediction of the same shape (ε, :math:`x_0` or v; see :mod:`genjax.diffusion`). Without time
+conditioning (``num_steps=None``), with ``out_features`` output channels and without attention,
+the same network is the segmentation and image-translation U-Net of
+:mod:`genjax.segmentation` and :mod:`genjax.translation`. Its parts:
 
 * :class:`genjax.nn.layers.TimeEmbedding`: the sinusoidal encoding of the integer step
   followed by a two-layer MLP;
@@ -24,7 +27,8 @@ References:
   Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B, the architecture),
   https://arxiv.org/abs/2006.11239
 
-Derivation: derivations/11-ddpm.md (the network's place in the loss)
+Derivation: derivations/11-ddpm.md (the network's place in the loss),
+derivations/19-dense-prediction.md (skips and receptive field)
 """
 
 from collections.abc import Sequence
@@ -79,16 +83,19 @@ class AttentionBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    r"""A U-Net denoiser ``(x_t [b, H, W, C], t [b], y [b] | None) -> [b, H, W, C]``.
+    r"""A U-Net ``(x [b, H, W, C], t [b] | None, y [b] | None) -> [b, H, W, out]``.
 
     Level :math:`\ell` (of ``len(channel_mults)``) works at resolution :math:`H / 2^\ell` with
     ``base_features * channel_mults[l]`` channels and ``num_res_blocks`` residual blocks; the
     lowest level adds self-attention. A conditional model (``num_classes`` set) embeds
     ``num_classes + 1`` labels, the last being the null label of classifier-free guidance,
-    and adds the label embedding to the time embedding.
+    and adds the label embedding to the time embedding. Without time conditioning
+    (``num_steps=None``, an unconditional model) the embedding is the constant 0, so each
+    residual block's embedding projection reduces to a learned per-channel bias.
 
     Attributes:
-      num_steps: :math:`T` of the diffusion schedule.
+      num_steps: :math:`T` of the diffusion schedule, or ``None`` for a network of the image
+        alone (segmentation, translation); ``t`` is then ``None``.
       base_features: channels of the first level.
       channel_mults: channel multiplier per level.
       num_res_blocks: residual blocks per level on the way down (one more on the way up).
@@ -96,9 +103,11 @@ class UNet(nn.Module):
       num_groups: GroupNorm groups.
       dropout: dropout rate inside residual blocks.
       num_classes: number of labels, or ``None`` for an unconditional model.
+      out_features: output channels (``None``: as many as the input's).
+      attention: self-attention in the middle (it makes the receptive field global).
 
-    Returns (``__call__(x, t, y=None, train=False)``):
-      ``[b, H, W, C]``, the prediction for ``x [b, H, W, C]`` (``H`` and ``W`` divisible by
+    Returns (``__call__(x, t=None, y=None, train=False)``):
+      ``[b, H, W, out]``, the prediction for ``x [b, H, W, C]`` (``H`` and ``W`` divisible by
       ``2 ** (len(channel_mults) - 1)``) at steps ``t [b]`` with labels ``y [b]``.
 
     Note:
@@ -109,10 +118,12 @@ class UNet(nn.Module):
       Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B),
       https://arxiv.org/abs/2006.11239
 
-    Derivation: derivations/11-ddpm.md
+      Ronneberger et al., *U-Net*, 2015, https://arxiv.org/abs/1505.04597
+
+    Derivation: derivations/11-ddpm.md, derivations/19-dense-prediction.md
     """
 
-    num_steps: int
+    num_steps: int | None
     base_features: int = 32
     channel_mults: Sequence[int] = (1, 2)
     num_res_blocks: int = 1
@@ -120,10 +131,45 @@ class UNet(nn.Module):
     num_groups: int = 8
     dropout: float = 0.0
     num_classes: int | None = None
+    out_features: int | None = None
+    attention: bool = True
+
+    def paths(self) -> list[list[tuple]]:
+        r"""Every input-to-output path through the skips, as the layer specs of
+        :func:`genjax.segmentation.input_interval`: ``("conv", k, s, p)`` for the 3x3 convs
+        (a residual block contributes two; its own identity or 1x1 skip is a sub-path with a
+        nested field) and the stride-2 convs, ``("up", 2)`` for nearest upsampling. Without
+        attention only (attention reads every position).
+
+        Derivation: derivations/19-dense-prediction.md
+        """
+        if self.attention:
+            raise ValueError("with attention every output reads the whole image")
+        conv, down, last = ("conv", 3, 1, 1), ("conv", 3, 2, 1), len(self.channel_mults) - 1
+        h = [[conv]]  # the paths reaching the current activation
+        skips = [h]
+        for level in range(last + 1):
+            for _ in range(self.num_res_blocks):
+                h = [[*p, conv, conv] for p in h]
+                skips.append(h)
+            if level != last:
+                h = [[*p, down] for p in h]
+                skips.append(h)
+        h = [[*p, *[conv] * 4] for p in h]  # the middle's two blocks
+        for level in reversed(range(last + 1)):
+            for _ in range(self.num_res_blocks + 1):
+                h = [[*p, conv, conv] for p in h + skips.pop()]  # concatenation, then a block
+            if level != 0:
+                h = [[*p, ("up", 2), conv] for p in h]
+        return [[*p, conv] for p in h]
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, train: bool = False
+        self,
+        x: jax.Array,
+        t: jax.Array | None = None,
+        y: jax.Array | None = None,
+        train: bool = False,
     ) -> jax.Array:
         factor = 2 ** (len(self.channel_mults) - 1)
         if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
@@ -131,10 +177,15 @@ class UNet(nn.Module):
                 f"x must be NHWC [b, H, W, C] with H and W divisible by {factor} "
                 f"(channel_mults={tuple(self.channel_mults)}), got shape {x.shape}"
             )
-        if jnp.shape(t) != (x.shape[0],):
-            raise ValueError(f"t must have shape [batch] = ({x.shape[0]},), got {jnp.shape(t)}")
         emb_features = 4 * self.base_features
-        emb = TimeEmbedding(self.num_steps, emb_features)(t)  # [b, E]
+        if self.num_steps is None:
+            if t is not None:
+                raise ValueError("a UNet without time conditioning (num_steps=None) takes t=None")
+            emb = jnp.zeros((x.shape[0], emb_features), x.dtype)  # [b, E], constant
+        else:
+            if jnp.shape(t) != (x.shape[0],):
+                raise ValueError(f"t must have shape [batch] = ({x.shape[0]},), got {jnp.shape(t)}")
+            emb = TimeEmbedding(self.num_steps, emb_features)(t)  # [b, E]
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("a conditional UNet (num_classes set) needs labels y [batch]")
@@ -155,7 +206,8 @@ class UNet(nn.Module):
                 skips.append(h)
 
         h = block(h.shape[-1], h)
-        h = AttentionBlock(self.num_heads, self.num_groups)(h)
+        if self.attention:
+            h = AttentionBlock(self.num_heads, self.num_groups)(h)
         h = block(h.shape[-1], h)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
@@ -168,7 +220,8 @@ class UNet(nn.Module):
                 # h: [b, 2H', 2W', C]
                 h = Conv(c)(h)
         h = nn.silu(nn.GroupNorm(group_count(self.num_groups, h.shape[-1]))(h))
-        return Conv(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+        out = self.out_features or x.shape[-1]
+        return Conv(out, kernel_init=nn.initializers.zeros)(h)
 
 
 def unet_for(
