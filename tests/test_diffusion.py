@@ -977,3 +977,43 @@ def test_guidance_scale_three_lands_beyond_the_mode_and_narrower(sampler, mean, 
     assert abs(x.mean() - mean) < 5 * se_mean, x.mean()
     assert abs(x.std() - std) < 5 * se_std, x.std()
     assert mean - 5 * se_mean > 2.0 and std + 5 * se_std < STD
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_with_the_true_eps_keeps_the_forward_marginals(eta):
+    """Monte Carlo, 20,000 draws: x_t ~ q(x_t | x_0) and the true eps of that draw (x_0 known)
+    make ddim_step a draw of q_sigma(x_prev | x_t, x_0), whose marginal is q(x_prev | x_0) =
+    N(sqrt(alpha_bar_prev) x_0, 1 - alpha_bar_prev) for every eta, over a strided pair of steps
+    (t = 60 to 30). Mean and variance within Z = 5 standard errors, sqrt(v / n) and
+    v sqrt(2 / (n - 1))."""
+    s, n, x0, t, t_prev, z_tol = D.linear_schedule(100, 1e-3, 0.2), 20_000, 0.7, 60, 30, 5.0
+    ab = np.asarray(s.alpha_bars, np.float64)
+    eps, z = (jax.random.normal(jax.random.key(k), (n, 1)) for k in (40, 41))
+    xt = math.sqrt(ab[t]) * x0 + math.sqrt(1 - ab[t]) * eps
+    true_eps = lambda x, step: (
+        (x - jnp.sqrt(s.alpha_bars[step])[:, None] * x0) / jnp.sqrt(1 - s.alpha_bars[step])[:, None]
+    )
+    x = np.asarray(D.ddim_step(s, true_eps, xt, t, t_prev, z, eta=eta), np.float64)[:, 0]
+    mean, var = math.sqrt(ab[t_prev]) * x0, 1 - ab[t_prev]
+    assert abs(x.mean() - mean) < z_tol * math.sqrt(var / n), x.mean()
+    assert abs(x.var(ddof=1) - var) < z_tol * var * math.sqrt(2.0 / (n - 1)), x.var(ddof=1)
+
+
+def test_first_ddim_step_multiplies_an_eps_error_by_a_difference_of_large_factors():
+    """closed form (derivations/13-ddim.md §4): for eta = 0 the first of 20 strided steps of
+    cosine_schedule(100), from T-1 = 99 to tau_{S-2} = 94, is linear in x_{T-1} and in eps-hat
+    with coefficients sqrt(ab_94 / ab_99) and -(sqrt(ab_94) sqrt(1 - ab_99) / sqrt(ab_99)
+    - sqrt(1 - ab_94)), about 158 and -157: an eps error of 0.05 moves the state by about 8.
+    Both derivatives by autodiff against the float64 formula, rtol 1e-4 (float32 steps)."""
+    s, t, t_prev = TINY_END(), 99, 94
+    assert D.ddim_timesteps(100, 20)[-2] == t_prev
+    ab = np.asarray(s.alpha_bars, np.float64)
+    slope_x = math.sqrt(ab[t_prev] / ab[t])
+    slope_eps = -(math.sqrt(ab[t_prev]) * math.sqrt(1 - ab[t]) / math.sqrt(ab[t]))
+    slope_eps += math.sqrt(1 - ab[t_prev])
+    step = lambda x, e: D.ddim_step(
+        s, lambda x, _: x * 0 + e, x, t, t_prev, jnp.zeros((1, 1)), eta=0.0
+    )[0, 0]
+    d_x, d_eps = jax.grad(step, argnums=(0, 1))(jnp.ones((1, 1)), 0.0)
+    np.testing.assert_allclose([float(d_x[0, 0]), float(d_eps)], [slope_x, slope_eps], rtol=1e-4)
+    assert 150 < slope_x < 165 and -165 < slope_eps < -150
