@@ -415,6 +415,10 @@ _REPO_PATH: dict[str, str] = {}  # site path -> repository path, for the pages t
 
 
 def on_config(config):
+    for cached in (public_modules, _tree, api_index, source_files, definitions):
+        cached.cache_clear()  # `mkdocs serve` rebuilds in the same process
+    markdown_pages.cache_clear()
+    file_identifiers.cache_clear()
     notes = [
         {_note_title(p): f"{NOTES_DIR}/{p.name}"} for p in sorted((ROOT / NOTES_DIR).glob("*.md"))
     ]

@@ -21,8 +21,6 @@ from urllib.parse import urldefrag, urljoin
 
 import pytest
 
-pytestmark = pytest.mark.browser
-
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("GENJAX_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -38,6 +36,7 @@ CHROMIUM_FLAGS = [
 DOCS_EXTRA = ("mkdocs", "material", "mkdocstrings_handlers.python", "pymdownx", "playwright")
 NOTE = "derivations/11-ddpm/"  # the DDPM note: ~160 formulas, ~40 cited tests and functions
 RESULTS = "diffusion/"  # its results page, with figures
+REFERENCE = "reference/genjax.diffusion/"  # the API entries the note links to
 MIN_MATH = 100  # typeset formulas expected on the note
 MIN_CITATIONS = 30  # links to tests, API entries and source pages expected on the note
 
@@ -126,6 +125,23 @@ def _open(page, url: str) -> None:
     )
 
 
+def _maths(page) -> dict:
+    """Counts of the page's formulas, and checks that KaTeX typeset each one without error."""
+    math = page.evaluate(
+        """() => ({
+            formulas: document.querySelectorAll('.arithmatex').length,
+            typeset: document.querySelectorAll(
+                '.arithmatex > .katex, .arithmatex > .katex-display').length,
+            errors: [...document.querySelectorAll('.katex-error')].map(e => e.title),
+            text: document.querySelector('.md-content').innerText,
+        })"""
+    )
+    assert math["typeset"] == math["formulas"], "some formulas were left untypeset"
+    assert not math["errors"], f"KaTeX could not parse: {math['errors']}"
+    assert "$$" not in math["text"] and "\\[" not in math["text"] and "\\(" not in math["text"]
+    return math
+
+
 def _images_loaded(page) -> tuple[int, list[str]]:
     return page.evaluate(
         """() => {
@@ -136,23 +152,12 @@ def _images_loaded(page) -> tuple[int, list[str]]:
     )
 
 
+@pytest.mark.browser
 def test_note_renders_maths_figures_and_resolving_citations(base_url, browser_page, tmp_path):
     page = browser_page
     _open(page, base_url + NOTE)
-
-    math = page.evaluate(
-        """() => ({
-            formulas: document.querySelectorAll('.arithmatex').length,
-            typeset: document.querySelectorAll(
-                '.arithmatex > .katex, .arithmatex > .katex-display').length,
-            errors: document.querySelectorAll('.katex-error').length,
-            text: document.querySelector('.md-content').innerText,
-        })"""
-    )
+    math = _maths(page)
     assert math["typeset"] > MIN_MATH, math["typeset"]
-    assert math["typeset"] == math["formulas"], "some formulas were left untypeset"
-    assert math["errors"] == 0, "KaTeX could not parse some formulas"
-    assert "$$" not in math["text"] and "\\[" not in math["text"]
 
     checked = 0
     for url in (base_url + NOTE, base_url + RESULTS):
@@ -178,10 +183,17 @@ def test_note_renders_maths_figures_and_resolving_citations(base_url, browser_pa
         ids = _fetch_ids(url)
         assert not anchor or anchor in ids, f"{href}: no element with id {anchor!r}"
 
-    # one hop further: the cited test's anchor and the API entry are on the pages they name
+    # one hop further: the cited test's anchor is on its source page, and the API entries the
+    # note links to show their docstrings' maths and link back to the note
     test_link = next(h for h in citations if "/source/tests/" in h and "#test_" in h)
     page.goto(test_link)
     assert page.locator(f"[id='{urldefrag(test_link)[1]}']").count() == 1
+    _open(page, base_url + REFERENCE)
+    assert _maths(page)["typeset"] > 20
+    back = page.evaluate(
+        "() => [...document.querySelectorAll('.md-content a[href]')].map(a => a.href)"
+    )
+    assert any(urldefrag(h)[0] == base_url + NOTE for h in back)
 
     page.goto(base_url + NOTE, wait_until="load")
     page.wait_for_selector(".arithmatex .katex")
@@ -196,8 +208,82 @@ def test_note_renders_maths_figures_and_resolving_citations(base_url, browser_pa
     )
 
 
+@pytest.mark.browser
 def test_skips_without_chromium(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
     assert _missing_requirement() == (
         "Chromium not found at /nonexistent/chromium (apt-get install chromium)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The hook's rewriting (docs/hooks.py), without a browser
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    pytest.importorskip("griffe", reason="the docs extra is not installed")
+    spec = importlib.util.spec_from_file_location("genjax_docs_hooks", ROOT / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_links_written_from_the_repository_point_into_the_site(hooks):
+    note = "derivations/11-ddpm.md"
+    text = (
+        "![f](../docs/figures/concepts/schedules.png) [b](../benchmarks/README.md#attention) "
+        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation)"
+    )
+    assert hooks.link_citations(text, note, note) == (
+        "![f](../figures/concepts/schedules.png) [b](../benchmarks/README.md#attention) "
+        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation)"
+    )
+    # a results page in docs/ sits at the site's root
+    assert hooks.link_citations("[b](../benchmarks/README.md)", "docs/flows.md", "flows.md") == (
+        "[b](benchmarks/README.md)"
+    )
+
+
+def test_citations_become_cross_references(hooks):
+    test = "tests/test_diffusion.py::test_q_sample_moments"
+    text = (
+        f"`{test}`, `{test}[a-b]`, `genjax/nn/unet.py`, `genjax/diffusion`, `05-vae.md`, "
+        "`q_sample(key, schedule, x0, t)`, `genjax.vae.sample`, `sample`, `jax.jit`, `x`"
+    )
+    out = hooks.link_citations(text, "derivations/11-ddpm.md", "derivations/11-ddpm.md")
+    assert out == (
+        f"[`{test}`][{test}], [`{test}[a-b]`][{test}], [`genjax/nn/unet.py`][genjax/nn/unet.py], "
+        "[`genjax/diffusion`][genjax/diffusion], [`05-vae.md`][05-vae.md], "
+        "[`q_sample(key, schedule, x0, t)`][genjax.diffusion.q_sample], "
+        "[`genjax.vae.sample`][genjax.vae.sample], [`sample`][genjax.diffusion.sample], "
+        "`jax.jit`, `x`"
+    )
+    # a name several modules export stays code unless the page names one of them
+    assert hooks.link_citations("`sample`", "docs/x.md", "x.md") == "`sample`"
+    # fenced code, headings and existing links are left as written
+    kept = "```python\n`sample`\n```\n## `q_sample`\n[`q_sample`](x.md) [`q_step`][y]\n"
+    assert hooks.link_citations(kept, "docs/x.md", "x.md") == kept
+
+
+def test_docstring_rst_becomes_markdown(hooks):
+    import griffe
+
+    module = griffe.load("genjax.nn.attention", search_paths=[str(ROOT)])
+    text = (
+        "Masks :func:`causal_mask` of :class:`~genjax.nn.attention.MultiHeadAttention`, "
+        ":func:`unknown_name`, :math:`\\sqrt{d_k}`.\n\n"
+        ".. math::\n   a = b\n\n   + c\n\nChecked by ``tests/test_attention.py::x_missing``.\n"
+        "Derivation: derivations/03-attention.md"
+    )
+    assert hooks.rst_to_markdown(text, module) == (
+        'Masks <autoref identifier="genjax.nn.attention.causal_mask" optional>'
+        "<code>causal_mask</code></autoref> of "
+        '<autoref identifier="genjax.nn.attention.MultiHeadAttention" optional>'
+        "<code>genjax.nn.attention.MultiHeadAttention</code></autoref>, "
+        "`unknown_name`, $\\sqrt{d_k}$.\n\n\n$$\na = b\n+ c\n$$\n\n"
+        "Checked by ``tests/test_attention.py::x_missing``.\n"
+        "Derivation: [derivations/03-attention.md][derivations/03-attention.md]"
     )
