@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTES = sorted((ROOT / "derivations").glob("*.md"))
 CITATION = re.compile(r"tests/(test_\w+)\.py::(test_\w+)")
 HEADING = re.compile(r"#{1,6}\s")
+CAPTION = re.compile(r"([*_])[^*_\s].*\1")
 LABEL = re.compile(r"\*\*(?:Claim|Result):\*\*")
 DEFINITION, STEP = "<!-- definition -->", "<!-- step -->"
 
@@ -67,13 +68,23 @@ def _paragraph_end(lines: list[str], i: int) -> int:
 
 def _scope_end(lines: list[str], last: int) -> int:
     """End (exclusive) of a result's scope: the rest of the paragraph holding line ``last``,
-    then the next paragraph, skipping paragraphs that are figures (``![...](...)`` + caption)."""
+    then the next paragraph, skipping figures: a paragraph that starts with ``![``, and its
+    caption when that is a one-line italic paragraph of its own."""
     i = _paragraph_end(lines, last + 1)
     while True:
         while i < len(lines) and not lines[i].strip():
             i += 1
         if i < len(lines) and lines[i].lstrip().startswith("!["):
             i = _paragraph_end(lines, i)
+            j = i
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if (
+                j < len(lines)
+                and CAPTION.fullmatch(lines[j].strip())
+                and _paragraph_end(lines, j) == j + 1
+            ):
+                i = j + 1  # the figure's caption, a one-line italic paragraph of its own
             continue
         return _paragraph_end(lines, i)
 
@@ -95,8 +106,9 @@ def displayed_results(text: str) -> list[Displayed]:
             section += 1
         elif not fenced and stripped.startswith("$$"):
             last = i if stripped.endswith("$$") and len(stripped) >= 4 else i + 1
-            while "$$" not in lines[last] and last + 1 < len(lines):
+            while last < len(lines) - 1 and "$$" not in lines[last]:
                 last += 1
+            last = min(last, len(lines) - 1)  # an unclosed block runs to the end of the note
             above = lines[i - 1] if i else ""
             marker = next((m for m in (DEFINITION, STEP) if m in above), None)
             scope = "\n".join(lines[i : _scope_end(lines, last)])
@@ -167,6 +179,8 @@ CONVENTION_CASES = {
     "cited two paragraphs later": ("$$a = b$$\n\nWhy.\n\ntests/test_x.py::test_y\n", [1]),
     "cited only before it": ("By tests/test_x.py::test_y,\n$$a = b$$\n\nWhy.\n", [2]),
     "a figure in between": ("$$a = b$$\n\n![f](f.png)\n*caption*\n\ntests/test_x.py::test_y\n", []),
+    "a figure and caption": ("$$a$$\n\n![f](f.png)\n\n*The f.*\n\ntests/test_x.py::test_y\n", []),
+    "a list is no caption": ("$$a$$\n\n![f](f.png)\n\n* item\n\ntests/test_x.py::test_y\n", [1]),
     "a definition": ("Let\n<!-- definition -->\n$$a := b$$\n\nWhy.\n", []),
     "a step to a cited result": (
         "<!-- step -->\n$$a = b$$\n\n$$b = c$$\ntests/test_x.py::test_y\n",
@@ -181,6 +195,7 @@ CONVENTION_CASES = {
     "an uncited claim": ("**Claim:** a = b.\n\nWhy.\n", [1]),
     "a cited claim": ("Known. **Result:** a = b\n(tests/test_x.py::test_y).\n", []),
     "in a code block": ("```\n$$a = b$$\n```\n", []),
+    "unclosed at the end": ("Text\n$$a = b", [2]),
     "a label in inline code": ("Write `**Claim:**` before a claim.\n", []),
 }
 
