@@ -1,15 +1,16 @@
 r"""Concept figures of the derivation notes, computed by genjax's own functions.
 
-Each figure is a function ``name(key, path) -> path`` writing one PNG (matplotlib's Agg
-backend, through :mod:`genjax.viz`); :data:`FIGURES` maps the names to the functions and
-:func:`make_figures` writes any of them (``genjax figures``). The numbers come from small pure
-functions tested in ``tests/test_figures.py`` (:func:`noising_series`, :func:`log_snr`,
-:func:`fit_gaussian`, :func:`point_mass_distances`, :func:`attention_maps`,
-:func:`positional_tables`, :func:`activation_variances`, :func:`denoising_rows`,
-:func:`gan_snapshots`), which call the topic's module: the schedules of :mod:`genjax.diffusion`,
-the divergences of :mod:`genjax.divergences`, :mod:`genjax.nn.positional`, :mod:`genjax.nn.init`,
-and the recipes of :mod:`genjax.recipes`, trained at their quick budgets, for the trained models.
-A figure is a function of its key, so the files are the same on every run.
+Each figure is a function ``name(key, path) -> path`` writing one 100-dpi PNG (matplotlib's
+Agg backend, which :mod:`genjax.viz` selects; its helpers where they fit); :data:`FIGURES` maps
+the names to the functions and :func:`make_figures` writes any of them (``genjax figures``).
+The numbers come from small pure functions tested in ``tests/test_figures.py``
+(:func:`noising_series`, :func:`log_snr`, :func:`fit_gaussian`, :func:`point_mass_distances`,
+:func:`attention_maps`, :func:`positional_tables`, :func:`activation_variances`,
+:func:`denoising_rows`, :func:`gan_snapshots`), which call the topic's module: the schedules of
+:mod:`genjax.diffusion`, the divergences of :mod:`genjax.divergences`,
+:mod:`genjax.nn.positional`, :mod:`genjax.nn.init`, and the recipes of :mod:`genjax.recipes`,
+trained at their quick budgets, for the trained models. A figure is a function of its key, so
+the files are the same on every run.
 
 Derivation: derivations/01-autoencoders.md, derivations/02-initialisation.md,
 derivations/03-attention.md, derivations/04-positional-encoding.md,
@@ -65,6 +66,7 @@ __all__ = [
 DIFFUSION_STEPS = 1000  # T of Ho et al.'s schedules
 NOISING_TIMES = (0, 50, 100, 200, 300, 500, 700, 999)
 KL_GRID = np.linspace(-8.0, 8.0, 1601)  # where the 1-D densities are discretised
+POINT_MASS_THETAS = np.linspace(-2.0, 2.0, 201)  # holds 0
 ATTENTION_TEXT = "The value of the object is None."  # 32 characters: the model's context
 GAN_SNAPSHOTS = (0, 100, 300, 1000, 2000)  # generator steps at which the fixed z are drawn
 GAN_CHUNK = 100  # steps per compiled chunk between snapshots
@@ -483,12 +485,13 @@ def point_masses(key, path: str | Path) -> Path:
     r"""JS and :math:`W_1` between :math:`\delta_0` and :math:`\delta_\theta` against
     :math:`\theta`, and their gradients.
 
-    Data: :func:`point_mass_distances` on 201 points of :math:`[-2, 2]`. ``key`` is not used.
+    Data: :func:`point_mass_distances` at ``POINT_MASS_THETAS`` (201 points of :math:`[-2, 2]`).
+    ``key`` is not used.
 
     Derivation: derivations/09-wgan.md
     """
     del key
-    thetas = np.linspace(-2.0, 2.0, 201)
+    thetas = POINT_MASS_THETAS
     js, w1, dw1 = point_mass_distances(thetas)
     panels = {
         "distance": {"JS (log 2 for θ ≠ 0)": js, "W1 = |θ|": w1},
@@ -635,7 +638,8 @@ def make_figures(key, out_dir: str | Path, names: Sequence[str] | None = None) -
     Returns:
       The paths written, in the order of ``names``.
 
-    Derivation: derivations/00-reading-guide.md
+    Derivation: the note of each figure (derivations/01-autoencoders.md to
+    derivations/16-word2vec.md, as listed in this module's docstring)
     """
     names = list(FIGURES) if names is None else list(names)
     unknown = [n for n in names if n not in FIGURES]

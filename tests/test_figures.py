@@ -36,7 +36,7 @@ def _check_png(path):
 def test_point_mass_js_is_log2_and_w1_is_abs_theta():
     """JS(δ_0, δ_θ) = log 2 for every θ ≠ 0 (disjoint supports) and 0 at θ = 0, while
     W1 = |θ| with derivative sign θ: only W1 tells the generator which way to move."""
-    thetas = np.linspace(-2.0, 2.0, 41)  # holds 0
+    thetas = figures.POINT_MASS_THETAS  # the figure's: holds 0
     js, w1, dw1 = map(np.asarray, figures.point_mass_distances(thetas))
     at_zero = np.isclose(thetas, 0.0)
     np.testing.assert_allclose(js[~at_zero], math.log(2.0), rtol=1e-6)
