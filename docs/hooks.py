@@ -362,7 +362,11 @@ def reference_markdown(module: str) -> str:
     links = [f"source: [`{rel}`][{rel}]"]
     if tests := _tests_of(module):
         links.append(f"tests: [`{tests}`][{tests}]")
-    options = "\n    options:\n      members: false" if lazy_package(module) else ""
+    options = ""
+    if lazy_package(module):  # its members are its submodules, each on its own page
+        options = "\n    options:\n      members: false"
+        children = [m for m in public_modules() if m.rpartition(".")[0] == module]
+        links.append("modules: " + ", ".join(f"[`{m}`][{m}]" for m in children))
     return f"# `{module}` {{ #top }}\n\n{' · '.join(links)}\n\n::: {module}{options}\n"
 
 
