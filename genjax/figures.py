@@ -115,9 +115,9 @@ def log_snr(schedule: diffusion.Schedule) -> Float[Array, " T"]:
     .. math:: \lambda_t = \log \frac{\bar\alpha_t}{1 - \bar\alpha_t}
               = \log\bar\alpha_t - \log(1 - \bar\alpha_t)
 
-    with :math:`\bar\alpha` = ``schedule.alpha_bars``; computed from :math:`\bar\alpha_t` with
-    ``log1p`` rather than as ``log(schedule.snr)``, so steps with :math:`\bar\alpha_t` near 1
-    keep their precision.
+    with :math:`\bar\alpha` = ``schedule.alpha_bars``; the log of ``schedule.snr``, which is
+    computed in float64 before rounding (so steps with :math:`\bar\alpha_t` near 1, where
+    :math:`1 - \bar\alpha_t` in float32 would lose digits, keep their precision).
 
     Args:
       schedule: the :class:`genjax.diffusion.Schedule`.
@@ -130,8 +130,7 @@ def log_snr(schedule: diffusion.Schedule) -> Float[Array, " T"]:
 
     Derivation: derivations/11-ddpm.md
     """
-    a = schedule.alpha_bars
-    return jnp.log(a) - jnp.log1p(-a)
+    return jnp.log(schedule.snr)
 
 
 def fit_gaussian(
