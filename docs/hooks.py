@@ -313,14 +313,21 @@ def _site_target(target: str, page_repo_path: str, page_src_uri: str) -> str:
     return posixpath.relpath(site, posixpath.dirname(page_src_uri) or ".") + hash_ + anchor
 
 
+_INDENTED_DISPLAY = re.compile(r"(^|\n[ \t]*\n) {1,3}(?=\$\$)")
+
+
 def link_citations(markdown: str, page_repo_path: str, page_src_uri: str) -> str:
-    """Rewrite a page's relative links to the site's layout and its citations into links."""
+    """Rewrite a page's relative links to the site's layout and its citations into links.
+
+    A display block indented by 1-3 spaces after a blank line (a paragraph, for Markdown) is
+    moved to the margin, where arithmatex recognises it as display maths."""
     context = cited_modules(m.group(1) for m in _CODE_SPAN.finditer(markdown))
     out = []
     for fenced, text in _segments(markdown):
         if fenced:
             out.append(text)
             continue
+        text = _INDENTED_DISPLAY.sub(r"\1", text)
         protected = [m.span() for m in _LINKED.finditer(text)]
         protected += [m.span() for m in _HEADING.finditer(text)]
         pieces, last = [], 0
@@ -516,14 +523,19 @@ def _math_blocks(text: str) -> str:
             if lines[i].strip():
                 body.append(lines[i].strip())
             i += 1
-        out += ["", f"{indent}$$", *(indent + b for b in body), f"{indent}$$", ""]
+        out += ["", f"{indent}$$", *(indent + _tex_roles(b) for b in body), f"{indent}$$", ""]
     return "\n".join(out)
+
+
+def _tex_roles(tex: str) -> str:
+    """A role inside maths (``\\text{:func:`f`}``) as typewriter text: no link fits there."""
+    return _XREF_ROLE.sub(lambda m: r"\texttt{" + m.group(1).replace("_", r"\_") + "}", tex)
 
 
 def rst_to_markdown(text: str, obj: griffe.Object) -> str:
     """A docstring's reStructuredText maths, roles, literals and note paths as Markdown."""
     text = _math_blocks(text)
-    text = _MATH_ROLE.sub(lambda m: f"${m.group(1).strip()}$", text)
+    text = _MATH_ROLE.sub(lambda m: f"${_tex_roles(m.group(1).strip())}$", text)
 
     def xref(m: re.Match) -> str:
         name = m.group(1)

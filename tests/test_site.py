@@ -133,7 +133,10 @@ def _maths(page) -> dict:
             typeset: document.querySelectorAll(
                 '.arithmatex > .katex, .arithmatex > .katex-display').length,
             errors: [...document.querySelectorAll('.katex-error')].map(e => e.title),
-            text: document.querySelector('.md-content').innerText,
+            text: [...document.querySelectorAll('.md-content *')]
+                .filter(e => !e.closest('code, pre, .katex'))
+                .flatMap(e => [...e.childNodes].filter(n => n.nodeType === Node.TEXT_NODE))
+                .map(n => n.textContent).join(' '),
         })"""
     )
     assert math["typeset"] == math["formulas"], "some formulas were left untypeset"
@@ -241,6 +244,8 @@ def test_links_written_from_the_repository_point_into_the_site(hooks):
         "![f](../figures/concepts/schedules.png) [b](../benchmarks/README.md#attention) "
         "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation)"
     )
+    # display maths indented 1-3 spaces (a paragraph for Markdown) is moved to the margin
+    assert hooks.link_citations("a\n\n  $$x$$\n", note, note) == "a\n\n$$x$$\n"
     # a results page in docs/ sits at the site's root
     assert hooks.link_citations("[b](../benchmarks/README.md)", "docs/flows.md", "flows.md") == (
         "[b](benchmarks/README.md)"
@@ -275,7 +280,8 @@ def test_docstring_rst_becomes_markdown(hooks):
     text = (
         "Masks :func:`causal_mask` of :class:`~genjax.nn.attention.MultiHeadAttention`, "
         ":func:`unknown_name`, :math:`\\sqrt{d_k}`.\n\n"
-        ".. math::\n   a = b\n\n   + c\n\nChecked by ``tests/test_attention.py::x_missing``.\n"
+        ".. math::\n   a = b\n\n   + c \\text{(:func:`f_g`)}\n\n"
+        "Checked by ``tests/test_attention.py::x_missing``.\n"
         "Derivation: derivations/03-attention.md"
     )
     assert hooks.rst_to_markdown(text, module) == (
@@ -283,7 +289,7 @@ def test_docstring_rst_becomes_markdown(hooks):
         "<code>causal_mask</code></autoref> of "
         '<autoref identifier="genjax.nn.attention.MultiHeadAttention" optional>'
         "<code>genjax.nn.attention.MultiHeadAttention</code></autoref>, "
-        "`unknown_name`, $\\sqrt{d_k}$.\n\n\n$$\na = b\n+ c\n$$\n\n"
+        "`unknown_name`, $\\sqrt{d_k}$.\n\n\n$$\na = b\n+ c \\text{(\\texttt{f\\_g})}\n$$\n\n"
         "Checked by ``tests/test_attention.py::x_missing``.\n"
         "Derivation: [derivations/03-attention.md][derivations/03-attention.md]"
     )
