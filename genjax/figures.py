@@ -298,7 +298,7 @@ def activation_variances(
     *,
     depth: int = 20,
     width: int = 512,
-    batch: int = 256,
+    batch: int = 128,
 ) -> Float[Array, " depth"]:
     r"""The variance of the activations of each layer of a deep bias-free MLP at initialisation.
 
