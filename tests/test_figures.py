@@ -136,6 +136,22 @@ def test_tanh_with_xavier_keeps_a_nonvanishing_variance(key):
     assert slope == pytest.approx(math.log(0.25), abs=0.05)
 
 
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: figures.fit_gaussian(np.zeros(5), np.zeros(5), "sideways"), "direction"),
+        (lambda: figures.fit_gaussian(np.zeros(5), np.zeros(4), "forward"), "logits_p"),
+        (lambda: figures.point_mass_distances(np.zeros((2, 2))), "thetas must have shape"),
+        (lambda: figures.gan_snapshots(None, None, None, {}, (0, 150), 4), "multiples of every"),
+        (lambda: figures.gan_snapshots(None, None, None, {}, (200, 100), 4), "increasing"),
+        (lambda: figures.make_figures(None, "unused", ["nope"]), "unknown figure 'nope'"),
+    ],
+)
+def test_bad_input_names_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_make_figures_writes_the_cheap_figures(tmp_path, key):
     paths = figures.make_figures(key, tmp_path, CHEAP)
     assert [p.name for p in paths] == [f"{n}.png" for n in CHEAP]
