@@ -46,17 +46,17 @@ GMM_COMPONENTS = 10  #: components of the tour's baseline sampler (one per digit
 
 def select(budget: str, only: list[str] | None = None) -> dict[str, recipes.Recipe]:
     """The recipes a tour of ``budget`` runs: those named in ``only`` (an unknown name is a
-    ``SystemExit``), else those with a budget of that name: one per family for ``"quick"``
+    ``ValueError``), else those with a budget of that name: one per family for ``"quick"``
     (``quick_tour``), those with ``tour_steps`` for ``"tour"``, every touring recipe for
     ``"full"``."""
     selected = recipes.all_recipes()
     if only:
         unknown = set(only) - set(selected)
         if unknown:
-            raise SystemExit(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
+            raise ValueError(f"unknown recipes {sorted(unknown)}; known: {', '.join(selected)}")
         outside = [k for k in only if budget == "tour" and selected[k].tour_steps is None]
         if outside:
-            raise SystemExit(f"{', '.join(outside)}: no tour budget; use --quick or --full")
+            raise ValueError(f"{', '.join(outside)}: no tour budget; use --quick or --full")
         return {k: v for k, v in selected.items() if k in only}
     wanted = {
         "quick": lambda r: r.tour and r.quick_tour,
@@ -100,7 +100,7 @@ def run(
         keep_result(out / name, budget, report, seconds, figs, drawn)
     rows, samples = kept_results(out, budget)
     if not rows:
-        raise SystemExit(f"{out}: no tour results of the {budget!r} budget to report")
+        raise ValueError(f"{out}: no tour results of the {budget!r} budget to report")
     quality = sample_quality(samples, out, budget) if samples else None
     path = out / "report.md"
     path.write_text(report_markdown(rows, budget, quality))

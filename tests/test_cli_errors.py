@@ -66,6 +66,9 @@ CASES = [
     (("interpret", "--methods", "nope"), 1, "unknown methods ['nope']"),
     (("stylize", "{tmp}/missing.png", "checks"), 1, "missing.png"),
     (("stylize", "shapes", "checks", "--size", "12"), 1, "image size (12, 12) must be a multiple"),
+    (("tour", "--only", "convvae_digits", "--out", "{tmp}/t"), 1, "convvae_digits: no tour budget"),
+    (("tour", "--only", "nope", "--out", "{tmp}/t"), 1, "unknown recipes ['nope']"),
+    (("tour", "--quick", "--full"), 2, "argument --full: not allowed with argument --quick"),
     # run folder
     (("sample", "{tmp}/corrupt"), 3, "{tmp}/corrupt/config.json"),
 ]
