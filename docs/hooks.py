@@ -308,6 +308,7 @@ def _site_target(target: str, page_repo_path: str, page_src_uri: str) -> str:
         site = repo.removeprefix("docs/")
     elif repo in file_identifiers():
         site = file_identifiers()[repo][0]
+        anchor = re.sub(r"^L(\d+)$", r"L-\1", anchor)  # GitHub's line anchors, as Pygments'
     else:
         return target
     return posixpath.relpath(site, posixpath.dirname(page_src_uri) or ".") + hash_ + anchor
@@ -467,7 +468,12 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 def on_page_content(html_: str, page, config, files) -> str:
     if _SOURCE_SLOT in html_:
-        html_ = html_.replace(_SOURCE_SLOT, source_html(_REPO_PATH[page.file.src_uri]), 1)
+        rel = _REPO_PATH[page.file.src_uri]
+        html_ = html_.replace(_SOURCE_SLOT, source_html(rel), 1)
+        if page.present_anchor_ids is not None:  # for MkDocs' check of links to these anchors
+            lines = len((ROOT / rel).read_text(encoding="utf-8").splitlines())
+            page.present_anchor_ids |= {f"L-{n}" for n in range(1, lines + 1)}
+            page.present_anchor_ids |= set(definitions(rel))
     autorefs = config.plugins["autorefs"]
     top = page.toc.items[0].id if page.toc.items else None
     for ident, (site, anchor) in file_identifiers().items():

@@ -238,11 +238,13 @@ def test_links_written_from_the_repository_point_into_the_site(hooks):
     note = "derivations/11-ddpm.md"
     text = (
         "![f](../docs/figures/concepts/schedules.png) [b](../benchmarks/README.md#attention) "
-        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation)"
+        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation) "
+        "[c](../genjax/nn/unet.py#L12)"
     )
     assert hooks.link_citations(text, note, note) == (
         "![f](../figures/concepts/schedules.png) [b](../benchmarks/README.md#attention) "
-        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation)"
+        "[n](12-guidance.md#1-x) [w](https://arxiv.org/abs/2006.11239) [s](#notation) "
+        "[c](../source/genjax/nn/unet.py.md#L-12)"
     )
     # display maths indented 1-3 spaces (a paragraph for Markdown) is moved to the margin
     assert hooks.link_citations("a\n\n  $$x$$\n", note, note) == "a\n\n$$x$$\n"
