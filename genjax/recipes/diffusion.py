@@ -450,7 +450,7 @@ register(
         figures=_bimodal_figures,
         data="bimodal_1d",
         quick_tour=True,
-        tour_steps=4000,
+        tour_steps=10000,
         options={"num_steps": TOY_NUM_STEPS, "width": 64, "depth": 3},
     )
 )

@@ -424,7 +424,7 @@ for _name, _summary, _tour, _quick_tour in (
             data=_name,
             tour=_tour,
             quick_tour=_quick_tour,
-            tour_steps=3000 if _name == "checkerboard" else None,
+            tour_steps=10000 if _name == "checkerboard" else None,
             options={**IMAGE_DEFAULTS, "logit_alpha": Option(LOGIT_ALPHA, high=1.0)}
             if _images
             else VECTOR_DEFAULTS,

@@ -565,6 +565,7 @@ for _recipe in (
             dataset, {"variant": "nonsaturating", "normalization": "spectral", **options}
         ),
         evaluate=_evaluate_dcgan,
+        tour_steps=3000,
         **_DIGITS,
     ),
     Recipe(
@@ -574,7 +575,6 @@ for _recipe in (
             dataset, {"variant": "sngan", **options}, conditional=True
         ),
         evaluate=_evaluate_conditional,
-        tour_steps=2000,
         **_DIGITS,
     ),
 ):

@@ -230,4 +230,4 @@ def stylize_images(
 _SUMMARY = "Gatys stylisation of a generated image with random multi-scale conv features"
 _RECIPE = Recipe("style_transfer", _SUMMARY, make_task, _config, _evaluate, _figures)
 _OPTIONS = {**DEFAULTS, "seed": Option(0, low=0)}
-register(_RECIPE._replace(data="patterns", draws_batches=True, options=_OPTIONS, tour_steps=300))
+register(_RECIPE._replace(data="patterns", draws_batches=True, options=_OPTIONS, tour_steps=150))

@@ -475,7 +475,7 @@ register(
         data=CORPUS_NAME,
         draws_batches=True,
         quick_tour=True,
-        tour_steps=1000,
+        tour_steps=500,
         options={**CHAR_DEFAULTS, "dropout": Option(0.0, high=1.0)},
     )
 )
