@@ -233,9 +233,8 @@ def api_citation(span: str, context: Sequence[str]) -> str | None:
     if not _NAME.match(name):
         return None
     ids, by_name = api_index()
-    for candidate in (name, f"genjax.{name}"):
-        if "." in name and candidate in ids:
-            return candidate
+    if "." in name:
+        return next((c for c in (name, f"genjax.{name}") if c in ids), None)
     candidates = by_name.get(name, ())
     if len(candidates) == 1:
         return candidates[0]
@@ -259,7 +258,7 @@ def cited_modules(spans: Iterable[str]) -> list[str]:
     return found
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
 _CODE_SPAN = re.compile(r"(?<![`\\])`([^`]+?)`(?!`)")
 _LINK_TARGET = re.compile(r"(\]\()([^)\s]+)")
 _LINKED = re.compile(r"\[[^\]\n]*\](?:\([^)\n]*\)|\[[^\]\n]*\])")
