@@ -85,6 +85,9 @@ __all__ = [
     "generator_step",
     "gradient_penalty",
     "hinge_discriminator_loss",
+    "least_squares_discriminator_loss",
+    "least_squares_generator_loss",
+    "least_squares_optimal_discriminator",
     "mode_coverage",
     "optimal_discriminator",
     "sample",
@@ -239,6 +242,83 @@ def hinge_discriminator_loss(
     """
     real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
     return jax.nn.relu(1.0 - real_scores) + jax.nn.relu(1.0 + fake_scores)
+
+
+# ----------------------------------------------------------------------------- least squares
+
+
+def least_squares_discriminator_loss(
+    real_scores: Float[Array, " batch"], fake_scores: Float[Array, " batch"]
+) -> Float[Array, " batch"]:
+    r"""The least-squares GAN's discriminator loss, targets 1 for data and 0 for samples.
+
+    .. math:: L_D = \tfrac12 (D(x) - 1)^2 + \tfrac12 D(G(z))^2
+
+    with :math:`D(x)` = ``real_scores`` and :math:`D(G(z))` = ``fake_scores`` (unbounded
+    scores, no sigmoid). For laws :math:`p` (data) and :math:`q` (samples) its pointwise
+    minimiser is :math:`D^*(x) = p(x) / (p(x) + q(x))`
+    (:func:`least_squares_optimal_discriminator`). A patch discriminator's scores
+    ``[b, h, w]`` enter flattened to ``[b h w]``.
+
+    Args:
+      real_scores: ``[batch]`` scores on data.
+      fake_scores: ``[batch]`` scores on samples.
+
+    Returns:
+      ``[batch]`` losses.
+
+    References:
+      Mao et al., *Least Squares Generative Adversarial Networks*, 2017,
+      https://arxiv.org/abs/1611.04076
+
+    Derivation: derivations/21-cyclegan.md
+    """
+    real_scores, fake_scores = _check_real_fake(real_scores, fake_scores, "scores")
+    return 0.5 * (real_scores - 1.0) ** 2 + 0.5 * fake_scores**2
+
+
+def least_squares_generator_loss(fake_scores: Float[Array, " batch"]) -> Float[Array, " batch"]:
+    r"""The least-squares GAN's generator loss: samples pushed towards the data's target 1.
+
+    .. math:: L_G = \tfrac12 (D(G(z)) - 1)^2
+
+    with :math:`D(G(z))` = ``fake_scores`` (CycleGAN's choice, Zhu et al. section 4).
+
+    Args:
+      fake_scores: ``[batch]`` scores on samples.
+
+    Returns:
+      ``[batch]`` losses.
+
+    References:
+      Mao et al., 2017, https://arxiv.org/abs/1611.04076
+
+    Derivation: derivations/21-cyclegan.md
+    """
+    return 0.5 * (_check_logits("fake_scores", fake_scores) - 1.0) ** 2
+
+
+def least_squares_optimal_discriminator(
+    p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]
+) -> Float[Array, "*batch k"]:
+    r"""The minimiser of the least-squares discriminator loss for fixed laws.
+
+    .. math:: D^* = \arg\min_D\, E_p\big[\tfrac12 (D - 1)^2\big]
+       + E_q\big[\tfrac12 D^2\big] = \frac{p(x)}{p(x) + q(x)}
+
+    (pointwise: :math:`p (D - 1) + q D = 0`), the same value as the minimax GAN's
+    :func:`optimal_discriminator`; ``1/2`` where :math:`p + q = 0`.
+
+    Args:
+      p: ``[..., k]`` non-negative values of the data law.
+      q: ``[..., k]`` non-negative values of the model law, same shape.
+
+    Returns:
+      ``[..., k]`` values in :math:`[0, 1]`.
+
+    Derivation: derivations/21-cyclegan.md
+    """
+    return optimal_discriminator(p, q)
 
 
 # ----------------------------------------------------------------------------- Wasserstein

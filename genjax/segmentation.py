@@ -38,10 +38,14 @@ from genjax.nn.layers import Conv, ConvTranspose, group_count
 from genjax.nn.unet import UNet
 
 __all__ = [
+    "CONV3",
     "FCN",
     "NETWORKS",
+    "POOL2",
+    "SCORE",
     "SegNet",
     "confusion_matrix",
+    "input_interval",
     "iou_per_class",
     "max_pool_with_indices",
     "max_unpool",
