@@ -425,6 +425,16 @@ def _note_title(path: Path) -> str:
 _REPO_PATH: dict[str, str] = {}  # site path -> repository path, for the pages that have one
 
 
+def _nav_paths(nav) -> Iterable[str]:
+    for item in nav:
+        if isinstance(item, dict):
+            yield from _nav_paths(item.values())
+        elif isinstance(item, list):
+            yield from _nav_paths(item)
+        else:
+            yield item
+
+
 def on_config(config):
     for cached in (public_modules, _tree, api_index, source_files, definitions):
         cached.cache_clear()  # `mkdocs serve` rebuilds in the same process
@@ -434,8 +444,12 @@ def on_config(config):
         {_note_title(p): f"{NOTES_DIR}/{p.name}"} for p in sorted((ROOT / NOTES_DIR).glob("*.md"))
     ]
     reference = [{f"{m}": f"reference/{m}.md"} for m in public_modules()]
+    nav = list(config.nav or [])
+    listed = set(_nav_paths(nav))
+    if unlisted := [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.name not in listed]:
+        nav.append({"More": unlisted})  # a page added to docs/ but not yet to mkdocs.yml's nav
     config.nav = [
-        *(config.nav or []),
+        *nav,
         {"Derivations": notes},
         {"API reference": reference},
         {"Source": "source/index.md"},
