@@ -31,7 +31,7 @@ Derivation: derivations/15-interpretation.md
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,55 +52,11 @@ __all__ = [
     "guided_grad_cam",
     "guided_relu",
     "heatmap",
-    "receptive_field",
     "saliency",
     "saliency_map",
     "save_overlays",
     "upsample",
 ]
-
-# ----------------------------------------------------------------------------- receptive field
-
-
-def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> tuple[int, int]:
-    r"""Receptive field side and jump of the last layer of a stack of convolutions.
-
-    .. math::
-       r_l = r_{l-1} + (k_l - 1)\, j_{l-1}, \qquad j_l = j_{l-1}\, s_l, \qquad r_0 = j_0 = 1,
-
-    with :math:`k_l` = ``kernel_sizes[l-1]`` and :math:`s_l` = ``strides[l-1]``. A unit of the
-    last layer sees :math:`r_L` consecutive input pixels along each spatial axis, and
-    neighbouring units' windows start :math:`j_L` pixels apart; without padding, unit :math:`i`
-    sees input pixels :math:`i\,j_L, \dots, i\,j_L + r_L - 1`. Pooling layers count as
-    convolutions of their window and stride; padding shifts the windows but not their size.
-
-    Args:
-      kernel_sizes: ``[L]`` positive ints, the (square) kernel side of each layer, input first.
-      strides: ``[L]`` positive ints, each layer's stride.
-
-    Returns:
-      ``(r_L, j_L)``: the receptive field's side and the jump, in input pixels.
-
-    References:
-      Araujo et al., *Computing Receptive Fields of Convolutional Neural Networks*, Distill,
-      2019, https://distill.pub/2019/computing-receptive-fields/
-
-    Derivation: derivations/15-interpretation.md
-    """
-    kernel_sizes, strides = tuple(kernel_sizes), tuple(strides)
-    if len(kernel_sizes) != len(strides):
-        raise ValueError(
-            f"kernel_sizes and strides need one entry per layer; got {len(kernel_sizes)} "
-            f"and {len(strides)}"
-        )
-    for name, values in (("kernel_sizes", kernel_sizes), ("strides", strides)):
-        if not all(isinstance(v, int | np.integer) and v >= 1 for v in values):
-            raise ValueError(f"{name} must be positive ints; got {values}")
-    size, jump = 1, 1
-    for k, s in zip(kernel_sizes, strides, strict=True):
-        size, jump = size + (k - 1) * jump, jump * s
-    return size, jump
-
 
 # ----------------------------------------------------------------------------- ReLU rules
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genjax import segmentation
 from genjax.classifier import CNNClassifier, DigitsCNN
 from genjax.interpret import (
     SplitModel,
@@ -23,7 +24,6 @@ from genjax.interpret import (
     guided_backprop,
     guided_grad_cam,
     guided_relu,
-    receptive_field,
     saliency,
     saliency_map,
     upsample,
@@ -220,10 +220,11 @@ def _gradient_supports(fmap, x: np.ndarray, units) -> list:
     [((3, 3, 3), (1, 2, 1)), ((5, 3), (2, 2)), ((2, 3, 1, 3), (2, 1, 2, 1)), ((1,), (3,))],
 )
 def test_receptive_field_is_the_support_of_one_units_input_gradient(kernel_sizes, strides):
-    """closed form: with positive kernels and inputs (no cancellation) and no padding, the
-    gradient of unit (i, i) of the last layer is nonzero exactly on input rows and columns
-    i j_L .. i j_L + r_L - 1. Exact integer comparison."""
-    size, jump = receptive_field(kernel_sizes, strides)
+    """closed form (genjax.segmentation.receptive_field): with positive kernels and inputs (no
+    cancellation) and no padding, the gradient of unit (i, i) of the last layer is nonzero
+    exactly on input rows and columns i j_L .. i j_L + r_L - 1. Exact integer comparison."""
+    layers = [("conv", k, s, 0) for k, s in zip(kernel_sizes, strides, strict=True)]
+    size, jump = segmentation.receptive_field(layers)
     rng = np.random.default_rng(0)
     kernels = [rng.uniform(0.5, 1.5, (k, k, 1, 1)).astype(np.float32) for k in kernel_sizes]
 
@@ -245,7 +246,8 @@ def test_digits_cnn_units_see_a_nine_pixel_square():
     """closed form: DigitsCNN's 3x3 convolutions with strides (1, 2, 1) give r = 9, j = 2; the
     gradient of one unit of the last map (positive weights and input, so every ReLU passes) is
     nonzero on a 9 x 9 square, and its neighbour's square starts 2 pixels further on."""
-    assert receptive_field((3, 3, 3), (1, 2, 1)) == (9, 2)
+    layers = [("conv", 3, s, 1) for s in DigitsCNN.strides]
+    assert segmentation.receptive_field(layers) == (9, 2)
     module = DigitsCNN(num_classes=2, widths=(2, 2, 2), strides=(1, 2, 1))
     x = np.random.default_rng(1).uniform(0.5, 1.5, (1, 20, 20, 1)).astype(np.float32)
     shapes = jax.eval_shape(module.init, jax.random.key(0), x)["params"]
@@ -261,12 +263,3 @@ def test_digits_cnn_units_see_a_nine_pixel_square():
         np.testing.assert_array_equal(cols, rows)
         starts.append(rows[0])
     assert starts[1] - starts[0] == 2
-
-
-def test_receptive_field_rejects_bad_input():
-    with pytest.raises(ValueError, match="one entry per layer"):
-        receptive_field((3, 3), (1,))
-    with pytest.raises(ValueError, match="kernel_sizes must be positive ints"):
-        receptive_field((3, 0), (1, 1))
-    with pytest.raises(ValueError, match="strides must be positive ints"):
-        receptive_field((3,), (1.5,))
