@@ -2,7 +2,8 @@ r"""The GAN players: MLP and DCGAN generators and discriminators (re-exported by
 :mod:`genjax.gan`, whose docstring states their common call signature).
 
 Derivation: derivations/08-gans.md (the players, the projection discriminator),
-derivations/09-wgan.md (spectral normalisation in the critic)
+derivations/09-wgan.md (spectral normalisation in the critic), derivations/22-style-based-gans.md
+(class-conditional batch norm)
 """
 
 import flax.linen as nn
@@ -13,6 +14,7 @@ from genjax.nn.layers import Conv, ConvTranspose, SpectralConv, SpectralDense
 
 __all__ = [
     "NORMALIZATIONS",
+    "ConditionalBatchNorm",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "MLPDiscriminator",
@@ -130,6 +132,46 @@ class MLPDiscriminator(nn.Module):
         return _Linear(1, spectral)(h, update_stats)[:, 0]  # [batch]
 
 
+class ConditionalBatchNorm(nn.Module):
+    r"""Class-conditional batch norm (BigGAN): batch statistics, then a per-class affine map.
+
+    .. math:: \mathrm{CBN}(h, y) = (1 + \gamma_y) \odot \frac{h - \mu_B}{\sqrt{\sigma_B^2
+              + \epsilon}} + \beta_y
+
+    with :math:`\mu_B, \sigma_B^2` the per-channel batch statistics of :math:`h` (running
+    averages at evaluation, momentum 0.9) and :math:`\gamma_y, \beta_y` learned rows of two
+    class embeddings, initialised at zero (plain batch norm at the start). The class enters
+    every layer's statistics rather than only the input.
+
+    Attributes:
+      num_classes: number of classes.
+
+    Returns (``__call__(h, labels, train)``):
+      ``[batch, ..., C]`` for ``h [batch, ..., C]`` and ``labels [batch]``.
+
+    References:
+      de Vries et al., *Modulating early visual processing by language*, 2017,
+      https://arxiv.org/abs/1707.00683; Brock et al., *Large Scale GAN Training for High
+      Fidelity Natural Image Synthesis*, 2019, https://arxiv.org/abs/1809.11096
+
+    Derivation: derivations/22-style-based-gans.md
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, h, labels, train: bool = True):
+        channels = h.shape[-1]
+        norm = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, use_scale=False, use_bias=False
+        )(h)
+        zeros = nn.initializers.zeros
+        gamma = nn.Embed(self.num_classes, channels, embedding_init=zeros, name="gamma")(labels)
+        beta = nn.Embed(self.num_classes, channels, embedding_init=zeros, name="beta")(labels)
+        expand = (slice(None),) + (None,) * (h.ndim - 2)  # [batch, 1, ..., 1, C]
+        return (1.0 + gamma[expand]) * norm + beta[expand]
+
+
 def dcgan_plan(image_shape: tuple[int, int, int]) -> tuple[int, int]:
     r"""Base resolution :math:`s_0` and number of 2x upsamplings :math:`n` with
     :math:`s_0 2^n = H`: the largest :math:`n \le 3` that divides :math:`H` and keeps
@@ -169,6 +211,9 @@ class DCGANGenerator(nn.Module):
       num_classes: set for a conditional generator (label embedding concatenated to :math:`z`).
       embed_dim: width of the label embedding.
       latent_dim: width of :math:`z`.
+      conditional_bn: with ``num_classes``, the label enters through
+        :class:`ConditionalBatchNorm` in place of every batch norm instead of the embedding
+        concatenated to :math:`z` (BigGAN).
 
     Returns (``__call__(z, labels=None, train=True)``):
       ``[batch, H, W, C]`` images in :math:`[-1, 1]` for ``z [batch, latent_dim]``.
@@ -189,6 +234,7 @@ class DCGANGenerator(nn.Module):
     num_classes: int | None = None
     embed_dim: int = 16
     latent_dim: int = 32
+    conditional_bn: bool = False
 
     @nn.compact
     def __call__(self, z, labels=None, train: bool = True):
@@ -197,17 +243,26 @@ class DCGANGenerator(nn.Module):
         if self.num_classes is not None:
             if labels is None:
                 raise ValueError("a conditional DCGANGenerator needs labels [batch]")
-            h = jnp.concatenate([h, nn.Embed(self.num_classes, self.embed_dim)(labels)], -1)
+            if not self.conditional_bn:
+                h = jnp.concatenate([h, nn.Embed(self.num_classes, self.embed_dim)(labels)], -1)
         else:
             _check_unconditional(labels, "DCGANGenerator(num_classes=None)")
+            if self.conditional_bn:
+                raise ValueError("conditional_bn needs num_classes")
         _check_latent(z, self.latent_dim, "DCGANGenerator")
+
+        def norm(h):
+            if self.conditional_bn:
+                return ConditionalBatchNorm(self.num_classes)(h, labels, train)
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+
         width = self.features * 2 ** (num_up - 1)
         h = nn.Dense(base * base * width)(h)
         h = h.reshape(h.shape[0], base, base, width)  # [batch, s0, s0, 2^(n-1) F]
-        h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+        h = nn.relu(norm(h))
         for i in range(num_up - 1):
             h = ConvTranspose(width // 2 ** (i + 1))(h)  # [batch, 2^(i+1) s0, ..., width/2^(i+1)]
-            h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+            h = nn.relu(norm(h))
         return jnp.tanh(ConvTranspose(self.image_shape[2])(h))  # [batch, H, W, C]
 
 

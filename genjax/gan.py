@@ -57,6 +57,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from genjax import _checks
 from genjax._gan_players import (
     NORMALIZATIONS,
+    ConditionalBatchNorm,
     DCGANDiscriminator,
     DCGANGenerator,
     MLPDiscriminator,
@@ -67,7 +68,9 @@ from genjax.nn.layers import SPECTRAL
 
 __all__ = [
     "GP_EPS",
+    "NOISE",
     "NORMALIZATIONS",
+    "ConditionalBatchNorm",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "Game",
@@ -95,6 +98,7 @@ __all__ = [
 ]
 
 GP_EPS = 1e-12  #: added under the square root of the penalty's gradient norm (see gradient_penalty)
+NOISE = "noise"  #: the RNG stream the steps and the sampler pass to every generator
 _BATCH_STATS = "batch_stats"
 
 
@@ -484,9 +488,12 @@ def _fakes(game: Game, k_z: PRNGKeyArray, k_y: PRNGKeyArray, n: int):
     return jax.random.normal(k_z, (n, game.generator.latent_dim)), labels
 
 
-def _generate(game: Game, g_vars, z, labels):
-    """The generator's samples in training mode and its new batch statistics (if any)."""
-    out, stats = game.generator.apply(g_vars, z, labels, train=True, mutable=[_BATCH_STATS])
+def _generate(game: Game, g_vars, z, labels, key):
+    """The generator's samples in training mode and its new batch statistics (if any); ``key``
+    feeds the ``"noise"`` RNG stream of generators that draw inside (style-based ones)."""
+    out, stats = game.generator.apply(
+        g_vars, z, labels, train=True, mutable=[_BATCH_STATS], rngs={NOISE: key}
+    )
     return out, dict(stats)
 
 
@@ -529,7 +536,8 @@ def critic_step(
     k_z, k_y, k_gp = jax.random.split(key, 3)
     m = real.shape[0]
     z, fake_labels = _fakes(game, k_z, k_y, m)
-    fake = jax.lax.stop_gradient(_generate(game, g_vars, z, fake_labels)[0])
+    fake = _generate(game, g_vars, z, fake_labels, jax.random.fold_in(k_z, 1))[0]
+    fake = jax.lax.stop_gradient(fake)
     both = jnp.concatenate([real, fake])  # [2m, *event]
     both_labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
 
@@ -590,9 +598,10 @@ def generator_step(
     """
     k_z, k_y = jax.random.split(key)
     z, labels = _fakes(game, k_z, k_y, n)
+    k_noise = jax.random.fold_in(k_z, 1)
 
     def loss_fn(g_params):
-        fake, new_stats = _generate(game, {**g_vars, "params": g_params}, z, labels)
+        fake, new_stats = _generate(game, {**g_vars, "params": g_params}, z, labels, k_noise)
         logits = game.discriminator.apply(d_vars, fake, labels)
         return jnp.mean(game.g_loss(logits)), new_stats
 
@@ -680,27 +689,39 @@ def sample(
     *,
     labels: Int[Array, " n"] | None = None,
     temperature: float = 1.0,
+    truncation: float | None = None,
 ) -> Float[Array, " n *event"]:
-    r"""``n`` samples of a generator.
+    r"""``n`` samples of a generator, optionally with BigGAN's truncation trick on :math:`z`.
 
     .. math:: x_i = G(\tau z_i, y_i), \qquad z_i \sim N(0, I_{d_z})
+              \ \text{conditioned on}\ \|z_i\|_\infty \le \psi
 
     with :math:`G` = ``generator`` at ``params`` (batch norm on its running averages),
     :math:`\tau` = ``temperature`` (the latent prior's standard deviation; 1 is the prior of
-    training), :math:`d_z` = ``generator.latent_dim`` and :math:`y` = ``labels``.
+    training), :math:`d_z` = ``generator.latent_dim``, :math:`y` = ``labels`` and :math:`\psi` =
+    ``truncation`` (each coordinate drawn from the normal truncated to :math:`[-\psi, \psi]`,
+    i.e. resampled until inside; ``None``: no truncation). A smaller :math:`\psi` keeps
+    :math:`z` near the mode of the prior: higher fidelity, less variety (Brock et al.).
+    ``key`` also feeds the generator's ``"noise"`` RNG stream (:data:`NOISE`).
 
     Args:
-      key: PRNG key for :math:`z`.
-      generator: the Flax generator (:class:`MLPGenerator`, :class:`DCGANGenerator`).
+      key: PRNG key for :math:`z` (and the generator's own noise).
+      generator: the Flax generator (:class:`MLPGenerator`, :class:`DCGANGenerator`,
+        :class:`genjax.stylegan.StyleGANGenerator`, ...).
       params: its variables (``params`` and, with batch norm, ``batch_stats``).
       n: number of samples.
       labels: ``[n]`` int classes of a conditional generator, else ``None``.
       temperature: :math:`\tau \ge 0`.
+      truncation: :math:`\psi > 0` or ``None``.
 
     Returns:
       ``[n, *event]`` samples in the generator's range (:math:`[-1, 1]` for image players).
 
-    Derivation: derivations/08-gans.md
+    References:
+      Brock et al., *Large Scale GAN Training for High Fidelity Natural Image Synthesis*, 2019,
+      https://arxiv.org/abs/1809.11096 (section 3.1, the truncation trick).
+
+    Derivation: derivations/08-gans.md, derivations/22-style-based-gans.md
     """
     _checks.positive_int("n", n)
     if labels is not None:
@@ -709,8 +730,15 @@ def sample(
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
     if _checks.is_concrete(temperature) and not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    z = temperature * jax.random.normal(key, (n, generator.latent_dim))  # [n, latent_dim]
-    return generator.apply(params, z, labels, train=False)
+    if truncation is not None and not truncation > 0:
+        raise ValueError(f"truncation must be positive or None, got {truncation}")
+    shape = (n, generator.latent_dim)
+    if truncation is None:
+        z = jax.random.normal(key, shape)  # [n, latent_dim]
+    else:
+        z = jax.random.truncated_normal(key, -truncation, truncation, shape)  # [n, latent_dim]
+    noise_key = jax.random.fold_in(key, 1)
+    return generator.apply(params, temperature * z, labels, train=False, rngs={NOISE: noise_key})
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -1,0 +1,153 @@
+"""Style-based generator: AdaIN and instance norm, truncation, style mixing, the generator's
+running average of w, and the style-mixing measure after training (slow)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genjax import gan as G
+from genjax import stylegan as S
+from genjax.nn.norm import adain, instance_norm
+from genjax.style import gram_matrix
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _maps(seed: int, shape=(2, 5, 6, 3)):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=shape) * rng.uniform(0.5, 3.0) + rng.normal(), jnp.float32)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_adain_output_has_the_target_mean_and_std(seed):
+    x = _maps(seed)
+    rng = np.random.default_rng(seed + 1)
+    scale = jnp.asarray(rng.uniform(0.1, 4.0, (2, 3)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(2, 3)) * 3, jnp.float32)
+    y = adain(x, scale, bias)
+    np.testing.assert_allclose(jnp.mean(y, axis=(1, 2)), bias, rtol=RTOL, atol=1e-4)
+    np.testing.assert_allclose(jnp.std(y, axis=(1, 2)), scale, rtol=RTOL, atol=ATOL)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_instance_norm_is_invariant_to_per_channel_affine_maps(seed):
+    x = _maps(seed)
+    rng = np.random.default_rng(seed + 2)
+    a = jnp.asarray(rng.uniform(0.2, 5.0, (2, 1, 1, 3)), jnp.float32)  # per example, channel
+    b = jnp.asarray(rng.normal(size=(2, 1, 1, 3)) * 10, jnp.float32)
+    np.testing.assert_allclose(instance_norm(a * x + b), instance_norm(x), rtol=1e-3, atol=1e-4)
+    # ... and its output is the z-score of each example's channel (numpy reference)
+    ref = (x - np.mean(x, axis=(1, 2), keepdims=True)) / np.std(x, axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(instance_norm(x), ref, rtol=RTOL, atol=ATOL)
+
+
+def test_adain_sets_the_gram_diagonal_to_scale_squared_plus_bias_squared():
+    x = _maps(0)
+    scale, bias = jnp.array([[0.5, 2.0, 1.0], [3.0, 0.2, 1.5]]), jnp.array([[1.0, -1.0, 0.0]] * 2)
+    diagonal = jnp.diagonal(gram_matrix(adain(x, scale, bias)), axis1=-2, axis2=-1)  # [2, 3]
+    np.testing.assert_allclose(diagonal, scale**2 + bias**2, rtol=RTOL, atol=ATOL)
+
+
+def test_adain_shape_errors():
+    x = jnp.zeros((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="scale must have shape"):
+        adain(x, jnp.ones((3,)), jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="x must have shape"):
+        instance_norm(jnp.zeros((4, 3)))
+
+
+def test_truncation_psi_zero_is_the_mean_and_one_the_identity(key):
+    w = jax.random.normal(key, (5, 7, 4))
+    w_avg = jnp.array([0.5, -1.0, 2.0, 0.0])
+    np.testing.assert_allclose(S.truncate(w, w_avg, 1.0), w, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(S.truncate(w, w_avg, 0.0), jnp.broadcast_to(w_avg, w.shape))
+    np.testing.assert_allclose(
+        S.truncate(w, w_avg, 0.5), (w + w_avg[None, None]) / 2, rtol=RTOL, atol=ATOL
+    )
+    with pytest.raises(ValueError, match="w_avg"):
+        S.truncate(w, jnp.zeros(3), 0.5)
+
+
+def test_mix_styles_takes_layers_below_the_crossover_from_the_first_source():
+    ws1, ws2 = jnp.zeros((3, 6, 2)), jnp.ones((3, 6, 2))
+    mixed = S.mix_styles(ws1, ws2, jnp.array([0, 2, 6]))
+    np.testing.assert_array_equal(mixed[:, :, 0], [[1] * 6, [0, 0, 1, 1, 1, 1], [0] * 6])
+    assert S.num_styles((8, 8, 1)) == 6 and S.num_styles((28, 28, 1)) == 6
+
+
+def _generator(**kwargs):
+    return S.StyleGANGenerator((8, 8, 1), features=8, latent_dim=4, mapping_depth=2, **kwargs)
+
+
+def test_generator_at_psi_zero_draws_one_image_without_noise(key):
+    """Noise scales start at zero: with psi = 0 every code becomes the average code, so every
+    sample is the same image; with psi = 1 they differ."""
+    g = _generator()
+    variables = jax.jit(lambda k: g.init(k, jnp.zeros((1, 4)), train=False))(key)
+    variables = {**variables, "batch_stats": {"w_avg": jnp.array([0.3, -0.2, 0.1, 0.0])}}
+    draw = jax.jit(lambda v, psi: S.sample(key, g, v, 4, psi=psi), static_argnums=1)
+    same = draw(variables, 0.0)
+    np.testing.assert_allclose(same, jnp.broadcast_to(same[:1], same.shape), atol=1e-5)
+    assert float(jnp.std(draw(variables, 1.0), axis=0).max()) > 1e-3
+
+
+def test_generator_tracks_the_average_code_and_mixes_only_in_training(key):
+    g, mixing = _generator(mixing_prob=0.0), _generator(mixing_prob=1.0)
+    z = jax.random.normal(key, (6, 4))
+    rngs = {G.NOISE: jax.random.key(1)}
+
+    @jax.jit
+    def run(k):
+        variables = g.init(k, z, train=False)
+        train, stats = g.apply(variables, z, train=True, mutable=["batch_stats"], rngs=rngs)
+        evaluate = g.apply(variables, z, train=False, rngs=rngs)
+        mixed, _ = mixing.apply(variables, z, train=True, mutable=["batch_stats"], rngs=rngs)
+        return (
+            train,
+            evaluate,
+            mixed,
+            stats["batch_stats"]["w_avg"],
+            g.apply(variables, z, method=g.map),
+        )
+
+    train, evaluate, mixed, w_avg, w = run(key)
+    np.testing.assert_allclose(w_avg, (1 - g.w_avg_decay) * jnp.mean(w, 0), rtol=RTOL, atol=1e-7)
+    # without mixing, training draws the image that evaluation draws (same noise stream)
+    np.testing.assert_allclose(train, evaluate, atol=ATOL)
+    assert float(jnp.abs(mixed - train).max()) > 1e-4
+
+
+def test_mixing_at_the_last_layer_is_the_coarse_source(key):
+    from genjax.data import load_dataset
+    from genjax.recipes.stylegan import make_stylegan
+
+    gan = make_stylegan(load_dataset("digits"), {"width": 8})
+    z1, z2 = jax.random.normal(key, (2, 3, 32))
+    num = S.num_styles((8, 8, 1))
+
+    @jax.jit
+    def run(k):
+        variables = gan.generator.init(k, z1, train=False)
+        direct = gan.generator.apply(variables, z1, train=False, rngs={G.NOISE: k})
+        return direct, gan.mix(variables, k, z1, z2, num)
+
+    direct, mixed = run(key)
+    np.testing.assert_allclose(mixed, jnp.clip((direct + 1) / 2, 0, 1), atol=ATOL)
+
+
+@pytest.mark.slow
+def test_stylegan_digits_coarse_styles_keep_the_digit():
+    """The full budget: at least 90 % of mixed samples keep the coarse source's class."""
+    from genjax import recipes
+    from genjax.data import load_dataset
+    from genjax.train import fit
+
+    recipe, dataset = recipes.get("stylegan_digits"), load_dataset("digits")
+    task = recipe.make_task(dataset, {})
+    state = fit(task, dataset.train, recipe.config(False), progress=False)
+    report = recipe.evaluate(task, state.ema_params, dataset, jax.random.key(0))
+    assert report.value >= 0.9, report
+    assert report.baseline_value < 0.2, report
