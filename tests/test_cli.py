@@ -87,7 +87,7 @@ def test_tour_quick_trains_the_classifier_and_ranks_the_image_families(tmp_path)
     assert {r[1] for r in rows[2:]} == {"autoencoder", "vae_digits"}
     fids = [float(r[2]) for r in rows[2:]]
     assert fids == sorted(fids)
-    assert f"{CNN_STEPS[True]} steps" in report
+    assert f"{CNN_STEPS['quick']} steps" in report
     assert (tmp_path / "tour" / "digits_cnn_quick" / "config.json").is_file()
 
 
