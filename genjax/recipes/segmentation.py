@@ -226,5 +226,6 @@ for _name in S.NETWORKS:
             figures=_figures,
             draws_batches=True,
             quick_tour=_name == "unet",
+            tour_steps=STEPS[False] if _name == "unet" else None,
         )
     )

@@ -73,17 +73,19 @@ __all__ = [
 
 WIDTHS = (16, 32)  #: the U-Net generators' channels per level
 D_LR, D_B1 = 2e-4, 0.5  #: the discriminators' Adam (pix2pix and CycleGAN)
-STEPS = {False: 600, True: 40}  #: by ``quick``
+STEPS = {False: 400, True: 40}  #: pix2pix and the context encoder, by ``quick``
+CYCLE_STEPS = {False: 1200, True: 40}  #: CycleGAN (two generators learning from no pairs)
 FIGURE_N = 6
 CHUNK = 250
 
 
-def translation_config(quick: bool) -> TrainConfig:
-    """The generators' budget: Adam 2e-3, batch 16, cosine decay, EMA 0.99.
+def translation_config(quick: bool, steps: Mapping[bool, int] = STEPS) -> TrainConfig:
+    """The generators' budget: ``steps[quick]`` updates of Adam 2e-3 (:math:`\beta_1 = 0.5`),
+    batch 16, cosine decay, EMA 0.99.
 
     Derivation: derivations/20-pix2pix.md
     """
-    steps = STEPS[quick]
+    steps = steps[quick]
     return TrainConfig(
         steps=steps, batch_size=16, lr=2e-3, ema_decay=0.99, log_every=steps // 4, b1=0.5
     )
@@ -487,6 +489,7 @@ for _name, (_l1, _adv, _summary) in _PIX2PIX.items():
             figures=_figures_pix2pix,
             draws_batches=True,
             quick_tour=_name == "pix2pix_cgan_l1",
+            tour_steps=STEPS[False] if _name == "pix2pix_cgan_l1" else None,
         )
     )
 
@@ -500,7 +503,7 @@ for _name, (_w, _summary) in _CYCLE.items():
             name=_name,
             summary=_summary,
             make_task=lambda ds, opts, _w=_w, _name=_name: cyclegan_task(ds, _w, _name),
-            config=translation_config,
+            config=functools.partial(translation_config, steps=CYCLE_STEPS),
             evaluate=_evaluate_cyclegan,
             figures=_figures_cyclegan,
             draws_batches=True,
