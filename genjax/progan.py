@@ -180,8 +180,8 @@ def minibatch_stddev(
 ) -> Float[Array, "batch H W C1"]:
     r"""The minibatch standard deviation feature, appended as one more channel.
 
-    The batch is split into groups of :math:`G` examples (example :math:`i` in group
-    :math:`i \bmod M`, :math:`M = B/G`); within a group :math:`g`,
+    The batch is split into :math:`B/G` groups of :math:`G` consecutive examples (example
+    :math:`i` in group :math:`\lfloor i/G \rfloor`); within a group :math:`g`,
 
     .. math:: s_g = \frac{1}{HWC} \sum_{h,w,c} \sqrt{\frac1G \sum_{i \in g}
               (x_{ihwc} - \bar x_{ghwc})^2 + \epsilon}
@@ -198,6 +198,9 @@ def minibatch_stddev(
       ``[batch, H, W, C + 1]``.
 
     Note:
+      The paper groups examples :math:`i \bmod (B/G)` and scores data and samples in separate
+      calls; :func:`genjax.gan.critic_step` scores them as one batch ``[data; samples]``, and
+      consecutive groups keep each group within one half (for ``m`` a multiple of :math:`G`).
       The feature couples the examples of a group, so the critic is not a per-example function:
       the gradient penalty's ``grad(sum f)`` then holds cross terms between group members, as
       in the paper's own WGAN-GP implementation.
@@ -214,10 +217,10 @@ def minibatch_stddev(
     g = min(group_size, b)
     if b % g:
         raise ValueError(f"x's batch ({b}) must be a multiple of group_size ({g})")
-    y = x.reshape(g, b // g, *x.shape[1:])  # [G, M, H, W, C]
-    var = jnp.var(y, axis=0)  # [M, H, W, C]
-    s = jnp.mean(jnp.sqrt(var + NORM_EPS), axis=(1, 2, 3))  # [M]
-    feature = jnp.broadcast_to(jnp.tile(s, g)[:, None, None, None], (b, h, w, 1))  # [B, H, W, 1]
+    y = x.reshape(b // g, g, *x.shape[1:])  # [B/G, G, H, W, C]
+    var = jnp.var(y, axis=1)  # [B/G, H, W, C]
+    s = jnp.mean(jnp.sqrt(var + NORM_EPS), axis=(1, 2, 3))  # [B/G]
+    feature = jnp.broadcast_to(jnp.repeat(s, g)[:, None, None, None], (b, h, w, 1))  # [B, H, W, 1]
     return jnp.concatenate([x, feature.astype(x.dtype)], axis=-1)
 
 
