@@ -183,3 +183,26 @@ def test_translation_unet_is_the_unet_without_time():
     assert jax.eval_shape(net.apply, params, x).shape == (2, 8, 8, 1)
     with pytest.raises(ValueError, match="num_steps=None"):
         net.apply(params, x, jnp.zeros((2,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- training (slow)
+
+
+def _report(name):
+    from genjax import recipes
+
+    return recipes.run(jax.random.key(1), recipes.get(name), "full").report
+
+
+@pytest.mark.slow
+def test_pix2pix_cgan_l1_beats_l1_alone_on_fid_and_draws_the_requested_digits():
+    both, l1 = _report("pix2pix_cgan_l1"), _report("pix2pix_l1")
+    assert both.value < l1.value < both.baseline_value
+    assert both.extra["class_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_inpainting_with_the_adversarial_term_beats_l2_alone_on_fid():
+    joint, l2 = _report("inpaint_l2_adv"), _report("inpaint_l2")
+    assert joint.value < l2.value < l2.baseline_value
+    assert l2.extra["hole_mse"] < l2.extra["baseline_hole_mse"]

@@ -48,7 +48,7 @@ from genjax.data import (
     thick_inverted,
     unpaired_split,
 )
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.recipes.segmentation import (
     NUM_CLASSES,
@@ -75,6 +75,7 @@ WIDTHS = (16, 32)  #: the U-Net generators' channels per level
 D_LR, D_B1 = 2e-4, 0.5  #: the discriminators' Adam (pix2pix and CycleGAN)
 STEPS = {False: 400, True: 40}  #: pix2pix and the context encoder, by ``quick``
 CYCLE_STEPS = {False: 1200, True: 40}  #: CycleGAN (two generators learning from no pairs)
+CYCLE_D_LR = 2e-3  #: CycleGAN's discriminators learn at the generators' rate
 FIGURE_N = 6
 CHUNK = 250
 
@@ -133,12 +134,13 @@ def _init_players(key, players: Players, d_tx) -> tuple[dict, dict]:
     return g, {"d": d, "d_opt": d_tx.init(d)}
 
 
-def adversarial_task(players: Players) -> Task:
-    """The loop's :class:`~genjax.train.Task` for ``players`` (see the module docstring).
+def adversarial_task(players: Players, d_lr: float = D_LR) -> Task:
+    """The loop's :class:`~genjax.train.Task` for ``players`` (see the module docstring), the
+    discriminators trained by Adam at ``d_lr`` with :math:`\beta_1 = 0.5`.
 
     Derivation: derivations/20-pix2pix.md
     """
-    d_tx = optax.adam(D_LR, b1=D_B1)
+    d_tx = optax.adam(d_lr, b1=D_B1)
 
     def init(key, batch):
         return jax.jit(lambda k: _init_players(k, players, d_tx))(fast_init_key(key))
@@ -344,7 +346,7 @@ def cyclegan_task(dataset: Dataset, cycle_weight: float, name: str) -> Task:
         {"da": (a_all[:2],), "db": (b_all[:2],)},
         {},
     )
-    return adversarial_task(players)
+    return adversarial_task(players, d_lr=CYCLE_D_LR)
 
 
 def _transformed_dataset(dataset: Dataset) -> Dataset:
@@ -482,8 +484,9 @@ for _name, (_l1, _adv, _summary) in _PIX2PIX.items():
             name=_name,
             summary=_summary,
             make_task=lambda ds, opts, _l1=_l1, _adv=_adv, _name=_name: pix2pix_task(
-                ds, _l1, _adv, _name
+                ds, opts.get("l1_weight", _l1), _adv, _name
             ),
+            options={"l1_weight": _l1},
             config=translation_config,
             evaluate=_evaluate_pix2pix,
             figures=_figures_pix2pix,
@@ -512,14 +515,17 @@ for _name, (_w, _summary) in _CYCLE.items():
 
 _INPAINT = {
     "inpaint_l2": (0.0, "context encoder, centre 4x4 of digits: L2 on the hole"),
-    "inpaint_l2_adv": (0.01, "context encoder: L2 + adversarial (joint loss)"),
+    "inpaint_l2_adv": (0.1, "context encoder: L2 + adversarial (joint loss)"),
 }
 for _name, (_w, _summary) in _INPAINT.items():
     register(
         Recipe(
             name=_name,
             summary=_summary,
-            make_task=lambda ds, opts, _w=_w, _name=_name: inpainting_task(ds, _w, _name),
+            make_task=lambda ds, opts, _w=_w, _name=_name: inpainting_task(
+                ds, opts.get("adversarial_weight", _w), _name
+            ),
+            options={"adversarial_weight": Option(_w, 0.0, 1.0)} if _w else {},
             config=translation_config,
             evaluate=_evaluate_inpainting,
             figures=_figures_inpainting,
