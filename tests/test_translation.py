@@ -206,3 +206,11 @@ def test_inpainting_with_the_adversarial_term_beats_l2_alone_on_fid():
     joint, l2 = _report("inpaint_l2_adv"), _report("inpaint_l2")
     assert joint.value < l2.value < l2.baseline_value
     assert l2.extra["hole_mse"] < l2.extra["baseline_hole_mse"]
+
+
+@pytest.mark.slow
+def test_cyclegan_finds_the_hidden_transform_and_keeps_the_class():
+    cycle, no_cycle = _report("cyclegan"), _report("cyclegan_no_cycle")
+    assert cycle.value < min(cycle.baseline_value, no_cycle.value)
+    assert cycle.extra["class_accuracy"] >= 0.95
+    assert no_cycle.extra["class_accuracy"] < 0.5  # without the cycle: one output for all

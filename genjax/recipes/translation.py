@@ -293,9 +293,13 @@ def _figures_pix2pix(task: Task, params, dataset: Dataset, key, out_dir: Path) -
 # ----------------------------------------------------------------------------- CycleGAN
 
 
-def cyclegan_task(dataset: Dataset, cycle_weight: float, name: str) -> Task:
+def cyclegan_task(
+    dataset: Dataset, cycle_weight: float, name: str, identity_weight: float = 0.0
+) -> Task:
     r"""Digits ↔ :math:`T`(digits) from disjoint halves: :func:`genjax.translation.cyclegan_losses`
-    with ``cycle_weight`` (10, or 0 for the no-cycle ablation) and identity weight 5.
+    with ``cycle_weight`` (10, or 0 for the no-cycle ablation) and ``identity_weight`` (0 by
+    default: :math:`T` inverts contrast, which a loss asking :math:`G(b) = b` resists; Zhu et
+    al.'s choice is :math:`0.5 \lambda_{cyc} = 5`, the option ``identity_weight=5``).
 
     Derivation: derivations/21-cyclegan.md
     """
@@ -321,7 +325,7 @@ def cyclegan_task(dataset: Dataset, cycle_weight: float, name: str) -> Task:
         if not d:  # Task.loss, without the adversaries: the cycle and identity terms
             cyc = T.cycle_loss(a, images["a_cycled"], b, images["b_cycled"])
             ident = T.identity_loss(a, images["f_of_a"], b, images["g_of_b"])
-            return cycle_weight * cyc + 5.0 * ident, jnp.zeros(()), {"cycle": cyc}
+            return cycle_weight * cyc + identity_weight * ident, jnp.zeros(()), {"cycle": cyc}
         sd = jax.lax.stop_gradient(d)
 
         def score(which, params, x):
@@ -335,7 +339,9 @@ def cyclegan_task(dataset: Dataset, cycle_weight: float, name: str) -> Task:
             "fake_a_g": score("da", sd, fake_a),
             "fake_b_g": score("db", sd, fake_b),
         }
-        return T.cyclegan_losses(scores, images, cycle_weight=cycle_weight)
+        return T.cyclegan_losses(
+            scores, images, cycle_weight=cycle_weight, identity_weight=identity_weight
+        )
 
     players = Players(
         name,
@@ -505,7 +511,10 @@ for _name, (_w, _summary) in _CYCLE.items():
         Recipe(
             name=_name,
             summary=_summary,
-            make_task=lambda ds, opts, _w=_w, _name=_name: cyclegan_task(ds, _w, _name),
+            make_task=lambda ds, opts, _w=_w, _name=_name: cyclegan_task(
+                ds, _w, _name, opts.get("identity_weight", 0.0)
+            ),
+            options={"identity_weight": 0.0},
             config=functools.partial(translation_config, steps=CYCLE_STEPS),
             evaluate=_evaluate_cyclegan,
             figures=_figures_cyclegan,
