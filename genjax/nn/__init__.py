@@ -1,9 +1,10 @@
-"""Building blocks with no training logic: initialisers, attention, positional encodings, layers."""
+"""Building blocks with no training logic: initialisers, attention, positional encodings, layers,
+normalisation."""
 
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("attention", "init", "layers", "positional", "transformer", "unet")
+_SUBMODULES = ("attention", "init", "layers", "norm", "positional", "transformer", "unet")
 
 __all__ = list(_SUBMODULES)
 
