@@ -353,6 +353,7 @@ for _recipe in (
         evaluate=_evaluate_stylegan,
         figures=_stylegan_figures,
         quick_tour=True,
+        tour_steps=STEPS["stylegan"],
         options={**_COMMON, "mixing_prob": Option(0.9, high=1.0)},
     ),
     Recipe(
