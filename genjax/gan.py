@@ -90,7 +90,6 @@ __all__ = [
     "hinge_discriminator_loss",
     "least_squares_discriminator_loss",
     "least_squares_generator_loss",
-    "least_squares_optimal_discriminator",
     "mode_coverage",
     "optimal_discriminator",
     "sample",
@@ -260,9 +259,9 @@ def least_squares_discriminator_loss(
 
     with :math:`D(x)` = ``real_scores`` and :math:`D(G(z))` = ``fake_scores`` (unbounded
     scores, no sigmoid). For laws :math:`p` (data) and :math:`q` (samples) its pointwise
-    minimiser is :math:`D^*(x) = p(x) / (p(x) + q(x))`
-    (:func:`least_squares_optimal_discriminator`). A patch discriminator's scores
-    ``[b, h, w]`` enter flattened to ``[b h w]``.
+    minimiser is :math:`D^*(x) = p(x) / (p(x) + q(x))`, the log-loss optimum
+    (:func:`optimal_discriminator`). A patch discriminator's scores ``[b, h, w]`` enter
+    flattened to ``[b h w]``.
 
     Args:
       real_scores: ``[batch]`` scores on data.
@@ -300,29 +299,6 @@ def least_squares_generator_loss(fake_scores: Float[Array, " batch"]) -> Float[A
     Derivation: derivations/21-cyclegan.md
     """
     return 0.5 * (_check_logits("fake_scores", fake_scores) - 1.0) ** 2
-
-
-def least_squares_optimal_discriminator(
-    p: Float[Array, "*batch k"], q: Float[Array, "*batch k"]
-) -> Float[Array, "*batch k"]:
-    r"""The minimiser of the least-squares discriminator loss for fixed laws.
-
-    .. math:: D^* = \arg\min_D\, E_p\big[\tfrac12 (D - 1)^2\big]
-       + E_q\big[\tfrac12 D^2\big] = \frac{p(x)}{p(x) + q(x)}
-
-    (pointwise: :math:`p (D - 1) + q D = 0`), the same value as the minimax GAN's
-    :func:`optimal_discriminator`; ``1/2`` where :math:`p + q = 0`.
-
-    Args:
-      p: ``[..., k]`` non-negative values of the data law.
-      q: ``[..., k]`` non-negative values of the model law, same shape.
-
-    Returns:
-      ``[..., k]`` values in :math:`[0, 1]`.
-
-    Derivation: derivations/21-cyclegan.md
-    """
-    return optimal_discriminator(p, q)
 
 
 # ----------------------------------------------------------------------------- Wasserstein

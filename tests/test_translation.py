@@ -123,7 +123,7 @@ def test_least_squares_optimum_is_p_over_p_plus_q():
         fake = gan.least_squares_discriminator_loss(jnp.ones_like(d), d)  # d^2/2
         return jnp.sum(p * real + q * fake)
 
-    d_star = gan.least_squares_optimal_discriminator(p, q)
+    d_star = gan.optimal_discriminator(p, q)
     np.testing.assert_allclose(d_star, p / (p + q), rtol=RTOL)
     np.testing.assert_allclose(jax.grad(loss)(d_star), 0.0, atol=1e-6)
     np.testing.assert_allclose(jnp.diag(jax.hessian(loss)(d_star)), p + q, rtol=RTOL)
