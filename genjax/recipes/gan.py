@@ -565,7 +565,7 @@ for _recipe in (
             dataset, {"variant": "nonsaturating", "normalization": "spectral", **options}
         ),
         evaluate=_evaluate_dcgan,
-        tour_steps=3000,
+        tour_steps=5000,
         **_DIGITS,
     ),
     Recipe(

@@ -226,6 +226,6 @@ for _name in S.NETWORKS:
             figures=_figures,
             draws_batches=True,
             quick_tour=_name == "unet",
-            tour_steps=STEPS[False] if _name == "unet" else None,
+            tour_steps=STEPS[False] // 2 if _name == "unet" else None,
         )
     )

@@ -498,7 +498,7 @@ for _name, (_l1, _adv, _summary) in _PIX2PIX.items():
             figures=_figures_pix2pix,
             draws_batches=True,
             quick_tour=_name == "pix2pix_cgan_l1",
-            tour_steps=STEPS[False] if _name == "pix2pix_cgan_l1" else None,
+            tour_steps=STEPS[False] // 2 if _name == "pix2pix_cgan_l1" else None,
         )
     )
 

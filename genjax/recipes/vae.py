@@ -556,7 +556,7 @@ _register(
     "Gaussian-decoder MLP VAE on dequantised digits: IS NLL vs PPCA and a GMM",
     _evaluate_likelihood,
     quick_tour=True,
-    tour_steps=2000,
+    tour_steps=3000,
     kind="VAE",
     **DIGITS_DEFAULTS,
 )
