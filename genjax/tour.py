@@ -74,8 +74,7 @@ def run(
 
     Training and evaluation use the EMA parameters (:func:`genjax.recipes.run`).
     """
-    if budget not in recipes.BUDGETS:
-        raise ValueError(f"budget must be one of {', '.join(recipes.BUDGETS)}, got {budget!r}")
+    recipes.check_budget(budget)
     selected = {} if report_only else select(budget, only)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ __all__ = [
     "Report",
     "Run",
     "all_recipes",
+    "check_budget",
     "get",
     "loop_arrays",
     "register",
@@ -180,9 +181,7 @@ class Recipe(NamedTuple):
         ``"quick"`` is ``config(True)``, ``"full"`` is ``config(False)``, and ``"tour"`` is the
         full config cut to ``tour_steps`` updates (its learning-rate schedule follows the new
         length); a ``ValueError`` names an unknown budget or a recipe outside the tour."""
-        if name not in BUDGETS:
-            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {name!r}")
-        if name != "tour":
+        if check_budget(name) != "tour":
             return self.config(name == "quick")
         if self.tour_steps is None:
             raise ValueError(f"recipe {self.name!r} has no tour budget (tour_steps is None)")
@@ -209,6 +208,13 @@ class Recipe(NamedTuple):
 
 _REGISTRY: dict[str, Recipe] = {}
 BUDGETS = ("quick", "tour", "full")  #: the training budgets of a recipe (:meth:`Recipe.budget`)
+
+
+def check_budget(name: str) -> str:
+    """``name`` if it is one of :data:`BUDGETS`, else a ``ValueError`` listing them."""
+    if name not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {name!r}")
+    return name
 
 
 def register(recipe: Recipe) -> Recipe:
