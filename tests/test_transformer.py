@@ -17,7 +17,9 @@ from genjax.nn.transformer import (
     DecoderOnlyTransformer,
     EncoderBlock,
     EncoderDecoderTransformer,
+    TextEncoder,
     generate,
+    pool_at_last,
     token_nll,
 )
 from genjax.recipes import all_recipes, loop_arrays
@@ -218,6 +220,72 @@ def test_model_bad_input_raises(key, kwargs, tokens, match):
     )
     with pytest.raises(ValueError, match=match):
         model.init(key, tokens)
+
+
+def test_text_encoder_masking_equals_slicing_and_zeroes_padding(init_key):
+    """A real position's output is the same with any tokens in the padding and with the padding
+    cut off (the sequence alone, at its own length); padded outputs are zero."""
+    model = TextEncoder(vocab_size=12, features=16, num_heads=2, num_layers=2, max_length=8)
+    tokens = jnp.array([[1, 5, 6, 2, 0, 0, 0], [1, 7, 8, 9, 10, 11, 2]])
+    lengths = jnp.array([4, 7])
+    params = jax.jit(model.init)(init_key, tokens, lengths)
+    apply = jax.jit(model.apply)
+    h = apply(params, tokens, lengths)
+    assert h.shape == (2, 7, 16)
+    np.testing.assert_array_equal(h[0, 4:], 0.0)
+    assert np.all(np.linalg.norm(h[:, :4], axis=-1) > 1.0)  # LayerNorm output: norm ~ sqrt(D)
+    repadded = tokens.at[0, 4:].set(jnp.array([3, 11, 4]))
+    np.testing.assert_allclose(apply(params, repadded, lengths), h, rtol=RTOL, atol=ATOL)
+    sliced = apply(params, tokens[:1, :4], lengths[:1])  # [1, 4, D]
+    np.testing.assert_allclose(sliced[0], h[0, :4], rtol=RTOL, atol=ATOL)
+    # and the real tokens do matter
+    assert not np.allclose(apply(params, tokens.at[0, 1].set(9), lengths)[0, :4], h[0, :4])
+
+
+def test_pool_at_last_takes_the_eos_position():
+    h = normal(0, (3, 5, 4))
+    lengths = jnp.array([1, 5, 3])
+    expected = np.stack([h[b, n - 1] for b, n in enumerate([1, 5, 3])])
+    np.testing.assert_array_equal(pool_at_last(jnp.asarray(h), lengths), expected)
+    np.testing.assert_array_equal(jax.jit(pool_at_last)(jnp.asarray(h), lengths), expected)
+
+
+@pytest.mark.parametrize(
+    ("h_shape", "lengths", "error", "match"),
+    [
+        ((3, 5), jnp.array([1, 2, 3]), ValueError, r"\[batch, length, features\]"),
+        ((3, 5, 4), jnp.array([1, 2]), ValueError, r"lengths must have shape \[batch\]"),
+        ((3, 5, 4), jnp.array([1.0, 2.0, 3.0]), TypeError, "integer"),
+        ((3, 5, 4), jnp.array([0, 2, 3]), ValueError, r"\[1, 5\]"),
+        ((3, 5, 4), jnp.array([1, 6, 3]), ValueError, r"\[1, 5\]"),
+    ],
+)
+def test_pool_at_last_bad_input_raises(h_shape, lengths, error, match):
+    with pytest.raises(error, match=match):
+        pool_at_last(jnp.zeros(h_shape), lengths)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "tokens", "lengths", "error", "match"),
+    [
+        (
+            {"features": 10, "num_heads": 4},
+            jnp.zeros((1, 4), jnp.int32),
+            [4],
+            ValueError,
+            "num_heads",
+        ),
+        ({}, jnp.zeros((1, 9), jnp.int32), [4], ValueError, "max_length"),
+        ({}, jnp.zeros((4,), jnp.int32), [4], ValueError, r"\[batch, length\]"),
+        ({}, jnp.zeros((2, 4), jnp.int32), [4], ValueError, "lengths must have shape"),
+        ({}, jnp.zeros((1, 4), jnp.float32), [4], TypeError, "integer"),
+        ({"num_layers": 0}, jnp.zeros((1, 4), jnp.int32), [4], ValueError, "num_layers"),
+    ],
+)
+def test_text_encoder_bad_input_raises(key, kwargs, tokens, lengths, error, match):
+    model = TextEncoder(vocab_size=5, **{"features": 8, "num_heads": 2, "max_length": 8, **kwargs})
+    with pytest.raises(error, match=match):
+        model.init(key, tokens, jnp.array(lengths))
 
 
 # ----------------------------------------------------------------------------- recipes

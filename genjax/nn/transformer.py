@@ -14,7 +14,9 @@ positions come from :mod:`genjax.nn.positional`.
 
 Pure functions: :func:`token_nll` (per-token negative log-likelihood from logits, via
 ``log_softmax``), :func:`rotary_attention`, :func:`generate` (autoregressive sampling / greedy
-decoding with ``jax.lax.scan``).
+decoding with ``jax.lax.scan``), :func:`pool_at_last` (a padded sequence's last real position).
+:class:`TextEncoder` is the bidirectional encoder of padded token sequences shared by the text
+families (CLIP's text tower, the conditioning of text-to-image diffusion).
 
 Derivation: derivations/03-attention.md, derivations/04-positional-encoding.md
 """
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from genjax._checks import one_of, positive_int
+from genjax._checks import is_concrete, one_of, positive_int
 from genjax.nn.attention import (
     MultiHeadAttention,
     causal_mask,
@@ -43,7 +45,9 @@ __all__ = [
     "DecoderOnlyTransformer",
     "EncoderBlock",
     "EncoderDecoderTransformer",
+    "TextEncoder",
     "generate",
+    "pool_at_last",
     "rotary_attention",
     "token_nll",
 ]
@@ -504,3 +508,113 @@ class EncoderDecoderTransformer(nn.Module):
     ) -> Float[Array, "batch tgt_length tgt_vocab"]:
         memory = self.encode(src, src_lengths, deterministic=deterministic)
         return self.decode(tgt, memory, src_lengths, deterministic=deterministic)
+
+
+def pool_at_last(
+    h: Float[Array, "batch length features"], lengths: Int[Array, " batch"]
+) -> Float[Array, "batch features"]:
+    r"""The vector at each sequence's last real position (the EOS token): CLIP's text pooling.
+
+    .. math:: p_b = h_{b,\ \ell_b - 1}
+
+    with :math:`h` = ``h`` and :math:`\ell` = ``lengths``.
+
+    Args:
+      h: ``[batch, length, features]`` token vectors (e.g. of :class:`TextEncoder`).
+      lengths: ``[batch]`` integer valid lengths in ``[1, length]``; outside ``jit`` they are
+        checked, inside they are clipped to that range.
+
+    Returns:
+      ``[batch, features]``.
+
+    References:
+      Radford et al., *Learning Transferable Visual Models From Natural Language Supervision*,
+      2021, https://arxiv.org/abs/2103.00020
+
+    Derivation: derivations/23-contrastive.md
+    """
+    if h.ndim != 3:
+        raise ValueError(f"h must have shape [batch, length, features], got {h.shape}")
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != h.shape[:1]:
+        raise ValueError(f"lengths must have shape [batch] = {h.shape[:1]}, got {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
+    if (
+        is_concrete(lengths)
+        and lengths.size
+        and not (1 <= int(lengths.min()) and int(lengths.max()) <= h.shape[1])
+    ):
+        raise ValueError(f"lengths must lie in [1, {h.shape[1]}], got {lengths}")
+    last = jnp.clip(lengths - 1, 0, h.shape[1] - 1)  # [B]
+    return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
+
+
+class TextEncoder(nn.Module):
+    r"""A bidirectional pre-LN encoder of padded token sequences: the text tower shared by the
+    text families (CLIP, text-conditioned diffusion).
+
+    .. math::
+       h^{(0)} = E[y] + P, \qquad
+       h^{(n)} = \operatorname{Enc}_n\big(h^{(n-1)};\ M\big), \qquad
+       o_{b t} = [\, t < \ell_b \,]\ \operatorname{LN}\big(h^{(N)}_{b t}\big)
+
+    with :math:`E` the token embedding, :math:`P` the sinusoidal positions
+    (:func:`~genjax.nn.positional.sinusoidal_encoding`), :math:`\operatorname{Enc}_n` the
+    :class:`EncoderBlock` stack and :math:`M` = :func:`~genjax.nn.attention.padding_mask`
+    ``(lengths, L)``: no query attends to a padded key, so a real position's output does not
+    depend on the padding (masking equals slicing), and padded positions are zeroed in the output.
+    Pool a sentence vector with :func:`pool_at_last` (CLIP) or a masked mean; cross-attend to the
+    token vectors with ``memory_mask = padding_mask(lengths, L)``.
+
+    Attributes:
+      vocab_size: number of token ids.
+      features: model width :math:`D`.
+      num_heads: heads per attention (must divide :math:`D`).
+      num_layers: :math:`N`.
+      max_length: longest sequence.
+      dropout: dropout rate (``"dropout"`` RNG stream, when ``deterministic=False``).
+
+    Call: ``apply(params, tokens [B, L] int, lengths [B] int, deterministic=True)`` returns
+    ``[B, L, features]``.
+
+    References:
+      Radford et al., *Learning Transferable Visual Models From Natural Language Supervision*,
+      2021, https://arxiv.org/abs/2103.00020
+
+    Derivation: derivations/23-contrastive.md, derivations/03-attention.md
+    """
+
+    vocab_size: int
+    features: int = 64
+    num_heads: int = 4
+    num_layers: int = 2
+    max_length: int = 32
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: Int[Array, "batch length"],
+        lengths: Int[Array, " batch"],
+        *,
+        deterministic: bool = True,
+    ) -> Float[Array, "batch length features"]:
+        _check_config("sinusoidal", self.features, self.num_heads)
+        positive_int("num_layers", self.num_layers)
+        if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+            raise TypeError(f"tokens must be an integer array, got dtype {tokens.dtype}")
+        x = _Embedding(self.vocab_size, self.features, self.max_length, "sinusoidal")(tokens)
+        lengths = jnp.asarray(lengths)
+        if lengths.shape != tokens.shape[:1]:
+            raise ValueError(
+                f"lengths must have shape [batch] = {tokens.shape[:1]}, got {lengths.shape}"
+            )
+        mask = padding_mask(lengths, tokens.shape[1])  # [B, 1, 1, L]
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        for _ in range(self.num_layers):
+            x = EncoderBlock(self.num_heads, dropout_rate=self.dropout)(
+                x, mask=mask, deterministic=deterministic
+            )  # [B, L, D]
+        x = nn.LayerNorm()(x)  # [B, L, D]
+        return x * mask[:, 0, 0, :, None].astype(x.dtype)  # [B, L, D], padding zeroed
