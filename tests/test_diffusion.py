@@ -16,6 +16,7 @@ import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.stats import norm as scipy_norm
 
 from genjax import data, divergences
 from genjax import diffusion as D
@@ -497,7 +498,27 @@ SAMPLERS = {
         lambda: D.linear_schedule(1000),
         lambda key, s, fn: D.sample(key, s, fn, (NUM_SAMPLES, 1), num_steps=50, clip_x0=None),
     ),
+    "dpm_solver_2m": (
+        lambda: D.cosine_schedule(1000),
+        lambda key, s, fn: _unclipped_dpm_solver(key, s, fn, (NUM_SAMPLES, 1), 30),
+    ),
 }
+
+
+def _unclipped_dpm_solver(key, schedule, fn, shape, num_steps, noise=None):
+    """DPM-Solver++(2M) without the clip (the exact eps has no error for it to bound)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "DDIM with clip_x0=None")
+        return D.sample(
+            key,
+            schedule,
+            fn,
+            shape,
+            num_steps=num_steps,
+            method="dpm_solver_2m",
+            clip_x0=None,
+            noise=noise,
+        )
 
 
 @functools.cache
@@ -608,9 +629,15 @@ def test_drop_labels(key):
 def test_clip_x0_bounds_the_last_step():
     s = D.linear_schedule(20, 1e-3, 0.3)
     far = lambda x, t: jnp.full_like(x, 5.0)  # an x0-predictor far outside the data range
-    for num_steps in (None, 10):  # DDPM, DDIM
+    for num_steps, method in ((None, None), (10, None), (10, "dpm_solver_2m")):
         x = D.sample(
-            jax.random.key(0), s, far, (6, 2), num_steps=num_steps, parameterization="x0"
+            jax.random.key(0),
+            s,
+            far,
+            (6, 2),
+            num_steps=num_steps,
+            method=method,
+            parameterization="x0",
         )  # the default clip_x0 is (-1, 1)
         np.testing.assert_allclose(x, 1.0, atol=1e-5)
 
@@ -622,6 +649,7 @@ def test_samplers_same_with_and_without_jit():
     for sample in (
         lambda k: D.sample(k, s, eps_fn, (8, 1), clip_x0=None),
         lambda k: D.sample(k, s, eps_fn, (8, 1), num_steps=10, eta=0.5, clip_x0=(-5.0, 5.0)),
+        lambda k: D.sample(k, s, eps_fn, (8, 1), num_steps=10, method="dpm_solver_2m"),
         lambda k: D.ddpm_loss(k, s, eps_fn, jnp.ones((8, 1))),
         lambda k: D.q_sample(k, s, jnp.ones((8, 1)), jnp.arange(8)),
     ):
@@ -692,7 +720,13 @@ def test_bad_sampler_arguments_raise():
     with pytest.raises(ValueError, match=r"noise must have shape \[steps \+ 1, \*shape\]"):
         D.sample(None, s, fn, (2, 1), noise=jnp.zeros((10, 2, 1)))
     with pytest.raises(ValueError, match="variance must be one of"):
-        D.sample(jax.random.key(0), s, fn, (2, 1), variance="learned")
+        D.sample(jax.random.key(0), s, fn, (2, 1), variance="fixed")
+    with pytest.raises(ValueError, match="method must be one of"):
+        D.sample(jax.random.key(0), s, fn, (2, 1), method="euler")
+    with pytest.raises(ValueError, match="method='ddpm' runs all 10 steps"):
+        D.sample(jax.random.key(0), s, fn, (2, 1), num_steps=5, method="ddpm")
+    with pytest.raises(ValueError, match="eta applies to DDIM, not to dpm_solver_2m"):
+        D.sample(jax.random.key(0), s, fn, (2, 1), num_steps=5, method="dpm_solver_2m", eta=1.0)
     with pytest.raises(ValueError, match="clip_x0 must be None or a pair"):
         D.sample(jax.random.key(0), s, fn, (2, 1), clip_x0=(1.0, -1.0))
     with pytest.raises(ValueError, match="eta must be >= 0"):
@@ -1017,3 +1051,293 @@ def test_first_ddim_step_multiplies_an_eps_error_by_a_difference_of_large_factor
     d_x, d_eps = jax.grad(step, argnums=(0, 1))(jnp.ones((1, 1)), 0.0)
     np.testing.assert_allclose([float(d_x[0, 0]), float(d_eps)], [slope_x, slope_eps], rtol=1e-4)
     assert 150 < slope_x < 165 and -165 < slope_eps < -150
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++(2M)
+
+
+def _dpm_solver_reference(schedule, eps_fn, noise, num_steps):
+    """Lu et al.'s DPM-Solver++(2M) (Algorithm 2) as a numpy loop in float64 over the strided
+    steps, from log-SNRs, independent of dpm_solver_2m_coefficients."""
+    ab = np.cumprod(1 - np.asarray(schedule.betas, np.float64))
+    taus = np.round(np.linspace(0, schedule.num_steps - 1, num_steps)).astype(int)[::-1]
+    x = np.asarray(noise, np.float64)
+    states, x0_prev, h_prev = [x], None, None
+    for i, t in enumerate(taus):
+        eps = np.asarray(eps_fn(jnp.asarray(x, jnp.float32), jnp.full((x.shape[0],), t)))
+        x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+        if i == len(taus) - 1:  # to the data: sigma = 0, first order
+            x = x0
+        else:
+            s = taus[i + 1]
+            h = 0.5 * np.log(ab[s] / (1 - ab[s])) - 0.5 * np.log(ab[t] / (1 - ab[t]))
+            d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * h / (2 * h_prev)
+            x = np.sqrt((1 - ab[s]) / (1 - ab[t])) * x + np.sqrt(ab[s]) * -np.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        states.append(x)
+    return np.stack(states)
+
+
+def test_dpm_solver_chain_scan_equals_numpy_loop_step_for_step():
+    s = D.cosine_schedule(200)
+    eps_fn = _mixture_eps(s)
+    noise = jax.random.normal(jax.random.key(20), (13, 16, 1))
+    with pytest.warns(UserWarning, match="DDIM with clip_x0=None"):  # alpha_bar_T ~ 1e-8
+        x, trajectory = D.sample(
+            None,
+            s,
+            eps_fn,
+            (16, 1),
+            num_steps=12,
+            method="dpm_solver_2m",
+            clip_x0=None,
+            noise=noise,
+            return_trajectory=True,
+        )
+    expected = _dpm_solver_reference(s, eps_fn, noise[0], 12)
+    assert trajectory.shape == (13, 16, 1)
+    np.testing.assert_allclose(trajectory, expected, atol=SAMPLER_ATOL)
+    np.testing.assert_allclose(x, trajectory[-1])
+
+
+def test_dpm_solver_first_and_last_steps_are_ddim_steps():
+    """With two steps DPM-Solver++(2M) takes only its first-order steps: DDIM (eta = 0)."""
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    eps_fn = _mixture_eps(s)
+    noise = jax.random.normal(jax.random.key(21), (3, 32, 1))
+    kw = dict(num_steps=2, clip_x0=None, noise=noise, return_trajectory=True)
+    dpm = D.sample(None, s, eps_fn, (32, 1), method="dpm_solver_2m", **kw)[1]
+    ddim = D.sample(None, s, eps_fn, (32, 1), method="ddim", **kw)[1]
+    np.testing.assert_allclose(dpm, ddim, atol=SAMPLER_ATOL)
+    ratio, cur, prev = D.dpm_solver_2m_coefficients(s, 5)
+    assert prev[0] == 0.0 and prev[-1] == 0.0 and np.all(prev[1:-1] < 0.0)
+    assert ratio[-1] == 0.0 and cur[-1] == 1.0  # the last step returns x0-hat
+
+
+# The probability-flow ODE's solution from fixed starts, by DDIM over all 1000 steps; the error
+# of a sampler is the W1 distance of its endpoints (same starts) to the reference's.
+ODE_SAMPLES = 4000
+
+
+@functools.cache
+def _ode_errors():
+    s = D.cosine_schedule(1000)
+    eps_fn = _mixture_eps(s)
+    start = jax.random.normal(jax.random.key(22), (1, ODE_SAMPLES, 1))
+
+    def run(method, num_steps):
+        noise = jnp.concatenate([start, jnp.zeros((num_steps, ODE_SAMPLES, 1))])
+        if method == "ddim":
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "DDIM with clip_x0=None")
+                return D.sample(
+                    None,
+                    s,
+                    eps_fn,
+                    (ODE_SAMPLES, 1),
+                    num_steps=num_steps,
+                    method="ddim",
+                    clip_x0=None,
+                    noise=noise,
+                )
+        return _unclipped_dpm_solver(None, s, eps_fn, (ODE_SAMPLES, 1), num_steps, noise)
+
+    ref = run("ddim", 1000).ravel()
+    return {
+        (m, n): float(divergences.wasserstein_1d(run(m, n).ravel(), ref))
+        for m in ("ddim", "dpm_solver_2m")
+        for n in (20, 30, 50, 100)
+    }
+
+
+def test_dpm_solver_converges_in_fewer_steps_than_ddim():
+    """On the mixture's exact eps (cosine schedule, T = 1000): 30 DPM-Solver++(2M) steps land
+    closer to the ODE's solution than 50 DDIM steps, 50 closer than 100; halving the step
+    halves DDIM's error (first order) and quarters the solver's (second order)."""
+    err = _ode_errors()
+    assert err["dpm_solver_2m", 30] < err["ddim", 50], err
+    assert err["dpm_solver_2m", 50] < err["ddim", 100], err
+    assert err["dpm_solver_2m", 20] < err["ddim", 20], err
+    assert 1.6 < err["ddim", 50] / err["ddim", 100] < 2.6, err
+    assert err["dpm_solver_2m", 50] / err["dpm_solver_2m", 100] > 3.0, err
+
+
+# ----------------------------------------------------------------------------- learned variances
+
+
+@given(
+    t=st.integers(0, 99),
+    v=st.floats(-30.0, 30.0, allow_nan=False),
+)
+def test_learned_variance_stays_between_the_posterior_and_forward_variances(t, v):
+    s = D.cosine_schedule(100)
+    log_var = float(D.learned_log_variance(s, t, jnp.full((1, 1), v, jnp.float32))[0, 0])
+    small = float(s.posterior_log_variance_clipped[t])
+    large = float(np.log(s.betas[t]))
+    lo, hi = min(small, large), max(small, large)
+    assert lo - 1e-5 <= log_var <= hi + 1e-5
+    if t > 0:  # beta-tilde_t <= beta_t: the interval is [beta-tilde_t, beta_t]
+        assert small <= large + 1e-6
+
+
+def test_learned_variance_ends_and_middle():
+    s = D.linear_schedule(50, 1e-3, 0.2)
+    t = jnp.array([1, 10, 49])
+    ends = D.learned_log_variance(s, t, jnp.array([[-40.0], [0.0], [40.0]]))[:, 0]
+    small, large = s.posterior_log_variance_clipped[t], jnp.log(s.betas[t])
+    np.testing.assert_allclose(ends[0], small[0], rtol=RTOL)
+    np.testing.assert_allclose(ends[1], 0.5 * (small[1] + large[1]), rtol=RTOL)
+    np.testing.assert_allclose(ends[2], large[2], rtol=RTOL)
+
+
+def test_learned_ddpm_step_interpolates_between_the_fixed_steps(key):
+    """v -> +inf gives the "large" step, v -> -inf the "small" one; DDIM and DPM-Solver drop v."""
+    s = D.cosine_schedule(40)
+    eps_fn = _mixture_eps(s)
+    xt, z = jax.random.normal(key, (2, 8, 1))
+    for v, fixed in ((40.0, "large"), (-40.0, "small")):
+        learned = lambda x, t, v=v: jnp.concatenate([eps_fn(x, t), jnp.full_like(x, v)], -1)
+        np.testing.assert_allclose(
+            D.ddpm_step(s, learned, xt, 20, z, variance="learned"),
+            D.ddpm_step(s, eps_fn, xt, 20, z, variance=fixed),
+            atol=ATOL,
+        )
+    for method in ("ddim", "dpm_solver_2m"):
+        kw = dict(num_steps=10, method=method, clip_x0=(-5.0, 5.0))
+        np.testing.assert_allclose(
+            D.sample(key, s, learned, (8, 1), variance="learned", **kw),
+            D.sample(key, s, eps_fn, (8, 1), **kw),
+            atol=ATOL,
+        )
+    full = D.sample(key, s, learned, (8, 1), variance="learned", clip_x0=None)
+    assert full.shape == (8, 1) and np.all(np.isfinite(full))
+
+
+def test_vlb_term_is_the_closed_form_gaussian_kl_and_its_monte_carlo_estimate(key):
+    """For t > 0 the term is KL(q(x_{t-1} | x_t, x0) || N(mean, exp(log_var))): the diagonal
+    Gaussians' closed form in numpy, and E_q[log q - log p] from 200 000 draws."""
+    s = D.cosine_schedule(100)
+    k = jax.random.split(key, 4)
+    x0 = jax.random.normal(k[0], (3, 2))
+    t = jnp.array([5, 40, 90])
+    xt = D.q_sample(k[1], s, x0, t)
+    mean = jax.random.normal(k[2], (3, 2))
+    log_var = D.learned_log_variance(s, t, jax.random.normal(k[3], (3, 2)))
+    term = np.asarray(D.vlb_term(s, x0, xt, t, mean, log_var))
+    q_mean, q_var, _ = (np.asarray(a, np.float64) for a in D.q_posterior(s, x0, xt, t))
+    p_mean, p_var = np.asarray(mean, np.float64), np.exp(np.asarray(log_var, np.float64))
+    closed = 0.5 * np.sum(
+        np.log(p_var / q_var) + (q_var + (q_mean - p_mean) ** 2) / p_var - 1.0, axis=1
+    )
+    np.testing.assert_allclose(term, closed, rtol=1e-4)
+    draws = q_mean + np.sqrt(q_var) * np.random.default_rng(0).standard_normal((200_000, 3, 2))
+    log_q = -0.5 * (np.log(2 * np.pi * q_var) + (draws - q_mean) ** 2 / q_var)
+    log_p = -0.5 * (np.log(2 * np.pi * p_var) + (draws - p_mean) ** 2 / p_var)
+    monte_carlo = np.mean(np.sum(log_q - log_p, axis=2), axis=0)  # [3]
+    np.testing.assert_allclose(term, monte_carlo, rtol=0.02, atol=2e-3)
+
+
+def test_vlb_term_at_the_first_step_is_the_decoder_nll(key):
+    s = D.cosine_schedule(100)
+    x0 = jnp.array([[-1.0, 0.0, 0.5], [1.0, -0.5, 0.25]])
+    xt = D.q_sample(key, s, x0, 0)
+    mean, log_var = x0 + 0.1, jnp.full_like(x0, -3.0)
+    term = D.vlb_term(s, x0, xt, 0, mean, log_var, levels=9)
+    expected = -D.discretized_gaussian_log_likelihood(x0, mean, log_var, levels=9)
+    np.testing.assert_allclose(term, expected, rtol=RTOL)
+    density = D.vlb_term(s, x0, xt, 0, mean, log_var, levels=None)
+    expected = -np.sum(scipy_norm.logpdf(x0, mean, np.exp(-1.5)), axis=1)
+    np.testing.assert_allclose(density, expected, rtol=1e-4)
+
+
+@given(
+    mean=st.floats(-3.0, 3.0),
+    log_var=st.floats(-12.0, 3.0),
+    levels=st.sampled_from([2, 17, 256]),
+)
+def test_discretized_gaussian_decoder_is_normalised_and_matches_scipy(mean, log_var, levels):
+    grid = np.linspace(-1.0, 1.0, levels)[:, None]  # [L, 1]: every value once
+    log_p = D.discretized_gaussian_log_likelihood(
+        jnp.asarray(grid, jnp.float32),
+        jnp.full((levels, 1), mean, jnp.float32),
+        jnp.full((levels, 1), log_var, jnp.float32),
+        levels=levels,
+    )
+    assert np.all(np.isfinite(log_p))
+    std, h = math.exp(0.5 * log_var), 1.0 / (levels - 1)
+    upper = np.where(grid[:, 0] >= 1.0, np.inf, grid[:, 0] + h)
+    lower = np.where(grid[:, 0] <= -1.0, -np.inf, grid[:, 0] - h)
+    probs = scipy_norm.cdf(upper, mean, std) - scipy_norm.cdf(lower, mean, std)
+    np.testing.assert_allclose(np.sum(np.exp(np.asarray(log_p, np.float64))), 1.0, atol=1e-4)
+    big = probs > 1e-6  # where float64 differences of the cdf are accurate
+    np.testing.assert_allclose(np.exp(np.asarray(log_p))[big], probs[big], rtol=2e-3, atol=1e-6)
+
+
+def _mixture_log_density(x):
+    """log of the bimodal mixture's density at x [n, 1] (numpy)."""
+    comps = [scipy_norm.logpdf(x[:, 0], m, STD) for m in (-2.0, 2.0)]
+    return np.logaddexp(*comps) - math.log(2.0)
+
+
+@pytest.mark.parametrize("variance", ["small", "large", "learned"])
+def test_vlb_bounds_the_exact_nll_of_the_mixture(variance):
+    """With the exact eps the bound on -log p(x0), averaged over data, is at least the data's
+    entropy E[-log q(x0)] (the model's cross-entropy is). At T = 100 the forward variance
+    beta_t (right for data this broad) leaves 0.002 nats, the posterior's beta-tilde_t 0.77, and
+    their geometric mean (v = 0) lies between."""
+    s = D.cosine_schedule(100)
+    eps_fn = _mixture_eps(s)
+    if variance == "learned":  # the geometric mean of the two fixed variances (v = 0)
+        model_fn = lambda x, t: jnp.concatenate([eps_fn(x, t), jnp.zeros_like(x)], -1)
+    else:
+        model_fn = eps_fn
+    x0, _ = data.gaussian_mixture(jax.random.key(23), 4000, data.BIMODAL_MEANS, STD)
+    total, terms = jax.jit(lambda k: D.vlb_nll(k, s, model_fn, x0, variance=variance, levels=None))(
+        jax.random.key(24)
+    )
+    assert terms.shape == (4000, 101)
+    np.testing.assert_allclose(np.sum(terms, axis=1), total, atol=1e-5)
+    nll = -_mixture_log_density(np.asarray(x0, np.float64))
+    gap = float(np.mean(total) - np.mean(nll))
+    standard_error = float(np.std(np.asarray(total) - nll) / math.sqrt(4000))
+    assert gap > -3 * standard_error, (gap, standard_error)
+    assert gap < {"small": 1.0, "large": 0.02, "learned": 0.4}[variance], gap
+
+
+def test_prior_kl_is_the_closed_form(key):
+    s = D.linear_schedule(100, 1e-3, 0.2)
+    x0 = jax.random.normal(key, (4, 3))
+    ab = float(np.cumprod(1 - np.asarray(s.betas, np.float64))[-1])
+    expected = 0.5 * np.sum(ab * np.asarray(x0) ** 2 + (1 - ab) - 1 - np.log(1 - ab), axis=1)
+    np.testing.assert_allclose(D.prior_kl(s, x0), expected, rtol=1e-4)
+
+
+def test_hybrid_loss_trains_the_mean_by_the_simple_loss_and_the_variance_by_the_bound(key):
+    """The stop-gradient: the hybrid loss's gradient in the prediction is the simple loss's;
+    its gradient in v is lambda T / D times the bound term's; with lambda = 0 it is ddpm_loss."""
+    s = D.cosine_schedule(50)
+    k = jax.random.split(key, 4)
+    x0 = jnp.clip(jax.random.normal(k[0], (6, 4)), -1, 1)
+    pred, v = jax.random.normal(k[1], (6, 4)), jax.random.normal(k[2], (6, 4))
+    t, noise = jnp.array([0, 1, 5, 20, 40, 49]), jax.random.normal(k[3], (6, 4))
+    opts = dict(t=t, noise=noise, levels=17)
+
+    def hybrid(p, v, weight):
+        fn = lambda xt, tt: jnp.concatenate([p, v], -1)
+        return jnp.sum(D.hybrid_loss(None, s, fn, x0, vlb_weight=weight, **opts))
+
+    simple = lambda p: jnp.sum(D.ddpm_loss(None, s, lambda xt, tt: p, x0, t=t, noise=noise))
+    np.testing.assert_allclose(hybrid(pred, v, 0.0), simple(pred), rtol=RTOL)
+    np.testing.assert_allclose(
+        jax.grad(hybrid)(pred, v, 0.5), jax.grad(simple)(pred), rtol=RTOL, atol=ATOL
+    )
+
+    def bound(v):
+        xt = D.q_sample(None, s, x0, t, noise=noise)
+        out = jnp.concatenate([pred, v], -1)
+        mean, log_var = D.p_mean_variance(s, out, xt, t, variance="learned")
+        return jnp.sum(D.vlb_term(s, x0, xt, t, mean, log_var, levels=17))
+
+    grad_v = jax.grad(hybrid, argnums=1)(pred, v, 0.5)
+    np.testing.assert_allclose(grad_v, 0.5 * 50 / 4 * jax.grad(bound)(v), rtol=1e-4, atol=1e-6)
+    assert np.all(np.isfinite(grad_v)) and np.any(np.abs(grad_v) > 0)

@@ -1,4 +1,5 @@
-r"""Denoising diffusion: schedules, the forward process, losses, the DDPM/DDIM sampler, guidance.
+r"""Denoising diffusion: schedules, the forward process, losses, learned variances and the exact
+bound, the DDPM, DDIM and DPM-Solver++(2M) samplers, guidance.
 
 The forward process adds Gaussian noise in :math:`T` small steps,
 :math:`q(x_t \mid x_{t-1}) = N(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)`, so that
@@ -17,7 +18,9 @@ int32, returning an ε, :math:`x_0` or v prediction (``parameterization``). :cla
 is the network for vector data, :class:`genjax.nn.unet.UNet` the one for images.
 
 The code lives in private files by topic (``_schedules``, ``_training``: forward process,
-parameterisations, losses and denoisers, ``_sampling``, ``_guidance``); this module is the API.
+parameterisations, losses and denoisers, ``_variances``: the reverse step's fixed or learned
+variance, the exact bound and the hybrid loss, ``_sampling``: DDPM, DDIM and DPM-Solver++(2M),
+``_guidance``); this module is the API.
 
 References:
   Ho et al., *Denoising Diffusion Probabilistic Models*, 2020, https://arxiv.org/abs/2006.11239
@@ -29,7 +32,11 @@ References:
 
   Ho & Salimans, *Classifier-Free Diffusion Guidance*, 2022, https://arxiv.org/abs/2207.12598
 
-Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md
+  Lu et al., *DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models*,
+  2022, https://arxiv.org/abs/2211.01095
+
+Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md,
+derivations/26-improved-diffusion.md
 """
 
 from genjax.diffusion._guidance import (
@@ -39,7 +46,14 @@ from genjax.diffusion._guidance import (
     guidance_scale_from_ho_salimans,
     guided_model_fn,
 )
-from genjax.diffusion._sampling import ddim_step, ddim_timesteps, ddpm_step, sample
+from genjax.diffusion._sampling import (
+    METHODS,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_step,
+    dpm_solver_2m_coefficients,
+    sample,
+)
 from genjax.diffusion._schedules import (
     Schedule,
     cosine_schedule,
@@ -60,9 +74,24 @@ from genjax.diffusion._training import (
     to_x0_eps,
     vlb_weights,
 )
+from genjax.diffusion._variances import (
+    HYBRID_VLB_WEIGHT,
+    VARIANCES,
+    discretized_gaussian_log_likelihood,
+    hybrid_loss,
+    learned_log_variance,
+    p_mean_variance,
+    prior_kl,
+    split_learned,
+    vlb_nll,
+    vlb_term,
+)
 
 __all__ = [
+    "HYBRID_VLB_WEIGHT",
+    "METHODS",
     "PARAMETERIZATIONS",
+    "VARIANCES",
     "MLPDenoiser",
     "Schedule",
     "classifier_free_guidance",
@@ -72,19 +101,28 @@ __all__ = [
     "ddim_timesteps",
     "ddpm_loss",
     "ddpm_step",
+    "discretized_gaussian_log_likelihood",
+    "dpm_solver_2m_coefficients",
     "drop_labels",
     "from_x0_eps",
     "gaussian_mixture_eps",
     "guidance_scale_from_ho_salimans",
     "guided_model_fn",
+    "hybrid_loss",
+    "learned_log_variance",
     "linear_schedule",
     "loss_weights",
+    "p_mean_variance",
+    "prior_kl",
     "q_posterior",
     "q_sample",
     "q_step",
     "quadratic_schedule",
     "sample",
     "schedule_from_betas",
+    "split_learned",
     "to_x0_eps",
+    "vlb_nll",
+    "vlb_term",
     "vlb_weights",
 ]

@@ -225,3 +225,8 @@ def _t(schedule: Schedule, t, x: jax.Array, name: str = "t") -> jax.Array:
 def _at(coef: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
     """``coef[t]`` shaped ``[batch, 1, ..., 1]`` (rank ``ndim``) to scale a ``[batch, ...]`` x."""
     return coef[t].reshape(t.shape + (1,) * (ndim - 1))  # [batch, 1, ..., 1]
+
+
+def _clip(x0: jax.Array, clip_x0: tuple[float, float] | None) -> jax.Array:
+    """``x0`` clipped to ``clip_x0 = (low, high)``, or as it is when ``clip_x0`` is ``None``."""
+    return x0 if clip_x0 is None else jnp.clip(x0, clip_x0[0], clip_x0[1])

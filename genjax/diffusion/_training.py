@@ -337,6 +337,17 @@ def ddpm_loss(
     """
     _checks.one_of("parameterization", parameterization, PARAMETERIZATIONS)
     x0 = _checks.batched("x0", x0)
+    t, noise, xt = _draw_t_noise(key, schedule, x0, t, noise)
+    prediction = model_fn(xt, t)
+    _checks.same_shape(x0=x0, prediction=prediction)
+    target = from_x0_eps(schedule, t, x0, noise, parameterization)
+    per_example = jnp.mean((prediction - target) ** 2, axis=tuple(range(1, x0.ndim)))  # [batch]
+    return loss_weights(schedule, t, parameterization, min_snr_gamma) * per_example
+
+
+def _draw_t_noise(key, schedule: Schedule, x0: jax.Array, t, noise):
+    """``(t [batch], noise, x_t)`` of a training step: ``t`` uniform on ``0..T-1`` and the noise
+    standard normal unless given (``key`` may be ``None`` when both are)."""
     _checks.key_given(key, t=t, noise=noise)
     if key is not None:
         k_t, k_eps = jax.random.split(key)
@@ -345,12 +356,7 @@ def ddpm_loss(
     t = _t(schedule, t, x0)
     if noise is None:
         noise = jax.random.normal(k_eps, x0.shape, x0.dtype)
-    xt = q_sample(None, schedule, x0, t, noise=noise)
-    prediction = model_fn(xt, t)
-    _checks.same_shape(x0=x0, prediction=prediction)
-    target = from_x0_eps(schedule, t, x0, noise, parameterization)
-    per_example = jnp.mean((prediction - target) ** 2, axis=tuple(range(1, x0.ndim)))  # [batch]
-    return loss_weights(schedule, t, parameterization, min_snr_gamma) * per_example
+    return t, noise, q_sample(None, schedule, x0, t, noise=noise)
 
 
 # ----------------------------------------------------------------------------- analytic check
