@@ -76,6 +76,31 @@ def test_logit_scale_is_clipped_at_100_with_zero_gradient_beyond():
     assert float(grad(jnp.float32(1.0))) != 0.0
 
 
+def test_temperature_runs_from_log_n_to_the_hard_margin():
+    """At e^s -> 0 every pair is equally likely (L = log N); as e^s grows, L -> 0 when each
+    diagonal entry is the strict maximum of its row and column, and L grows without bound
+    (linearly in e^s) when one is not."""
+    n = 5
+    u = np.eye(n, dtype=np.float32)
+    np.testing.assert_allclose(C.info_nce_loss(u, u, -30.0), math.log(n), rtol=RTOL)
+    assert float(C.info_nce_loss(u, u, math.log(100.0))) < 1e-6  # margin 1, scale 100
+    v = u[[1, 0, 2, 3, 4]]  # pairs 0 and 1 swapped: their diagonal entries are 0, not 1
+    losses = [float(C.info_nce_loss(u, v, math.log(t))) for t in (10.0, 20.0, 40.0)]
+    np.testing.assert_allclose(np.diff(losses), [4.0, 8.0], rtol=1e-3)  # 2 rows, 2 cols of 5
+
+
+def test_duplicates_floor_the_loss_at_the_log_multiplicity():
+    """Pairs of one class embedded identically (a perfect class-level encoder): row i's
+    softmax spreads over the k_c captions of its class, so as e^s grows the loss tends to the
+    mean over pairs of log k_c, not 0: same-class pairs are false negatives."""
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    u = np.eye(3, dtype=np.float32)[labels]
+    k = np.bincount(labels)[labels]
+    np.testing.assert_allclose(
+        C.info_nce_loss(u, u, math.log(100.0)), np.mean(np.log(k)), rtol=1e-5, atol=1e-6
+    )
+
+
 RHO, DIM = 0.8, 2
 MI = -0.5 * DIM * math.log(1 - RHO**2)  # nats: -1/2 log(1 - rho^2) per dimension
 
