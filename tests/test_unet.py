@@ -138,3 +138,123 @@ def test_unet_for_other_sizes_halves_while_even():
     assert tuple(U.unet_for((16, 16, 1), 10).channel_mults) == (1, 2, 2, 2)
     assert tuple(U.unet_for((12, 20, 1), 10).channel_mults) == (1, 2, 2)
     assert U.unet_for((8, 8, 1), 10, base_features=16).base_features == 16
+
+
+# ----------------------------------------------------------------------------- cross-attention
+
+
+def _group_norm(x, scale, bias, groups, eps=1e-6):
+    """GroupNorm in float64 numpy: statistics over the positions and the channels of a group."""
+    b, h, w, c = x.shape
+    g = x.reshape(b, h * w, groups, c // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = g.var(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * scale + bias
+
+
+def _cross_attention_reference(params, x, context, lengths, heads, groups):
+    """The block by hand: queries from the normalised map, keys and values from the context,
+    padded keys at -inf, softmax, output projection, residual."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    x, context = np.asarray(x, np.float64), np.asarray(context, np.float64)
+    b, h, w, c = x.shape
+    d = c // heads
+    hn = _group_norm(x, p["GroupNorm_0"]["scale"], p["GroupNorm_0"]["bias"], groups)
+    hn = hn.reshape(b, h * w, c)
+    q = np.einsum("bpc,chd->bphd", hn, p["query"]["kernel"]) + p["query"]["bias"]
+    k = np.einsum("blc,chd->blhd", context, p["key"]["kernel"]) + p["key"]["bias"]
+    v = np.einsum("blc,chd->blhd", context, p["value"]["kernel"]) + p["value"]["bias"]
+    scores = np.einsum("bphd,blhd->bhpl", q, k) / np.sqrt(d)  # [b, heads, HW, L]
+    real = np.arange(context.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [b, L]
+    scores = np.where(real[:, None, None, :], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhpl,blhd->bphd", weights, v)  # [b, HW, heads, d]
+    out = np.einsum("bphd,hdc->bpc", out, p["out"]["kernel"]) + p["out"]["bias"]
+    return x + out.reshape(b, h, w, c)
+
+
+@pytest.fixture(scope="module")
+def cross():
+    """A cross-attention block (2 heads, 4 groups, 8 channels) with perturbed parameters,
+    a 4x4 map and a context of 5 tokens of width 6 whose lengths are 3 and 5."""
+    block = U.CrossAttentionBlock(num_heads=2, num_groups=4)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    context = jax.random.normal(jax.random.key(1), (2, 5, 6))
+    lengths = jnp.array([3, 5])
+    params = _perturb(
+        jax.eval_shape(block.init, jax.random.key(0), x, context, lengths),
+        jax.random.key(4),
+        scale=0.3,
+    )
+    return block, params, x, context, lengths
+
+
+def test_cross_attention_equals_attention_with_context_keys_and_values(cross):
+    """Reference implementation: the block against the hand computation in float64 numpy,
+    queries from the feature map, keys and values from the context, padded tokens masked."""
+    block, params, x, context, lengths = cross
+    out = jax.jit(block.apply)(params, x, context, lengths)
+    assert out.shape == x.shape
+    expected = _cross_attention_reference(params, x, context, lengths, heads=2, groups=4)
+    np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-4)
+
+
+def test_cross_attention_ignores_padded_context_tokens(cross):
+    """Invariant: rows of the context at positions >= length change nothing; a real row does."""
+    block, params, x, context, lengths = cross
+    apply = jax.jit(block.apply)
+    out = apply(params, x, context, lengths)
+    padded = context.at[0, 3:].set(100.0)  # example 0 has 3 real tokens
+    np.testing.assert_allclose(apply(params, x, padded, lengths), out, atol=ATOL)
+    real = context.at[0, 2].add(1.0)
+    assert not np.allclose(apply(params, x, real, lengths)[0], out[0], atol=1e-4)
+    np.testing.assert_allclose(apply(params, x, real, lengths)[1], out[1], atol=ATOL)
+
+
+def test_cross_attention_starts_as_identity(key):
+    block = U.CrossAttentionBlock(num_heads=2, num_groups=4)
+    x, context = jax.random.normal(key, (2, 4, 4, 8)), jnp.ones((2, 3, 5))
+    params = jax.jit(block.init)(fast_init_key(key), x, context)
+    np.testing.assert_allclose(jax.jit(block.apply)(params, x, context), x, atol=ATOL)
+
+
+def test_unet_cross_attention_option_reads_the_context_and_leaves_the_default_unchanged(key):
+    """The default U-Net has no cross-attention parameters; with ``cross_attention`` the
+    output moves with a real context token, not with a padded one."""
+    kwargs = dict(num_steps=10, base_features=8, channel_mults=(1, 2), num_heads=2)
+    x, t = jax.random.normal(key, (2, 8, 8, 1)), jnp.array([0, 5])
+    plain = jax.eval_shape(U.UNet(**kwargs).init, key, x, t)
+    assert not any(
+        "CrossAttentionBlock" in str(path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(plain)[0]
+    )
+    model = U.UNet(**kwargs, cross_attention=True)
+    context, lengths = jax.random.normal(key, (2, 4, 6)), jnp.array([2, 4])
+    params = _perturb(
+        jax.eval_shape(model.init, key, x, t, context=context, context_lengths=lengths),
+        jax.random.key(7),
+    )
+    apply = jax.jit(lambda p, c: model.apply(p, x, t, context=c, context_lengths=lengths))
+    out = apply(params, context)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(apply(params, context.at[0, 3].add(5.0)), out, atol=ATOL)
+    assert not np.allclose(apply(params, context.at[0, 1].add(5.0))[0], out[0], atol=1e-4)
+
+
+def test_cross_attention_rejects_bad_shapes(key):
+    block = U.CrossAttentionBlock(num_heads=2, num_groups=4)
+    x = jnp.ones((2, 4, 4, 8))
+    with pytest.raises(ValueError, match=r"context must have shape \[batch, length, features\]"):
+        block.init(key, x, jnp.ones((3, 5, 6)))
+    with pytest.raises(ValueError, match=r"context_lengths must have shape \[batch\]"):
+        block.init(key, x, jnp.ones((2, 5, 6)), jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="x must be NHWC"):
+        block.init(key, jnp.ones((4, 4, 8)), jnp.ones((2, 5, 6)))
+    model = U.UNet(num_steps=10, base_features=8, channel_mults=(1,), cross_attention=True)
+    with pytest.raises(ValueError, match="needs context"):
+        model.init(key, jnp.ones((1, 4, 4, 1)), jnp.array([0]))
+    with pytest.raises(ValueError, match="only read by a UNet with cross_attention"):
+        U.UNet(num_steps=10).init(
+            key, jnp.ones((1, 4, 4, 1)), jnp.array([0]), context=jnp.ones((1, 2, 3))
+        )

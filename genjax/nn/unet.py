@@ -14,9 +14,13 @@ the same network is the segmentation and image-translation U-Net of
   :class:`genjax.nn.layers.Conv` (slices and a matmul, fast to differentiate inside a scan);
 * :class:`AttentionBlock`: GroupNorm, then multi-head self-attention over the :math:`H W`
   positions (:func:`genjax.nn.attention.scaled_dot_product_attention`), residual;
+* :class:`CrossAttentionBlock`: GroupNorm, then multi-head attention whose queries come from
+  the :math:`H W` positions and whose keys and values come from a context sequence (a prompt's
+  token vectors), padded context tokens masked, residual;
 * :class:`UNet`: a down path of stride-2 3x3 convs and an up path of nearest upsampling and a
   3x3 conv; each up block concatenates the matching down activation (the skip connection); the
-  middle, at the lowest resolution, is ResBlock → AttentionBlock → ResBlock.
+  middle, at the lowest resolution, is ResBlock → AttentionBlock (→ CrossAttentionBlock with
+  ``cross_attention``) → ResBlock.
 
 :func:`unet_for` picks the widths and depths for 8x8 digits, 28x28 MNIST and 32x32 CIFAR.
 
@@ -27,8 +31,12 @@ References:
   Ho et al., *Denoising Diffusion Probabilistic Models*, 2020 (appendix B, the architecture),
   https://arxiv.org/abs/2006.11239
 
+  Rombach et al., *High-Resolution Image Synthesis with Latent Diffusion Models*, 2022
+  (cross-attention conditioning), https://arxiv.org/abs/2112.10752
+
 Derivation: derivations/11-ddpm.md (the network's place in the loss),
-derivations/19-dense-prediction.md (skips and receptive field)
+derivations/19-dense-prediction.md (skips and receptive field),
+derivations/24-latent-diffusion.md (cross-attention)
 """
 
 from collections.abc import Sequence
@@ -37,10 +45,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genjax.nn.attention import scaled_dot_product_attention
+from genjax.nn.attention import padding_mask, scaled_dot_product_attention
 from genjax.nn.layers import Conv, ResBlock, TimeEmbedding, group_count
 
-__all__ = ["AttentionBlock", "UNet", "unet_for"]
+__all__ = ["AttentionBlock", "CrossAttentionBlock", "UNet", "unet_for"]
 
 
 class AttentionBlock(nn.Module):
@@ -82,6 +90,75 @@ class AttentionBlock(nn.Module):
         return x + out.reshape(b, height, width, c)  # [b, H, W, C]
 
 
+class CrossAttentionBlock(nn.Module):
+    r"""Multi-head cross-attention from the positions of a feature map to a context sequence,
+    residual: the text conditioning of latent diffusion.
+
+    .. math:: y = x + W_o\,\mathrm{Attention}(W_q\hat x, W_k c, W_v c),\qquad
+       \hat x = \mathrm{GN}(x)\ \text{flattened to}\ [b, HW, C]
+
+    with :math:`c` = ``context`` (``[b, L, D]``, e.g. a text encoder's token vectors) and the
+    padding mask :math:`M_{bj} = [\,j < \ell_b\,]` of ``context_lengths``
+    (:func:`genjax.nn.attention.padding_mask`), so that padded context tokens get zero weight and
+    their values do not matter. :math:`W_q: C \to n \times C/n`, :math:`W_k, W_v: D \to n
+    \times C/n`; :math:`W_o` is zero-initialised, so the block starts as the identity.
+
+    Attributes:
+      num_heads: attention heads (must divide the channel count :math:`C`).
+      num_groups: GroupNorm groups.
+
+    Returns (``__call__(x, context, context_lengths=None)``):
+      ``[b, H, W, C]`` for ``x [b, H, W, C]``, ``context [b, L, D]`` and ``context_lengths
+      [b]`` integers in ``[1, L]`` (``None``: every context token is real).
+
+    References:
+      Rombach et al., *High-Resolution Image Synthesis with Latent Diffusion Models*, 2022
+      (section 3.3), https://arxiv.org/abs/2112.10752
+
+      Vaswani et al., *Attention Is All You Need*, 2017, https://arxiv.org/abs/1706.03762
+
+    Derivation: derivations/24-latent-diffusion.md
+    """
+
+    num_heads: int = 4  # must divide the channel count
+    num_groups: int = 8
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_lengths: jax.Array | None = None
+    ) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"x must be NHWC [b, H, W, C], got shape {x.shape}")
+        b, height, width, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"channels ({c}) must be divisible by num_heads ({self.num_heads})")
+        context = jnp.asarray(context)
+        if context.ndim != 3 or context.shape[0] != b:
+            raise ValueError(
+                f"context must have shape [batch, length, features] with batch {b}, "
+                f"got {context.shape}"
+            )
+        mask = None
+        if context_lengths is not None:
+            if jnp.shape(context_lengths) != (b,):
+                raise ValueError(
+                    f"context_lengths must have shape [batch] = ({b},), "
+                    f"got {jnp.shape(context_lengths)}"
+                )
+            mask = padding_mask(context_lengths, context.shape[1])  # [b, 1, 1, L]
+        heads = (self.num_heads, c // self.num_heads)
+        h = nn.GroupNorm(group_count(self.num_groups, c))(x)
+        h = h.reshape(b, height * width, c)  # [b, HW, C]
+        q = nn.DenseGeneral(heads, name="query")(h)  # [b, HW, heads, head_dim]
+        k = nn.DenseGeneral(heads, name="key")(context)  # [b, L, heads, head_dim]
+        v = nn.DenseGeneral(heads, name="value")(context)  # [b, L, heads, head_dim]
+        out = scaled_dot_product_attention(q, k, v, mask=mask)  # [b, HW, heads, head_dim]
+        out = nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros, name="out")(
+            out
+        )  # [b, HW, C]
+        return x + out.reshape(b, height, width, c)  # [b, H, W, C]
+
+
 class UNet(nn.Module):
     r"""A U-Net ``(x [b, H, W, C], t [b] | None, y [b] | None) -> [b, H, W, out]``.
 
@@ -91,7 +168,10 @@ class UNet(nn.Module):
     ``num_classes + 1`` labels, the last being the null label of classifier-free guidance,
     and adds the label embedding to the time embedding. Without time conditioning
     (``num_steps=None``, an unconditional model) the embedding is the constant 0, so each
-    residual block's embedding projection reduces to a learned per-channel bias.
+    residual block's embedding projection reduces to a learned per-channel bias. With
+    ``cross_attention`` the middle also attends to a ``context`` sequence
+    (:class:`CrossAttentionBlock`, after the self-attention): the text-conditioned denoiser of
+    latent diffusion.
 
     Attributes:
       num_steps: :math:`T` of the diffusion schedule, or ``None`` for a network of the image
@@ -105,10 +185,13 @@ class UNet(nn.Module):
       num_classes: number of labels, or ``None`` for an unconditional model.
       out_features: output channels (``None``: as many as the input's).
       attention: self-attention in the middle (it makes the receptive field global).
+      cross_attention: cross-attention to ``context`` in the middle; ``context`` is then
+        required, and refused otherwise.
 
-    Returns (``__call__(x, t=None, y=None, train=False)``):
+    Returns (``__call__(x, t=None, y=None, train=False, context=None, context_lengths=None)``):
       ``[b, H, W, out]``, the prediction for ``x [b, H, W, C]`` (``H`` and ``W`` divisible by
-      ``2 ** (len(channel_mults) - 1)``) at steps ``t [b]`` with labels ``y [b]``.
+      ``2 ** (len(channel_mults) - 1)``) at steps ``t [b]`` with labels ``y [b]``, attending to
+      ``context [b, L, D]`` whose first ``context_lengths [b]`` tokens are real.
 
     Note:
       Ho et al. attend at 16x16 as well as in the middle; for images of at most 32x32 we attend
@@ -133,6 +216,7 @@ class UNet(nn.Module):
     num_classes: int | None = None
     out_features: int | None = None
     attention: bool = True
+    cross_attention: bool = False
 
     def paths(self) -> list[list[tuple]]:
         r"""Every input-to-output path through the skips, as the layer specs of
@@ -170,7 +254,13 @@ class UNet(nn.Module):
         t: jax.Array | None = None,
         y: jax.Array | None = None,
         train: bool = False,
+        context: jax.Array | None = None,
+        context_lengths: jax.Array | None = None,
     ) -> jax.Array:
+        if self.cross_attention and context is None:
+            raise ValueError("a UNet with cross_attention needs context [batch, length, features]")
+        if not self.cross_attention and (context is not None or context_lengths is not None):
+            raise ValueError("context is only read by a UNet with cross_attention=True")
         factor = 2 ** (len(self.channel_mults) - 1)
         if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(
@@ -208,6 +298,8 @@ class UNet(nn.Module):
         h = block(h.shape[-1], h)
         if self.attention:
             h = AttentionBlock(self.num_heads, self.num_groups)(h)
+        if self.cross_attention:
+            h = CrossAttentionBlock(self.num_heads, self.num_groups)(h, context, context_lengths)
         h = block(h.shape[-1], h)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
