@@ -278,27 +278,37 @@ def with_growth(variables: dict, stage, alpha) -> dict:
 
 
 class EqualDense(nn.Module):
-    r"""A dense layer with equalised learning rate: :math:`y = x (c \hat W) + b`.
+    r"""A dense layer with equalised learning rate: :math:`y = x (c \mu \hat W) + \mu \hat b`.
 
-    :math:`\hat W \sim N(0, 1)` is the stored parameter ``kernel`` and :math:`c` =
-    :func:`he_constant` of the input width, applied at every call.
+    :math:`\hat W \sim N(0, \mu^{-2})` is the stored parameter ``kernel`` and :math:`c` =
+    :func:`he_constant` of the input width, applied at every call. The learning-rate multiplier
+    :math:`\mu` leaves the initial function unchanged (:math:`\mu \hat W \sim N(0, 1)`) and
+    scales every update of the effective weights by :math:`\mu` under Adam, whose steps do not
+    depend on the gradient's scale: StyleGAN's mapping network uses :math:`\mu = 0.01`.
 
     Attributes:
       features: output width.
       gain: :math:`g` of :func:`he_constant`.
+      lr_mul: :math:`\mu`.
+
+    Reference:
+      Karras et al., *A Style-Based Generator Architecture for GANs*, 2019 (appendix C),
+      https://arxiv.org/abs/1812.04948
 
     Derivation: derivations/22-style-based-gans.md
     """
 
     features: int
     gain: float = math.sqrt(2.0)
+    lr_mul: float = 1.0
 
     @nn.compact
     def __call__(self, x: Float[Array, "*batch n"]) -> Float[Array, "*batch features"]:
-        kernel = self.param("kernel", nn.initializers.normal(1.0), (x.shape[-1], self.features))
+        init = nn.initializers.normal(1.0 / self.lr_mul)
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = x @ (kernel * he_constant(x.shape[-1], self.gain))  # [..., features]
-        return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+        y = x @ (kernel * (he_constant(x.shape[-1], self.gain) * self.lr_mul))  # [..., features]
+        return y + self.lr_mul * bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class EqualConv(nn.Module):

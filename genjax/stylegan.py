@@ -170,6 +170,8 @@ class MappingNetwork(nn.Module):
     Attributes:
       w_dim: width of :math:`w` and of the hidden layers.
       depth: number of layers (8 in the paper).
+      lr_mul: learning-rate multiplier of its layers (:class:`~genjax.progan.EqualDense`; 0.01
+        in the paper, which slows the mapping relative to the synthesis network).
 
     Returns (``__call__(z)``):
       ``[batch, w_dim]``.
@@ -179,12 +181,13 @@ class MappingNetwork(nn.Module):
 
     w_dim: int = 32
     depth: int = 4
+    lr_mul: float = 0.01
 
     @nn.compact
     def __call__(self, z: Float[Array, "batch n"]) -> Float[Array, "batch w_dim"]:
         h = pixel_norm(z)
         for _ in range(self.depth):
-            h = _act(EqualDense(self.w_dim)(h))
+            h = _act(EqualDense(self.w_dim, lr_mul=self.lr_mul)(h))
         return h
 
 

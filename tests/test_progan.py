@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -99,6 +100,25 @@ def test_equalised_weights_are_stored_at_unit_scale(key):
     layer = P.EqualConv(64, 3)
     kernel = layer.init(key, jnp.zeros((1, 4, 4, 64)))["params"]["kernel"]  # 36,864 weights
     assert float(jnp.std(kernel)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_lr_multiplier_keeps_the_initial_function_and_scales_adam_steps_by_mu(key):
+    x = jax.random.normal(key, (16, 8))
+    target = jnp.ones((16, 4))
+    effective = {}
+    for mu in (1.0, 0.01):
+        layer = P.EqualDense(4, lr_mul=mu)
+        params = layer.init(jax.random.key(1), x)
+        opt = optax.adam(1e-3)
+
+        def loss(p, layer=layer):
+            return jnp.mean((layer.apply(p, x) - target) ** 2)
+
+        updates, _ = opt.update(jax.grad(loss)(params), opt.init(params), params)
+        c = P.he_constant(8) * mu  # W = c mu W_hat: the step of W is c mu times W_hat's
+        effective[mu] = [c * p["params"]["kernel"] for p in (params, updates)]
+    np.testing.assert_allclose(effective[0.01][0], effective[1.0][0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(effective[0.01][1], 0.01 * effective[1.0][1], rtol=1e-4)
 
 
 def test_minibatch_stddev_matches_a_hand_computation():
