@@ -14,10 +14,12 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "autoencoders",
+    "captioning",
     "captions",
     "checkpoints",
     "classifier",
     "cli",
+    "clip",
     "data",
     "diffusion",
     "divergences",
@@ -25,6 +27,7 @@ _SUBMODULES = (
     "flows",
     "gan",
     "interpret",
+    "latent_diffusion",
     "likelihoods",
     "metrics",
     "nn",
