@@ -151,12 +151,13 @@ def test_greedy_decoding_under_scan_equals_a_python_argmax_loop(key):
     """Reference: a Python loop that appends argmax of the last position's logits, one full
     forward pass per step, then pads after the first EOS."""
     model, params, images, _ = _tiny(key, batch=4)
-    length = 9
+    length = 7
     got = sample(None, model, params, images, temperature=0.0, max_length=length)
 
+    apply = jax.jit(model.apply)  # one compile per prefix length
     buffer = np.full((4, 1), captions.BOS, np.int32)
     for _ in range(length - 1):
-        logits = model.apply(params, images, jnp.asarray(buffer))
+        logits = apply(params, images, jnp.asarray(buffer))
         buffer = np.concatenate([buffer, np.argmax(logits[:, -1], -1)[:, None]], 1)
     np.testing.assert_array_equal(got, stop_at_eos(jnp.asarray(buffer)))
     assert got.shape == (4, length) and got.dtype == jnp.int32

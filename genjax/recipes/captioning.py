@@ -69,8 +69,8 @@ class CaptionModels:
 
 
 def caption_losses(models: CaptionModels, params, images, tokens, *, key=None):
-    r"""Summed NLL (nats) of each model on the captions ``tokens`` of ``images``, and the
-    number of predicted tokens: ``({"captioner": s, "blind": s}, count)``.
+    r"""NLL (nats) of each model on each caption ``tokens`` of ``images``, and the number of
+    predicted tokens of each: ``({"captioner": [B], "blind": [B]}, counts [B])``.
 
     .. math:: \text{nats per token} = \frac{\sum_b -\log p(c_b \mid x_b)}{\sum_b n_b}
 
@@ -79,13 +79,13 @@ def caption_losses(models: CaptionModels, params, images, tokens, *, key=None):
 
     Derivation: derivations/25-captioning.md
     """
-    count = jnp.sum(tokens[:, 1:] != captions.PAD)
+    counts = jnp.sum(tokens[:, 1:] != captions.PAD, axis=1)  # [B]
     out = {}
     for name, model in models.models().items():
         kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
         logits = model.apply(params[name], images, tokens[:, :-1], **kw)  # [B, L - 1, V]
-        out[name] = jnp.sum(caption_nll(logits, tokens))
-    return out, count
+        out[name] = caption_nll(logits, tokens)  # [B]
+    return out, counts
 
 
 DEFAULTS = {"features": 32, "num_layers": 1, "num_heads": 4, "patch": 4, "dropout": 0.1}
@@ -123,8 +123,8 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         k_cap, k_drop = jax.random.split(key)
         tokens, _ = captions.draw_captions(k_cap, batch["y"])
         tokens = tokens[:, :train_length]  # [B, L]: only PAD beyond
-        sums, count = caption_losses(models, params, batch["x"], tokens, key=fast_init_key(k_drop))
-        per_token = {name: s / count for name, s in sums.items()}
+        nll, counts = caption_losses(models, params, batch["x"], tokens, key=fast_init_key(k_drop))
+        per_token = {name: jnp.sum(v) / jnp.sum(counts) for name, v in nll.items()}
         metrics = {f"{name}_nats_per_token": v for name, v in per_token.items()}
         return per_token["captioner"] + per_token["blind"], metrics
 
@@ -157,13 +157,15 @@ def _config(quick: bool) -> TrainConfig:
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _all_phrasing_losses(models: CaptionModels, params, images, labels, table):
-    """Summed NLL of each model over every phrasing of ``table`` ``[10, P, L]`` for every image,
-    and the token count."""
+    """NLL of each model for every phrasing of ``table`` ``[10, P, L]`` of every image,
+    ``{name: [n, P]}``, and the token counts ``[n, P]``."""
     tokens = table[labels]  # [n, P, L]
     n, num_phrasings, length = tokens.shape
     tokens = tokens.reshape(n * num_phrasings, length)  # [n P, L]
     images = jnp.repeat(images, num_phrasings, axis=0)  # [n P, H, W, C]
-    return caption_losses(models, params, images, tokens)
+    nll, counts = caption_losses(models, params, images, tokens)
+    shape = (n, num_phrasings)
+    return {k: v.reshape(shape) for k, v in nll.items()}, counts.reshape(shape)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -200,14 +202,17 @@ def named_accuracy(texts: list[str], labels) -> float:
 def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
     models: CaptionModels = task.model
     x, y = jnp.asarray(dataset.test["x"]), jnp.asarray(dataset.test["y"])
-    per_token, per_caption = {}, {}
-    for split in captions.SPLITS:
-        table = jnp.asarray(captions.caption_table(split)[0])
-        sums, count = _all_phrasing_losses(models, params, x, y, table)
-        num_captions = len(y) * table.shape[1]
-        for name, s in sums.items():
-            per_token[name, split] = float(s) / float(count)
-            per_caption[name, split] = float(s) / num_captions
+    # every phrasing of both sets in one pass: [10, P_train + P_held_out, L]
+    tables = [captions.caption_table(split)[0] for split in captions.SPLITS]
+    nll, counts = _all_phrasing_losses(models, params, x, y, jnp.asarray(np.concatenate(tables, 1)))
+    per_token, per_caption, start = {}, {}, 0
+    for split, table in zip(captions.SPLITS, tables, strict=True):
+        cols = slice(start, start + table.shape[1])
+        start += table.shape[1]
+        for name, v in nll.items():
+            total = float(jnp.sum(v[:, cols]))
+            per_token[name, split] = total / float(jnp.sum(counts[:, cols]))
+            per_caption[name, split] = total / v[:, cols].size
     k_greedy, k_sampled = jax.random.split(key)
     greedy = decode(models.captioner, params["captioner"], k_greedy, x, 0.0)
     sampled = decode(models.captioner, params["captioner"], k_sampled, x, 1.0)
@@ -245,7 +250,7 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
     sampled = decode(models.captioner, params["captioner"], key, x, 1.0)
     ncols = 8
     nrows = math.ceil(len(x) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.6 * nrows))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.5 * nrows + 0.5))
     for i, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if i >= len(x):
@@ -254,11 +259,7 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
         marks = [
             "" if captions.named_digit(t) == int(y[i]) else " (x)" for t in (greedy[i], sampled[i])
         ]
-        ax.set_title(
-            f"greedy: {greedy[i]}{marks[0]}\nsampled: {sampled[i]}{marks[1]}",
-            fontsize=7,
-            y=-0.3,
-        )
+        ax.set_title(f"greedy: {greedy[i]}{marks[0]}\nsampled: {sampled[i]}{marks[1]}", fontsize=7)
     fig.suptitle("captions of test digits (greedy, and sampled at temperature 1; (x): wrong digit)")
     fig.tight_layout()
     path = out_dir / "captioning_digits.png"
