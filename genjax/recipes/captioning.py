@@ -39,7 +39,7 @@ from genjax.recipes import Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
 
-__all__ = ["CaptionModels", "caption_losses", "decode", "make_task", "named_accuracy"]
+__all__ = ["CaptionModels", "decode", "make_task", "named_accuracy"]
 
 STEPS = {True: 300, False: 3000}  #: updates of the quick and full budgets
 TOUR_STEPS = 1500  #: updates of the tour budget
@@ -49,12 +49,21 @@ DECODE_LENGTH = max(int(captions.caption_table(s)[1].max()) for s in captions.SP
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CaptionModels:
-    """The captioner and its image-blind baseline, trained together.
+    r"""The captioner and its image-blind baseline, trained together on the same captions.
+
+    The loss is the sum of the two models' NLL per caption token; their parameters are disjoint,
+    so each gets the gradient it would get alone:
+
+    .. math:: \text{nats per token} = \frac{\sum_b -\log p(c_b \mid x_b)}{\sum_b n_b}
+
+    with :math:`n_b` the non-PAD targets of caption :math:`b`
+    (:func:`genjax.captioning.caption_nll`).
 
     Attributes:
       captioner: the :class:`~genjax.captioning.Captioner`.
       blind: the same configuration with ``image_blind=True``.
       train_length: tokens per training caption (the longest training phrasing).
+      sample_images: the images ``[n, H, W, C]`` that :meth:`sample` captions (test images).
 
     Derivation: derivations/25-captioning.md
     """
@@ -62,30 +71,51 @@ class CaptionModels:
     captioner: Captioner
     blind: Captioner
     train_length: int
+    sample_images: np.ndarray
 
     def models(self) -> dict[str, Captioner]:
         """``{"captioner": ..., "blind": ...}``, the keys of the parameters."""
         return {"captioner": self.captioner, "blind": self.blind}
 
+    def losses(self, key, params, images, tokens):
+        """NLL (nats) of each model on each caption ``tokens [B, L]`` of ``images``, and the
+        number of predicted tokens of each: ``({"captioner": [B], "blind": [B]}, counts [B])``;
+        with a PRNG ``key`` the models run with dropout drawn from it, with ``None``
+        deterministically."""
+        counts = jnp.sum(tokens[:, 1:] != captions.PAD, axis=1)  # [B]
+        out = {}
+        for name, model in self.models().items():
+            kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
+            logits = model.apply(params[name], images, tokens[:, :-1], **kw)  # [B, L - 1, V]
+            out[name] = caption_nll(logits, tokens)  # [B]
+        return out, counts
 
-def caption_losses(models: CaptionModels, params, images, tokens, *, key=None):
-    r"""NLL (nats) of each model on each caption ``tokens`` of ``images``, and the number of
-    predicted tokens of each: ``({"captioner": [B], "blind": [B]}, counts [B])``.
+    def init(self, key, batch):
+        """Both models' parameters from one training image and an all-BOS caption."""
+        tokens = jnp.zeros((1, self.train_length - 1), jnp.int32)
+        x = jnp.asarray(batch["x"][:1])
+        k1, k2 = jax.random.split(fast_init_key(key))
+        return {
+            "captioner": jax.jit(self.captioner.init)(k1, x, tokens),
+            "blind": jax.jit(self.blind.init)(k2, x, tokens),
+        }
 
-    .. math:: \text{nats per token} = \frac{\sum_b -\log p(c_b \mid x_b)}{\sum_b n_b}
+    def loss(self, params, key, batch):
+        """The summed NLL per caption token of one training phrasing per example, drawn from
+        ``key`` (:func:`genjax.captions.draw_captions`)."""
+        k_cap, k_drop = jax.random.split(key)
+        tokens, _ = captions.draw_captions(k_cap, batch["y"])
+        tokens = tokens[:, : self.train_length]  # [B, L]: only PAD beyond
+        nll, counts = self.losses(fast_init_key(k_drop), params, batch["x"], tokens)
+        per_token = {name: jnp.sum(v) / jnp.sum(counts) for name, v in nll.items()}
+        metrics = {f"{name}_nats_per_token": v for name, v in per_token.items()}
+        return per_token["captioner"] + per_token["blind"], metrics
 
-    with :math:`n_b` the non-PAD targets of caption :math:`b` (:func:`caption_nll`). With
-    ``key`` the models run with dropout from it.
-
-    Derivation: derivations/25-captioning.md
-    """
-    counts = jnp.sum(tokens[:, 1:] != captions.PAD, axis=1)  # [B]
-    out = {}
-    for name, model in models.models().items():
-        kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
-        logits = model.apply(params[name], images, tokens[:, :-1], **kw)  # [B, L - 1, V]
-        out[name] = caption_nll(logits, tokens)  # [B]
-    return out, counts
+    def sample(self, params, key, n: int):
+        """Captions (tokens ``[n, DECODE_LENGTH]``) of the first ``n`` sample images, drawn at
+        temperature 1."""
+        images = jnp.asarray(self.sample_images[:n])
+        return sample(key, self.captioner, params["captioner"], images, max_length=DECODE_LENGTH)
 
 
 DEFAULTS = {"features": 32, "num_layers": 1, "num_heads": 4, "patch": 4, "dropout": 0.1}
@@ -93,7 +123,7 @@ DEFAULTS = {"features": 32, "num_layers": 1, "num_heads": 4, "patch": 4, "dropou
 
 def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
     """The loop's task: both models' NLL per caption token of one training phrasing per example,
-    drawn from the step's key.
+    drawn from the step's key (:class:`CaptionModels`).
 
     Options: ``features``, ``num_layers``, ``num_heads``, ``patch``, ``dropout``.
 
@@ -107,32 +137,13 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         num_heads=int(opts["num_heads"]),
         dropout_rate=float(opts["dropout"]),
     )
-    train_length = int(captions.caption_table("train")[1].max())
-    models = CaptionModels(Captioner(**config), Captioner(**config, image_blind=True), train_length)
-
-    def init(key, batch):
-        tokens = jnp.zeros((1, train_length - 1), jnp.int32)
-        x = jnp.asarray(batch["x"][:1])
-        k1, k2 = jax.random.split(fast_init_key(key))
-        return {
-            "captioner": jax.jit(models.captioner.init)(k1, x, tokens),
-            "blind": jax.jit(models.blind.init)(k2, x, tokens),
-        }
-
-    def loss(params, key, batch):
-        k_cap, k_drop = jax.random.split(key)
-        tokens, _ = captions.draw_captions(k_cap, batch["y"])
-        tokens = tokens[:, :train_length]  # [B, L]: only PAD beyond
-        nll, counts = caption_losses(models, params, batch["x"], tokens, key=fast_init_key(k_drop))
-        per_token = {name: jnp.sum(v) / jnp.sum(counts) for name, v in nll.items()}
-        metrics = {f"{name}_nats_per_token": v for name, v in per_token.items()}
-        return per_token["captioner"] + per_token["blind"], metrics
-
-    def sample_fn(params, key, n):
-        images = jnp.asarray(dataset.test["x"][:n])
-        return sample(key, models.captioner, params["captioner"], images, max_length=DECODE_LENGTH)
-
-    return Task(init=init, loss=loss, sample=sample_fn, model=models)
+    models = CaptionModels(
+        Captioner(**config),
+        Captioner(**config, image_blind=True),
+        int(captions.caption_table("train")[1].max()),
+        dataset.test["x"],
+    )
+    return Task(init=models.init, loss=models.loss, sample=models.sample, model=models)
 
 
 def _config(quick: bool) -> TrainConfig:
@@ -163,7 +174,7 @@ def _all_phrasing_losses(models: CaptionModels, params, images, labels, table):
     n, num_phrasings, length = tokens.shape
     tokens = tokens.reshape(n * num_phrasings, length)  # [n P, L]
     images = jnp.repeat(images, num_phrasings, axis=0)  # [n P, H, W, C]
-    nll, counts = caption_losses(models, params, images, tokens)
+    nll, counts = models.losses(None, params, images, tokens)
     shape = (n, num_phrasings)
     return {k: v.reshape(shape) for k, v in nll.items()}, counts.reshape(shape)
 
@@ -173,7 +184,7 @@ def _decode(model: Captioner, params, key, images, temperature: float):
     return sample(key, model, params, images, temperature=temperature, max_length=DECODE_LENGTH)
 
 
-def decode(model: Captioner, params, key, images, temperature: float) -> list[str]:
+def decode(key, model: Captioner, params, images, temperature: float) -> list[str]:
     """The caption strings of ``images`` decoded at ``temperature`` (0: greedy), jitted once per
     model and temperature.
 
@@ -214,10 +225,10 @@ def _evaluate(task: Task, params, dataset: Dataset, key) -> Report:
             per_token[name, split] = total / float(jnp.sum(counts[:, cols]))
             per_caption[name, split] = total / v[:, cols].size
     k_greedy, k_sampled = jax.random.split(key)
-    greedy = decode(models.captioner, params["captioner"], k_greedy, x, 0.0)
-    sampled = decode(models.captioner, params["captioner"], k_sampled, x, 1.0)
+    greedy = decode(k_greedy, models.captioner, params["captioner"], x, 0.0)
+    sampled = decode(k_sampled, models.captioner, params["captioner"], x, 1.0)
     # the blind decoder's greedy caption is the same for every image: decode it once
-    blind_greedy = decode(models.blind, params["blind"], k_greedy, x[:1], 0.0) * len(y)
+    blind_greedy = decode(k_greedy, models.blind, params["blind"], x[:1], 0.0) * len(y)
     train_phrasings = {p for c in range(10) for p in captions.phrasings(c)}
     train_counts = np.bincount(dataset.train["y"], minlength=10) / len(dataset.train["y"])
     return Report(
@@ -246,8 +257,8 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
 
     models: CaptionModels = task.model
     x, y = dataset.test["x"][:FIGURE_IMAGES], dataset.test["y"][:FIGURE_IMAGES]
-    greedy = decode(models.captioner, params["captioner"], key, x, 0.0)
-    sampled = decode(models.captioner, params["captioner"], key, x, 1.0)
+    greedy = decode(key, models.captioner, params["captioner"], x, 0.0)
+    sampled = decode(key, models.captioner, params["captioner"], x, 1.0)
     ncols = 8
     nrows = math.ceil(len(x) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.5 * nrows + 0.5))
