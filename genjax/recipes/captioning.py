@@ -35,7 +35,7 @@ import numpy as np
 from genjax import captions
 from genjax.captioning import Captioner, caption_nll, image_blind_entropy, sample
 from genjax.data import Dataset
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
 
@@ -289,7 +289,7 @@ register(
         evaluate=_evaluate,
         figures=_figures,
         quick_tour=True,
-        options=dict(DEFAULTS),
+        options={**DEFAULTS, "dropout": Option(DEFAULTS["dropout"], 0.0, 0.9)},
         tour_steps=TOUR_STEPS,
     )
 )
