@@ -1,7 +1,7 @@
 r"""Image captioning: an encoder–decoder transformer from image patches to caption tokens.
 
 The image is cut into :math:`p \times p` patches (:func:`patchify`; 2x2 patches of an 8x8 digit
-are 16 tokens of 4 pixels), each patch embedded linearly and given a learned position, and a
+are 16 tokens of 4 pixels, the default 4x4 patches 4 tokens of 16), each patch embedded linearly and given a learned position, and a
 stack of :class:`genjax.nn.transformer.EncoderBlock` turns them into a memory :math:`m`. A stack
 of :class:`genjax.nn.transformer.DecoderBlock` reads the caption so far under a causal mask and
 cross-attends to :math:`m`, so the caption's likelihood factorises left to right:
@@ -112,6 +112,9 @@ def unpatchify(
     Returns:
       ``[batch, H, W, C]``.
 
+    References:
+      Dosovitskiy et al., *An Image is Worth 16x16 Words*, 2020, https://arxiv.org/abs/2010.11929
+
     Derivation: derivations/25-captioning.md
     """
     if len(image_shape) != 3:
@@ -189,6 +192,10 @@ def stop_at_eos(tokens: Int[Array, "batch length"]) -> Int[Array, "batch length"
     Returns:
       ``[batch, L]``, the same dtype.
 
+    References:
+      Vinyals et al., *Show and Tell: A Neural Image Caption Generator*, 2015,
+      https://arxiv.org/abs/1411.4555
+
     Derivation: derivations/25-captioning.md
     """
     if jnp.ndim(tokens) != 2:
@@ -220,6 +227,10 @@ def image_blind_entropy(class_probs=None, split: str = "train") -> float:
 
     Returns:
       :math:`H(C)` in nats per caption, a Python float.
+
+    References:
+      Cover and Thomas, *Elements of Information Theory*, 2nd ed., 2006, ch. 2 (the chain rule
+      of entropy; cross-entropy = entropy + KL).
 
     Derivation: derivations/25-captioning.md
     """
@@ -395,6 +406,10 @@ def sample(
 
     Returns:
       int32 ``[n, max_length]``: ``BOS c_1 ... EOS PAD ...`` (no EOS if none was drawn).
+
+    References:
+      Holtzman et al., *The Curious Case of Neural Text Degeneration*, 2019,
+      https://arxiv.org/abs/1904.09751 (greedy against sampled decoding)
 
     Derivation: derivations/25-captioning.md
     """
