@@ -1,9 +1,10 @@
 r"""Image captioning: an encoder–decoder transformer from image patches to caption tokens.
 
 The image is cut into :math:`p \times p` patches (:func:`patchify`; 2x2 patches of an 8x8 digit
-are 16 tokens of 4 pixels, the default 4x4 patches 4 tokens of 16), each patch embedded linearly and given a learned position, and a
-stack of :class:`genjax.nn.transformer.EncoderBlock` turns them into a memory :math:`m`. A stack
-of :class:`genjax.nn.transformer.DecoderBlock` reads the caption so far under a causal mask and
+are 16 tokens of 4 pixels, the default 4x4 patches 4 tokens of 16), each patch embedded
+linearly and given a learned position, and a stack of
+:class:`genjax.nn.transformer.EncoderBlock` turns them into a memory :math:`m`. A stack of
+:class:`genjax.nn.transformer.DecoderBlock` reads the caption so far under a causal mask and
 cross-attends to :math:`m`, so the caption's likelihood factorises left to right:
 
 .. math::
