@@ -417,10 +417,12 @@ class CLIP(nn.Module):
       widths, strides: the image tower's convolutions.
       text_features, text_heads, text_layers, max_length: the text tower.
       text_tower: one of :data:`TEXT_TOWERS`.
+      text_dropout: dropout rate of the transformer text tower (``"dropout"`` RNG stream, when
+        ``deterministic=False``).
 
     Methods: ``encode_image(x) -> u [N, D]``, ``image_features(x) -> f(x)``,
-    ``encode_text(tokens, lengths) -> v [M, D]``; ``__call__(x, tokens, lengths)`` returns
-    ``(u, v, s)``.
+    ``encode_text(tokens, lengths, *, deterministic=True) -> v [M, D]``;
+    ``__call__(x, tokens, lengths, *, deterministic=True)`` returns ``(u, v, s)``.
 
     References:
       Radford et al., *Learning Transferable Visual Models From Natural Language Supervision*,
@@ -438,6 +440,7 @@ class CLIP(nn.Module):
     text_layers: int = 2
     max_length: int = 32
     text_tower: str = "transformer"
+    text_dropout: float = 0.0
 
     def setup(self):
         if self.text_tower not in TEXT_TOWERS:
@@ -451,6 +454,7 @@ class CLIP(nn.Module):
                 self.text_heads,
                 self.text_layers,
                 self.max_length,
+                self.text_dropout,
             )
         else:
             self.text_encoder = BagOfCharacters(self.vocab_size, self.text_features)
@@ -473,14 +477,20 @@ class CLIP(nn.Module):
         return l2_normalize(self.image_projection(self.image_tower(x)))
 
     def encode_text(
-        self, tokens: Int[Array, "m length"], lengths: Int[Array, " m"]
+        self,
+        tokens: Int[Array, "m length"],
+        lengths: Int[Array, " m"],
+        *,
+        deterministic: bool = True,
     ) -> Float[Array, "m embed"]:
         """Unit text embeddings :math:`v`, ``[m, embed_dim]``."""
         if self.text_tower == "transformer":
-            h = pool_at_last(self.text_encoder(tokens, lengths), lengths)  # [M, F]
+            h = self.text_encoder(tokens, lengths, deterministic=deterministic)  # [M, L, F]
+            h = pool_at_last(h, lengths)  # [M, F]
         else:
             h = self.text_encoder(tokens, lengths)  # [M, F]
         return l2_normalize(self.text_projection(h))
 
-    def __call__(self, x, tokens, lengths):
-        return self.encode_image(x), self.encode_text(tokens, lengths), self.log_temperature
+    def __call__(self, x, tokens, lengths, *, deterministic: bool = True):
+        v = self.encode_text(tokens, lengths, deterministic=deterministic)
+        return self.encode_image(x), v, self.log_temperature

@@ -259,7 +259,7 @@ def test_distinct_class_batches_hold_one_example_of_each_digit(digits):
 
 
 def test_recipe_quick_budget_trains_and_evaluates():
-    """60 updates (about 20 s under load): zero-shot accuracy well above chance and the
+    """150 updates (about 25 s under load): zero-shot accuracy well above chance and the
     untrained model's, every extra figure present and in [0, 1]."""
     recipe = get("clip_digits")
     assert recipe.draws_batches and recipe.quick_tour and recipe.tour_steps == R.TOUR_STEPS

@@ -5,10 +5,15 @@ r"""CLIP recipe: images of ``digits`` against captions made from their labels.
 (:func:`genjax.clip.info_nce_loss`); each training image gets a caption drawn per example and per
 step from the training phrasings (:func:`genjax.captions.draw_captions`), inside the loss.
 
-* Batches (``draws_batches``): the loss draws :data:`GROUPS` groups of ten training pairs, one
-  per digit (option ``distinct_classes=true``), so that no pair has a false negative, and
-  averages the InfoNCE loss of the groups; ``distinct_classes=false`` draws the same number of
-  pairs uniformly, one InfoNCE over the whole batch, duplicates of a class counted as negatives.
+* Batches (``draws_batches``): the loss draws 60 training pairs uniformly, one InfoNCE over the
+  whole batch, duplicates of a class counted as negatives (false negatives); option
+  ``distinct_classes=true`` draws :data:`GROUPS` groups of ten pairs, one per digit, with no
+  false negative, and averages the groups' losses. Measured at the tour budget over two seeds,
+  the groups are not better (zero-shot 0.976 against 0.982 on average,
+  ``derivations/23-contrastive.md``), so the default is CLIP's uniform batch.
+* Training: Adam without a global gradient clip (the model and the baseline then train exactly
+  as if alone), dropout :data:`TEXT_DROPOUT` in the transformer text tower (option
+  ``text_dropout``), which helps the held-out phrasings a little.
 * Metric: zero-shot accuracy on the test split, each class's embedding ensembled over all its
   phrasings (training and held-out; :func:`genjax.clip.zero_shot_logits`).
 * Baseline: the same model with an order-blind text tower (:class:`genjax.clip.BagOfCharacters`)
@@ -41,7 +46,7 @@ from genjax import captions, probes
 from genjax import clip as C
 from genjax.classifier import fit_digits_classifier
 from genjax.data import Dataset
-from genjax.recipes import Recipe, Report, register
+from genjax.recipes import Option, Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.segmentation import confusion_matrix
 from genjax.train import Task, TrainConfig
@@ -49,6 +54,8 @@ from genjax.train import Task, TrainConfig
 __all__ = [
     "GROUPS",
     "STEPS",
+    "TEXT_DROPOUT",
+    "TOUR_STEPS",
     "ClipSetup",
     "clip_config",
     "draw_pairs",
@@ -60,10 +67,11 @@ __all__ = [
 
 NUM_CLASSES = 10
 GROUPS = 6  #: groups of ten pairs per batch (batch size 60)
-STEPS = {False: 1200, True: 60}  #: updates of the full and quick budgets
+STEPS = {False: 1200, True: 150}  #: updates of the full and quick budgets
 TOUR_STEPS = 600  #: updates of the tour budget
+TEXT_DROPOUT = 0.1  #: dropout of the transformer text tower in training (option ``text_dropout``)
 RETRIEVAL_KEY = 1  # the key of the held-out captions paired with the test images
-FIGURE_PROMPTS = (0, 3, 5, 7, 8)  # classes whose held-out prompts the retrieval figure shows
+FIGURE_PROMPTS = (0, 5, 7)  # classes whose prompts (one training, one held-out) the figure shows
 CHUNK = 128  #: examples per compiled forward pass at evaluation
 
 
@@ -80,7 +88,8 @@ class ClipSetup(NamedTuple):
 
 def clip_config(quick: bool) -> TrainConfig:
     """Adam 2e-3 with cosine decay, batch :data:`GROUPS` x 10, no EMA (the evaluation reads
-    the parameters).
+    the parameters), no gradient clipping: Adam is per parameter, so without a global-norm clip
+    the model and the baseline, whose losses are summed, train exactly as if alone.
 
     Derivation: derivations/23-contrastive.md
     """
@@ -90,6 +99,7 @@ def clip_config(quick: bool) -> TrainConfig:
         batch_size=10 * GROUPS,
         lr=2e-3,
         warmup_steps=min(50, steps // 5),
+        clip_norm=None,  # a global clip would couple the model and the baseline
         ema_decay=None,
         log_every=max(steps // 4, 1),
     )
@@ -132,8 +142,9 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
 
     Derivation: derivations/23-contrastive.md
     """
-    distinct = bool(options.get("distinct_classes", True))
-    model = C.CLIP(captions.VOCAB_SIZE, max_length=captions.MAX_LENGTH)
+    distinct = bool(options.get("distinct_classes", False))
+    dropout = float(options.get("text_dropout", TEXT_DROPOUT))
+    model = C.CLIP(captions.VOCAB_SIZE, max_length=captions.MAX_LENGTH, text_dropout=dropout)
     baseline = model.clone(text_tower="bag_of_characters")
     images, labels = jnp.asarray(dataset.train["x"]), np.asarray(dataset.train["y"])
     length = _train_length()  # train captions fit; the encoders ignore padding
@@ -150,14 +161,21 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         }
 
     def loss(params, key, batch):
-        k_pairs, k_captions = jax.random.split(key)
+        k_pairs, k_captions, k_dropout = jax.random.split(key, 3)
         idx = draw_pairs(k_pairs, labels, batch["x"].shape[0], distinct)  # [G, K]
         x = images[idx.reshape(-1)]  # [G*K, H, W, C]
         tokens, lengths = captions.draw_captions(k_captions, jnp.asarray(labels)[idx.reshape(-1)])
         tokens = tokens[:, :length]  # [G*K, L]
         total, metrics = 0.0, {}
         for name, net in (("model", model), ("baseline", baseline)):
-            u, v, s = net.apply({"params": params[name]}, x, tokens, lengths)
+            u, v, s = net.apply(
+                {"params": params[name]},
+                x,
+                tokens,
+                lengths,
+                deterministic=False,
+                rngs={"dropout": k_dropout},
+            )
             value = C.info_nce_loss(
                 u.reshape(*idx.shape, -1), v.reshape(*idx.shape, -1), s
             )  # scalar; groups [G, K, D]
@@ -305,8 +323,11 @@ def _retrieval_figure(prompts, images: np.ndarray, path: Path) -> Path:
             ax.imshow(images[r, c, ..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel(f'"{prompts[r]}"', rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("top-5 test images per held-out prompt", fontsize=9)
+        label = f'"{prompts[r]}"' + (" (held out)" if r % 2 else "")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(
+        "top-5 test images per prompt: a training phrasing, then a held-out one", fontsize=9
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -328,7 +349,11 @@ def _figures(task: Task, params, dataset: Dataset, key, out_dir: Path) -> list[P
         out_dir / "clip_zero_shot_confusion.png",
         f"zero-shot on the test split, held-out phrasings only\naccuracy {accuracy:.3f}",
     )
-    prompts = [captions.phrasings(c, "held_out")[i % 3] for i, c in enumerate(FIGURE_PROMPTS)]
+    prompts = [  # per class: a training phrasing, then a held-out one
+        captions.phrasings(c, split)[i % 3]
+        for i, c in enumerate(FIGURE_PROMPTS)
+        for split in ("train", "held_out")
+    ]
     tokens, lengths = captions.tokenize(prompts)
     v = embed(model, p, "encode_text", tokens, lengths)  # [P, D]
     top = np.argsort(-(v @ u.T), axis=1)[:, :5]  # [P, 5]
@@ -347,6 +372,6 @@ register(
         draws_batches=True,
         quick_tour=True,
         tour_steps=TOUR_STEPS,
-        options={"distinct_classes": True},
+        options={"distinct_classes": False, "text_dropout": Option(TEXT_DROPOUT, 0.0, 0.9)},
     )
 )
