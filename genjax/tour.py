@@ -36,6 +36,7 @@ __all__ = [
     "report_markdown",
     "run",
     "sample_quality",
+    "sample_sets",
     "select",
 ]
 
@@ -95,7 +96,7 @@ def run(
         )
         drawn = None
         if recipe.data == "digits":
-            drawn = image_samples(jax.random.key(2), task, state.ema_params, dataset)
+            drawn = sample_sets(jax.random.key(2), task, state.ema_params, dataset)
         keep_result(out / name, budget, report, seconds, figs, drawn)
     rows, samples = kept_results(out, budget)
     if not rows:
@@ -106,9 +107,22 @@ def run(
     return path
 
 
+def sample_sets(key, task: train.Task, params, dataset: Dataset):
+    """The images a recipe adds to the FID table: ``task.model.tour_sample_sets(params, key,
+    n)`` when the task's model has that method and it returns sets (``{label: [n, H, W, C]}``,
+    one table row each, e.g. one per guidance scale), else :func:`image_samples`."""
+    several = getattr(task.model, "tour_sample_sets", None)
+    if callable(several):
+        sets = several(params, key, len(dataset.test["x"]))
+        if sets:
+            return {label: np.asarray(images) for label, images in sets.items()}
+    return image_samples(key, task, params, dataset)
+
+
 def keep_result(where: Path, budget: str, report, seconds: float, figs, drawn) -> None:
     """Write one recipe's tour result to ``where/result.json`` and its image samples ``drawn``
-    ``[n, H, W, C]`` (or their absence, ``None``) to ``where/samples.npy``."""
+    ``[n, H, W, C]`` (or their absence, ``None``) to ``where/samples.npy``; several labelled
+    sets ``{label: [n, H, W, C]}`` go to ``where/samples@<label>.npy``, one FID row each."""
     where.mkdir(parents=True, exist_ok=True)
     result = {
         "budget": budget,
@@ -116,11 +130,15 @@ def keep_result(where: Path, budget: str, report, seconds: float, figs, drawn) -
         "seconds": seconds,
         "figures": [Path(f).name for f in figs],
     }
+    for old in where.glob("samples@*.npy"):
+        old.unlink()
     samples = where / "samples.npy"
-    if drawn is None:
+    if drawn is None or isinstance(drawn, dict):
         samples.unlink(missing_ok=True)
     else:
         np.save(samples, drawn)
+    for label, images in drawn.items() if isinstance(drawn, dict) else ():
+        np.save(where / f"samples@{label}.npy", images)
     (where / "result.json").write_text(json.dumps(result, indent=1, default=float))
 
 
@@ -140,7 +158,18 @@ def kept_results(out: Path, budget: str):
         rows.append((recipe, report, result["seconds"], [where / f for f in result["figures"]]))
         if (where / "samples.npy").is_file():
             samples[name] = np.load(where / "samples.npy")
+        for path in sorted(where.glob("samples@*.npy"), key=_set_order):
+            samples[f"{name} @ {path.stem.partition('@')[2]}"] = np.load(path)
     return rows, samples
+
+
+def _set_order(path: Path):
+    """Labelled sample sets in numeric order of their value (``w=0``, ``w=1``, ``w=1.5`` ...)."""
+    label = path.stem.partition("@")[2]
+    try:
+        return (0, float(label.partition("=")[2]), label)
+    except ValueError:
+        return (1, 0.0, label)
 
 
 def image_samples(key, task: train.Task, params, dataset: Dataset) -> np.ndarray | None:
@@ -286,7 +315,12 @@ def family_markdown(rows, quality: dict | None = None) -> list[str]:
         fid = [
             name
             for name, _ in members
-            if base and figures.get(name) and figures[name]["fid"] < base["fid"]
+            if base
+            and any(
+                f and f["fid"] < base["fid"]
+                for key, f in figures.items()
+                if key == name or key.startswith(f"{name} @ ")  # or one of its labelled sets
+            )
         ]
         cells = [", ".join(own) or "no", ", ".join(fid) or "no", "yes" if own or fid else "no"]
         lines.append(f"| {family} | {', '.join(n for n, _ in members)} | {' | '.join(cells)} |")
@@ -297,7 +331,12 @@ def quality_markdown(quality: dict, order: list[str], budget: str) -> list[str]:
     """The lines of the FID table: floor, baseline, then the families of ``order`` with figures
     in ``quality`` (:func:`sample_quality`) ranked by FID, non-finite samples last."""
     figures, n = quality["figures"], quality["n"]
-    families = [name for name in order if name in figures]
+    families = [
+        key
+        for name in order
+        for key in figures
+        if key == name or key.startswith(f"{name} @ ")  # a recipe's labelled sets too
+    ]
     ranked = sorted(
         families,
         key=lambda name: math.inf if figures[name] is None else figures[name]["fid"],

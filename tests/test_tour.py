@@ -183,3 +183,63 @@ def test_family_table_counts_a_win_in_the_own_metric_or_in_fid():
     assert table["gan"][1:] == ["dcgan_digits, cgan_digits", "no", "dcgan_digits", "yes "]
     assert table["word2vec"][2:] == ["no", "no", "no "]
     assert recipes["vae_digits"].family == "vae" and recipes["flow_digits"].family == "flows"
+
+
+def test_labelled_sample_sets_are_kept_and_ranked_as_rows_of_their_recipe(tmp_path):
+    """A recipe's {label: images} (e.g. one set per guidance scale) is kept as
+    samples@<label>.npy, loaded as '<recipe> @ <label>' in numeric order, ranked in the FID
+    table with the others, and counted for its family."""
+    from genjax.tour import sample_sets
+
+    images = np.zeros((3, 8, 8, 1), np.float32)
+    sets = {"w=2": images + 0.2, "w=0": images, "w=1.5": images + 0.1}
+    report = Report("m", 1.0, "b", 2.0)
+    keep_result(tmp_path / "diffusion_digits_cfg", "tour", report, 4.0, [], sets)
+    rows, samples = kept_results(tmp_path, "tour")
+    assert list(samples) == [f"diffusion_digits_cfg @ w={w}" for w in ("0", "1.5", "2")]
+    np.testing.assert_array_equal(samples["diffusion_digits_cfg @ w=1.5"], images + 0.1)
+    keep_result(tmp_path / "diffusion_digits_cfg", "tour", report, 4.0, [], images)  # one set
+    assert list(kept_results(tmp_path, "tour")[1]) == ["diffusion_digits_cfg"]
+
+    def figures(fid):
+        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
+        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
+
+    quality = {
+        "figures": {
+            "floor": figures(1.0),
+            "baseline": figures(20.0),
+            "dcgan_digits": figures(6.0),
+            "diffusion_digits_cfg @ w=0": figures(30.0),
+            "diffusion_digits_cfg @ w=1.5": figures(3.0),
+        },
+        "classifier": "digits_cnn",
+        "steps": 1500,
+        "accuracy": 0.98,
+        "n": 360,
+        "subset": 180,
+        "seconds": 1.0,
+    }
+    order = ["dcgan_digits", "diffusion_digits_cfg"]
+    table = _fid_table("\n".join(quality_markdown(quality, order, "tour")))
+    assert [r[:2] for r in table[2:]] == [
+        ["1", "diffusion_digits_cfg @ w=1.5"],
+        ["2", "dcgan_digits"],
+        ["3", "diffusion_digits_cfg @ w=0"],
+    ]
+    recipes = select("full")
+    rows = [(recipes["diffusion_digits_cfg"], Report("m", 3.0, "b", 2.0), 1.0, [])]
+    family = [line for line in family_markdown(rows, quality) if "diffusion_digits_cfg" in line]
+    assert family[0].split(" | ")[3] == "diffusion_digits_cfg"
+
+    class Model:
+        def tour_sample_sets(self, params, key, n):
+            return {"w=1": np.ones((n, 8, 8, 1), np.float32)}
+
+    from genjax.data import Dataset
+    from genjax.train import Task
+
+    split = {"x": np.zeros((5, 8, 8, 1), np.float32), "y": np.zeros(5, np.int32)}
+    task = Task(init=None, loss=lambda *a: (0.0, {}), model=Model())
+    drawn = sample_sets(jax.random.key(0), task, None, Dataset("tiny", split, split, 1, 17))
+    assert list(drawn) == ["w=1"] and drawn["w=1"].shape == (5, 8, 8, 1)

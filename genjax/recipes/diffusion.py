@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,15 @@ from genjax.recipes import Recipe, Report, register
 from genjax.recipes.common import fast_init_key
 from genjax.train import Task, TrainConfig
 
-__all__ = ["Setup", "bimodal_samples", "make_task"]
+__all__ = ["Setup", "bimodal_samples", "make_task", "plot_quality_curves", "quality_sweep"]
 
 TOY_NUM_STEPS = 100  # T for vector data (cosine schedule): cheap chains that still split modes
 IMAGE_NUM_STEPS = 1000
-IMAGE_SAMPLE_STEPS = 50  # DDIM steps used to sample images in evaluation and figures
+IMAGE_SAMPLE_STEPS = 10  # sampler steps (network calls) for images in evaluation and figures
+IMAGE_SAMPLER = "dpm_solver_2m"  # at 10-20 steps as good as DDIM at 50-100 (docs/diffusion.md)
+IMAGE_TOUR_STEPS = 2500  # updates of the digits U-Nets in the default tour
+MIN_SNR_GAMMA = 5.0  # Hang et al.'s gamma, with v-prediction
+TOUR_SCALES = (0.0, 1.0, 1.5, 2.0)  # guidance scales ranked in the tour's FID table
 LABEL_DROP = 0.1  # Ho & Salimans's p_uncond
 GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0)  # w of classifier_free_guidance; 0 = unconditional
 HEADLINE_SCALE = 2.0
@@ -66,8 +72,18 @@ class Setup:
       images: whether the data are images in [0, 1] (mapped to [-1, 1]).
       sample_steps: DDIM steps for sampling, or ``None`` for DDPM over all steps.
       label_drop: label-dropout probability for classifier-free guidance.
+      parameterization: what the network predicts, ``"eps"`` or ``"v"`` (or ``"x0"``).
+      variance: ``"small"`` (fixed, trained by the simple loss) or ``"learned"`` (the network
+        outputs v too, trained by :func:`genjax.diffusion.hybrid_loss`).
+      min_snr_gamma: Min-SNR weighting of the simple loss, or ``None``.
+      method: the sampler of :func:`genjax.diffusion.sample` (``None``: DDIM when
+        ``sample_steps`` is set, DDPM otherwise).
+      levels: discrete values per pixel of image data (the bound's decoder), else ``None``.
+      tour_scales: the guidance scales whose samples the tour's FID table ranks, one row each
+        (:meth:`tour_sample_sets`); empty: one row, :meth:`sample`'s.
 
-    Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md
+    Derivation: derivations/11-ddpm.md, derivations/12-guidance.md, derivations/13-ddim.md,
+    derivations/26-improved-diffusion.md
     """
 
     model: Any
@@ -77,6 +93,12 @@ class Setup:
     images: bool
     sample_steps: int | None
     label_drop: float = LABEL_DROP
+    parameterization: str = "eps"
+    variance: str = "small"
+    min_snr_gamma: float | None = None
+    method: str | None = None
+    levels: int | None = None
+    tour_scales: tuple[float, ...] = ()
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def encode(self, x):
@@ -105,13 +127,28 @@ class Setup:
         if y is not None:
             y = D.drop_labels(k_drop, y, self.label_drop, self.num_classes)
         model_fn = lambda xt, t: self.model.apply(params, xt, t, y)
-        return jnp.mean(D.ddpm_loss(k_loss, self.schedule, model_fn, x0)), {}
+        options = dict(parameterization=self.parameterization, min_snr_gamma=self.min_snr_gamma)
+        if self.variance == "learned":
+            loss = D.hybrid_loss(k_loss, self.schedule, model_fn, x0, levels=self.levels, **options)
+        else:
+            loss = D.ddpm_loss(k_loss, self.schedule, model_fn, x0, **options)
+        return jnp.mean(loss), {}
 
-    def sampler(self, n: int, guided: bool, trajectory: bool = False) -> Callable:
+    def sampler(
+        self,
+        n: int,
+        guided: bool,
+        trajectory: bool = False,
+        method: str | None = None,
+        num_steps: int | None = None,
+    ) -> Callable:
         """A jitted ``sample(params, key, labels, guidance_scale)``: ``n`` decoded draws.
         ``guided`` combines conditional and null-label predictions with ``guidance_scale`` (one
-        network call on a doubled batch); otherwise the network is called once with ``labels``."""
-        cache_key = (n, guided, trajectory)
+        network call on a doubled batch); otherwise the network is called once with ``labels``.
+        ``method`` and ``num_steps`` replace the setup's sampler and its number of steps."""
+        method = self.method if method is None else method
+        num_steps = self.sample_steps if num_steps is None else num_steps
+        cache_key = (n, guided, trajectory, method, num_steps)
         if cache_key not in self._cache:
             shape = (n, *self.event_shape)
             clip = (-1.0, 1.0) if self.images else None
@@ -129,8 +166,11 @@ class Setup:
                     self.schedule,
                     model_fn,
                     shape,
-                    num_steps=self.sample_steps,
+                    num_steps=num_steps,
+                    method=method,
                     clip_x0=clip,
+                    parameterization=self.parameterization,
+                    variance=self.variance,
                     return_trajectory=trajectory,
                 )
                 if trajectory:
@@ -156,11 +196,25 @@ class Setup:
         guided with ``HEADLINE_SCALE``."""
         return self.draw(params, key, n)
 
-    def draw(self, params, key, n, labels=None, guidance_scale=HEADLINE_SCALE, trajectory=False):
+    def draw(
+        self,
+        params,
+        key,
+        n,
+        labels=None,
+        guidance_scale=HEADLINE_SCALE,
+        trajectory=False,
+        method=None,
+        num_steps=None,
+    ):
         """``n`` samples. A conditional model cycles through the labels unless given and is
-        guided with ``guidance_scale`` (0: unconditional via the null label, 1: conditional)."""
+        guided with ``guidance_scale`` (0: unconditional via the null label, 1: conditional);
+        ``method`` and ``num_steps`` override the setup's sampler (:meth:`sampler`)."""
+        sampler = functools.partial(
+            self.sampler, n, trajectory=trajectory, method=method, num_steps=num_steps
+        )
         if self.num_classes is None:
-            return self.sampler(n, False, trajectory)(params, key, None, 0.0)
+            return sampler(False)(params, key, None, 0.0)
         if labels is None:
             labels = jnp.arange(n) % self.num_classes
         labels = jnp.asarray(labels, jnp.int32)
@@ -168,20 +222,62 @@ class Setup:
             labels = jnp.full((n,), self.num_classes, jnp.int32)
         guided = guidance_scale not in (0.0, 1.0)
         w = jnp.float32(guidance_scale)
-        return self.sampler(n, guided, trajectory)(params, key, labels, w)
+        return sampler(guided)(params, key, labels, w)
+
+    def tour_sample_sets(self, params, key, n) -> dict[str, jax.Array]:
+        """The tour's FID rows: ``{"w=<scale>": n samples}`` for each of ``tour_scales`` (labels
+        cycling through the classes, the same key for every scale), or ``{}`` when there are
+        none (the tour then ranks :meth:`sample`'s draws)."""
+        return {f"w={w:g}": self.draw(params, key, n, guidance_scale=w) for w in self.tour_scales}
+
+    def bits_per_dim(self, params, key, images, labels=None, batch_size: int = 100):
+        """The variational bound on the test NLL of ``images`` ``[N, H, W, C]`` in [0, 1], in
+        bits per dimension (:func:`genjax.diffusion.vlb_nll` with the discretised decoder of
+        ``levels`` values; the conditional model is read with ``labels``, or with the null label
+        when ``None``); returns ``(mean, per-image [N])``."""
+        x0 = self.encode(jnp.asarray(images, jnp.float32))
+        n = x0.shape[0]
+        if self.num_classes is not None and labels is None:
+            labels = np.full((n,), self.num_classes, np.int32)
+
+        @jax.jit
+        def bound(params, key, x, y):
+            model_fn = lambda xt, t: self.model.apply(params, xt, t, y)
+            total, _ = D.vlb_nll(
+                key,
+                self.schedule,
+                model_fn,
+                x,
+                parameterization=self.parameterization,
+                variance=self.variance,
+                levels=self.levels,
+                clip_x0=(-1.0, 1.0),
+            )
+            return total
+
+        nats, keys = [], jax.random.split(key, -(-n // batch_size))
+        for j, i in enumerate(range(0, n, batch_size)):
+            k = keys[j]
+            y = None if labels is None else jnp.asarray(labels[i : i + batch_size], jnp.int32)
+            nats.append(np.asarray(bound(params, k, x0[i : i + batch_size], y)))
+        bits = np.concatenate(nats) / (math.prod(x0.shape[1:]) * math.log(2.0))  # [N]
+        return float(np.mean(bits)), bits
 
 
 def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -> Setup:
     """The model and schedule for ``dataset``: an MLP for vectors, a U-Net for images."""
     num_classes = dataset.num_classes if conditional else None
     images = len(dataset.shape) == 3
+    variance = str(options.get("variance", "small"))
     if images:
         num_steps = int(options.get("num_steps", IMAGE_NUM_STEPS))
+        channels = dataset.shape[-1]
         model = unet_for(
             dataset.shape,
             num_steps,
             num_classes,
             base_features=int(options.get("base_features", 16)),
+            out_features=2 * channels if variance == "learned" else channels,
         )
         schedule = D.cosine_schedule(num_steps)
         sample_steps = int(options.get("sample_steps", IMAGE_SAMPLE_STEPS))
@@ -195,15 +291,30 @@ def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -
         )
         schedule = D.cosine_schedule(num_steps)
         sample_steps = None
-    return Setup(model, schedule, dataset.shape, num_classes, images, sample_steps)
+    gamma = options.get("min_snr_gamma")
+    return Setup(
+        model,
+        schedule,
+        dataset.shape,
+        num_classes,
+        images,
+        sample_steps,
+        parameterization=str(options.get("parameterization", "eps")),
+        variance=variance,
+        min_snr_gamma=None if gamma is None else float(gamma),
+        method=options.get("sample_method"),
+        levels=dataset.levels if images else None,
+        tour_scales=tuple(options.get("tour_scales", ())),
+    )
 
 
 def make_task(
     dataset: Dataset, options: Mapping[str, Any], *, conditional: bool, **defaults
 ) -> Task:
     """The :class:`Task` of a diffusion recipe; ``options`` override the recipe's ``defaults``
-    (``num_steps``, ``width``, ``depth``, ``base_features``, ``sample_steps``); the task's
-    ``model`` is its :class:`Setup`.
+    (``num_steps``, ``width``, ``depth``, ``base_features``, ``sample_steps``,
+    ``sample_method``, ``parameterization``, ``variance``, ``min_snr_gamma``,
+    ``tour_scales``); the task's ``model`` is its :class:`Setup`.
 
     Derivation: derivations/11-ddpm.md
     """
@@ -412,6 +523,106 @@ def _images_figures(task: Task, params, dataset: Dataset, key, out_dir: Path) ->
     return [viz.image_grid(images, out_dir / f"{dataset.name}_samples.png", ncols=10)]
 
 
+# ----------------------------------------------------------------------------- curves
+
+
+def quality_sweep(task: Task, params, net, dataset: Dataset, grid, key=None) -> list[dict]:
+    """Sample quality over a grid of ``(guidance_scale, method, num_steps)``: for each point,
+    as many samples as test images (labels cycling through the classes, the tour's key 2 for
+    every point), scored like the tour's FID table (:func:`genjax.metrics.image_quality` in the
+    features of the classifier ``net``, against the test split, KID over 100 subsets of half of
+    it), with ``net``'s accuracy on the requested class (``None`` at ``w = 0``) and the
+    sampling time in seconds.
+
+    Derivation: derivations/26-improved-diffusion.md
+    """
+    from genjax import metrics  # evaluation layer: only the studies import it
+
+    key = jax.random.key(2) if key is None else key
+    test = dataset.test["x"]
+    n = len(test)
+    labels = np.arange(n) % dataset.num_classes
+    rows = []
+    for w, method, steps in grid:
+        tic = time.perf_counter()
+        drawn = task.model.draw(params, key, n, labels, w, method=method, num_steps=steps)
+        images = np.asarray(drawn)
+        seconds = time.perf_counter() - tic
+        quality = metrics.image_quality(
+            jax.random.key(3), net, test, images, num_subsets=100, subset_size=max(2, n // 2)
+        )
+        accuracy = float(np.mean(net.predict(images) == labels)) if w != 0 else None
+        rows.append(
+            dict(w=w, method=method, steps=steps, **quality, accuracy=accuracy, seconds=seconds)
+        )
+    return rows
+
+
+def plot_quality_curves(rows: list[dict], out_dir: Path, sweep: tuple | None = None) -> list[Path]:
+    """Two figures from :func:`quality_sweep`'s rows: ``guidance_curve.png`` (FID, KID,
+    precision, recall and class accuracy against w, for ``sweep = (model, method, steps)``, by
+    default the most common in the rows) and
+    ``nfe_curve.png`` (FID against the number of network evaluations, one line per model (an
+    optional ``"model"`` key of the rows), sampler and guidance scale).
+
+    Derivation: derivations/26-improved-diffusion.md
+    """
+    import matplotlib.pyplot as plt  # genjax.viz selected the Agg backend
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samplers = [(r.get("model", ""), r["method"], r["steps"]) for r in rows]
+    main = sweep or max(sorted(set(samplers)), key=samplers.count)  # the w sweep's model, sampler
+    by_w = sorted(
+        (r for r in rows if (r.get("model", ""), r["method"], r["steps"]) == main),
+        key=lambda r: r["w"],
+    )
+    w = [r["w"] for r in by_w]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(w, [r["fid"] for r in by_w], "o-", label="FID")
+    axes[0].set_ylabel("FID (digits CNN features)")
+    axes[1].errorbar(w, [r["kid"] for r in by_w], [r["kid_std"] for r in by_w], fmt="o-")
+    axes[1].set_ylabel("KID")
+    for name in ("precision", "recall"):
+        axes[2].plot(w, [r[name] for r in by_w], "o-", label=name)
+    axes[2].plot(
+        [r["w"] for r in by_w if r["accuracy"] is not None],
+        [r["accuracy"] for r in by_w if r["accuracy"] is not None],
+        "s--",
+        label="class accuracy",
+    )
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("guidance scale w (0 unconditional, 1 conditional)")
+    fig.suptitle(f"{main[0]}{' model, ' if main[0] else ''}sampler {main[1]}, {main[2]} steps")
+    fig.tight_layout()
+    paths = [out_dir / "guidance_curve.png", out_dir / "nfe_curve.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    for model, method, scale in sorted({(r.get("model", ""), r["method"], r["w"]) for r in rows}):
+        line = sorted(
+            (
+                r
+                for r in rows
+                if (r.get("model", ""), r["method"], r["w"]) == (model, method, scale)
+            ),
+            key=lambda r: r["steps"],
+        )
+        if len(line) > 1:
+            steps = [r["steps"] for r in line]
+            label = f"{model}{': ' if model else ''}{method}, w = {scale:g}"
+            ax.plot(steps, [r["fid"] for r in line], "o-", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE: network calls per sample (a guided call doubles the batch)")
+    ax.set_ylabel("FID")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -427,7 +638,7 @@ _BUDGETS = {
     ),
     "image": (
         dict(steps=100, batch_size=64, lr=2e-3, warmup_steps=10, ema_decay=None, log_every=100),
-        dict(steps=6_000, batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, log_every=200),
+        dict(steps=6_000, batch_size=64, lr=2e-3, warmup_steps=200, ema_decay=0.999, log_every=250),
     ),
 }
 
@@ -474,17 +685,17 @@ for _name, _tour in (("two_moons", True), ("eight_gaussians", False), ("checkerb
 _IMAGE_RECIPES = (
     (
         "diffusion_digits_cfg",
-        "class-conditional U-Net DDPM on 8x8 digits, classifier-free guidance, DDIM",
+        "class-conditional U-Net DDPM on 8x8 digits, classifier-free guidance, DPM-Solver++(2M)",
         True,
         "digits",
         True,
     ),
     (
         "diffusion_digits",
-        "unconditional U-Net DDPM on 8x8 digits, DDIM sampling",
+        "unconditional U-Net DDPM on 8x8 digits, learned variances, DPM-Solver++(2M) sampling",
         False,
         "digits",
-        False,
+        True,
     ),
     (
         "diffusion_mnist",
@@ -496,20 +707,28 @@ _IMAGE_RECIPES = (
 )
 
 for _name, _summary, _conditional, _data, _tour in _IMAGE_RECIPES:
+    _options = {
+        "num_steps": IMAGE_NUM_STEPS,
+        "base_features": 16,
+        "sample_steps": IMAGE_SAMPLE_STEPS,
+        "sample_method": IMAGE_SAMPLER,
+        "parameterization": "v",
+        "min_snr_gamma": MIN_SNR_GAMMA,
+        "variance": "learned" if _name == "diffusion_digits" else "small",
+    }
+    if _name == "diffusion_digits_cfg":
+        _options["tour_scales"] = TOUR_SCALES
     register(
         Recipe(
             name=_name,
             summary=_summary,
-            make_task=functools.partial(make_task, conditional=_conditional),
+            make_task=functools.partial(make_task, conditional=_conditional, **_options),
             config=_image_config,
             evaluate=_evaluate_images_cfg if _conditional else _evaluate_images_unconditional,
             figures=_images_cfg_figures if _conditional else _images_figures,
             data=_data,
             tour=_tour,
-            options={
-                "num_steps": IMAGE_NUM_STEPS,
-                "base_features": 16,
-                "sample_steps": IMAGE_SAMPLE_STEPS,
-            },
+            tour_steps=IMAGE_TOUR_STEPS if _data == "digits" else None,
+            options=_options,
         )
     )
