@@ -283,7 +283,8 @@ class LatentDenoiser(nn.Module):
     r"""The text-conditioned denoiser :math:`\epsilon_\theta(z_t, t, c)`: a
     :class:`~genjax.nn.transformer.TextEncoder` turns the prompt :math:`c` into token vectors
     :math:`\tau(c)` ``[B, L, text_features]``, and a :class:`~genjax.nn.unet.UNet` with
-    ``cross_attention`` attends to them in its middle.
+    ``cross_attention`` attends to them in its middle; with ``pooled_context`` the EOS token's
+    vector is also added to the U-Net's time embedding.
 
     .. math:: \hat\epsilon = \mathrm{UNet}\big(z_t, t;\ \tau(c)\big)
 
@@ -295,6 +296,7 @@ class LatentDenoiser(nn.Module):
       base_features, channel_mults, num_heads: the U-Net's.
       text_features, text_heads, text_layers: the text encoder's.
       vocab_size, max_length: the tokenizer's (:mod:`genjax.captions`).
+      pooled_context: the U-Net's option of the same name.
 
     Methods: ``__call__(z_t [B, h, w, C_z], t [B], tokens [B, L], lengths [B]) -> [B, h, w,
     C_z]``; ``encode_text(tokens, lengths) -> [B, L, text_features]``; ``denoise(z_t, t,
@@ -316,6 +318,7 @@ class LatentDenoiser(nn.Module):
     text_layers: int = 2
     vocab_size: int = C.VOCAB_SIZE
     max_length: int = C.MAX_LENGTH
+    pooled_context: bool = True
 
     def setup(self):
         self.text = TextEncoder(
@@ -327,6 +330,7 @@ class LatentDenoiser(nn.Module):
             channel_mults=tuple(self.channel_mults),
             num_heads=self.num_heads,
             cross_attention=True,
+            pooled_context=self.pooled_context,
         )
 
     def encode_text(self, tokens, lengths):
@@ -353,6 +357,8 @@ class LatentDiffusion:
       image_shape: ``(H, W, C)``.
       clip: :math:`\hat z_0` of the scaled latents is clipped to ``[-clip, clip]`` while
         sampling (the scaled training latents lie well inside; derivations/24-latent-diffusion.md).
+      parameterization: what the denoiser predicts (``"eps"``, ``"x0"`` or ``"v"``,
+        :data:`genjax.diffusion.PARAMETERIZATIONS`).
 
     Derivation: derivations/24-latent-diffusion.md
     """
@@ -362,6 +368,7 @@ class LatentDiffusion:
     schedule: D.Schedule
     image_shape: tuple[int, int, int]
     clip: float = 5.0
+    parameterization: str = "eps"
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -387,8 +394,8 @@ def latent_model_fn(
     lengths: Int[Array, " n"],
     guidance_scale: float,
 ):
-    r"""The sampler-ready ``(z_t, t) -> ε`` of prompts ``tokens``, guided against the empty
-    prompt.
+    r"""The sampler-ready ``(z_t, t) -> prediction`` (ε, x0 or v, the model's
+    ``parameterization``) of prompts ``tokens``, guided against the empty prompt.
 
     .. math:: \tilde\epsilon = \epsilon_\theta(z_t, t, \varnothing)
        + w\,\big(\epsilon_\theta(z_t, t, c) - \epsilon_\theta(z_t, t, \varnothing)\big)
@@ -438,6 +445,7 @@ def sample(
     guidance_scale: float = 2.0,
     num_steps: int | None = 50,
     eta: float = 0.0,
+    method: str | None = None,
 ):
     r"""Draw ``n`` images for ``n`` prompts: the reverse chain of :func:`genjax.diffusion.sample`
     in the latent space, guided against the empty prompt, then decoded.
@@ -454,8 +462,10 @@ def sample(
         prompt for all (unconditional samples).
       lengths: ``[n]`` their lengths (given with ``tokens``).
       guidance_scale: :math:`w` of :func:`latent_model_fn`.
-      num_steps: DDIM steps, or ``None`` for DDPM over all :math:`T`.
+      num_steps: sampler steps, or ``None`` for DDPM over all :math:`T`.
       eta: DDIM's :math:`\eta`.
+      method: the sampler of :func:`genjax.diffusion.sample` (``None``: DDIM for
+        ``num_steps < T``, else DDPM; or ``"dpm_solver_2m"``).
 
     Returns:
       ``[n, H, W, C]`` images in [0, 1].
@@ -477,7 +487,9 @@ def sample(
         model_fn,
         (n, *model.latent_shape),
         num_steps=num_steps,
+        method=method,
         eta=eta,
         clip_x0=(-model.clip, model.clip),
+        parameterization=model.parameterization,
     )
     return model.decode(params, z)

@@ -219,9 +219,13 @@ def test_cross_attention_starts_as_identity(key):
     np.testing.assert_allclose(jax.jit(block.apply)(params, x, context), x, atol=ATOL)
 
 
-def test_unet_cross_attention_option_reads_the_context_and_leaves_the_default_unchanged(key):
-    """The default U-Net has no cross-attention parameters; with ``cross_attention`` the
-    output moves with a real context token, not with a padded one."""
+@pytest.mark.parametrize("pooled", [False, True])
+def test_unet_cross_attention_option_reads_the_context_and_leaves_the_default_unchanged(
+    key, pooled
+):
+    """The default U-Net has no cross-attention parameters; with ``cross_attention`` (and
+    ``pooled_context``, the EOS vector added to the embedding) the output moves with a real
+    context token, not with a padded one."""
     kwargs = dict(num_steps=10, base_features=8, channel_mults=(1, 2), num_heads=2)
     x, t = jax.random.normal(key, (2, 8, 8, 1)), jnp.array([0, 5])
     plain = jax.eval_shape(U.UNet(**kwargs).init, key, x, t)
@@ -229,7 +233,7 @@ def test_unet_cross_attention_option_reads_the_context_and_leaves_the_default_un
         "CrossAttentionBlock" in str(path)
         for path, _ in jax.tree_util.tree_flatten_with_path(plain)[0]
     )
-    model = U.UNet(**kwargs, cross_attention=True)
+    model = U.UNet(**kwargs, cross_attention=True, pooled_context=pooled)
     context, lengths = jax.random.normal(key, (2, 4, 6)), jnp.array([2, 4])
     params = _perturb(
         jax.eval_shape(model.init, key, x, t, context=context, context_lengths=lengths),
@@ -254,6 +258,12 @@ def test_cross_attention_rejects_bad_shapes(key):
     model = U.UNet(num_steps=10, base_features=8, channel_mults=(1,), cross_attention=True)
     with pytest.raises(ValueError, match="needs context"):
         model.init(key, jnp.ones((1, 4, 4, 1)), jnp.array([0]))
+    with pytest.raises(
+        ValueError, match="pooled_context needs cross_attention and context_lengths"
+    ):
+        U.UNet(num_steps=10, channel_mults=(1,), cross_attention=True, pooled_context=True).init(
+            key, jnp.ones((1, 4, 4, 1)), jnp.array([0]), context=jnp.ones((1, 2, 3))
+        )
     with pytest.raises(ValueError, match="only read by a UNet with cross_attention"):
         U.UNet(num_steps=10).init(
             key, jnp.ones((1, 4, 4, 1)), jnp.array([0]), context=jnp.ones((1, 2, 3))

@@ -34,6 +34,9 @@ References:
   Rombach et al., *High-Resolution Image Synthesis with Latent Diffusion Models*, 2022
   (cross-attention conditioning), https://arxiv.org/abs/2112.10752
 
+  Podell et al., *SDXL: Improving Latent Diffusion Models for High-Resolution Image
+  Synthesis*, 2023 (pooled text embedding), https://arxiv.org/abs/2307.01952
+
 Derivation: derivations/11-ddpm.md (the network's place in the loss),
 derivations/19-dense-prediction.md (skips and receptive field),
 derivations/24-latent-diffusion.md (cross-attention)
@@ -171,7 +174,9 @@ class UNet(nn.Module):
     residual block's embedding projection reduces to a learned per-channel bias. With
     ``cross_attention`` the middle also attends to a ``context`` sequence
     (:class:`CrossAttentionBlock`, after the self-attention): the text-conditioned denoiser of
-    latent diffusion.
+    latent diffusion. With ``pooled_context`` as well, a projection of the mean of the context's
+    real tokens is added to the time embedding, so that every residual block sees the prompt
+    (Podell et al.'s SDXL adds a pooled text embedding in the same way).
 
     Attributes:
       num_steps: :math:`T` of the diffusion schedule, or ``None`` for a network of the image
@@ -187,6 +192,8 @@ class UNet(nn.Module):
       attention: self-attention in the middle (it makes the receptive field global).
       cross_attention: cross-attention to ``context`` in the middle; ``context`` is then
         required, and refused otherwise.
+      pooled_context: also add a projection of the mean of the context's real tokens to the
+        embedding (with ``cross_attention``; ``context_lengths`` is then required).
 
     Returns (``__call__(x, t=None, y=None, train=False, context=None, context_lengths=None)``):
       ``[b, H, W, out]``, the prediction for ``x [b, H, W, C]`` (``H`` and ``W`` divisible by
@@ -217,6 +224,7 @@ class UNet(nn.Module):
     out_features: int | None = None
     attention: bool = True
     cross_attention: bool = False
+    pooled_context: bool = False
 
     def paths(self) -> list[list[tuple]]:
         r"""Every input-to-output path through the skips, as the layer specs of
@@ -276,6 +284,13 @@ class UNet(nn.Module):
             if jnp.shape(t) != (x.shape[0],):
                 raise ValueError(f"t must have shape [batch] = ({x.shape[0]},), got {jnp.shape(t)}")
             emb = TimeEmbedding(self.num_steps, emb_features)(t)  # [b, E]
+        if self.pooled_context:
+            if not self.cross_attention or context_lengths is None:
+                raise ValueError("pooled_context needs cross_attention and context_lengths [batch]")
+            real = padding_mask(context_lengths, context.shape[1])[:, 0, 0, :, None]  # [b, L, 1]
+            count = jnp.maximum(jnp.sum(real, axis=1), 1).astype(context.dtype)  # [b, 1]
+            pooled = jnp.sum(jnp.where(real, context, 0.0), axis=1) / count  # [b, D]
+            emb = emb + nn.Dense(emb_features, name="pooled_context")(pooled)  # [b, E]
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("a conditional UNet (num_classes set) needs labels y [batch]")
