@@ -1395,3 +1395,28 @@ def test_tour_sample_sets_one_per_guidance_scale_with_w_zero_and_one_kept():
     assert not np.allclose(sets["w=2"], sets["w=1"])
     _, plain = _tiny_digits_task({})
     assert plain.model.tour_sample_sets(params, key, 10) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "label", "gan_fid"),
+    [("diffusion_digits_cfg", "w=1.5", 3.21), ("diffusion_digits", None, 5.80)],
+)
+def test_tour_budget_diffusion_beats_the_gans_fid(name, label, gan_fid):
+    """The tour's path (2 500 steps, DPM-Solver++(2M) in 10 steps, key 2, 360 samples) scored
+    like the tour's FID table, in the features of a digits CNN trained as the tour trains it:
+    the guided model at w = 1.5 below the conditional GAN's FID of the full tour (3.21), the
+    unconditional one below the DCGAN's (5.80). Measured: 2.58 and 4.40."""
+    from genjax import classifier, metrics, recipes, tour
+
+    recipe = recipes.all_recipes()[name]
+    dataset, task, state, _ = recipes.run(jax.random.key(1), recipe, "tour")
+    drawn = tour.sample_sets(jax.random.key(2), task, state.ema_params, dataset)
+    images = drawn[label] if label else drawn
+    net = classifier.train_cnn_classifier(dataset, steps=tour.CNN_STEPS["tour"])
+    test = dataset.test["x"]
+    quality = metrics.image_quality(
+        jax.random.key(3), net, test, images, num_subsets=tour.KID_SUBSETS,
+        subset_size=len(test) // 2,
+    )  # fmt: skip
+    assert quality["fid"] < gan_fid, quality
