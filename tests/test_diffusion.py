@@ -20,6 +20,7 @@ from scipy.stats import norm as scipy_norm
 
 from genjax import data, divergences
 from genjax import diffusion as D
+from genjax.diffusion._variances import discretized_gaussian_log_likelihood
 from genjax.recipes.common import fast_init_key
 
 RTOL = 1e-5
@@ -1243,7 +1244,7 @@ def test_vlb_term_at_the_first_step_is_the_decoder_nll(key):
     xt = D.q_sample(key, s, x0, 0)
     mean, log_var = x0 + 0.1, jnp.full_like(x0, -3.0)
     term = D.vlb_term(s, x0, xt, 0, mean, log_var, levels=9)
-    expected = -D.discretized_gaussian_log_likelihood(x0, mean, log_var, levels=9)
+    expected = -discretized_gaussian_log_likelihood(x0, mean, log_var, levels=9)
     np.testing.assert_allclose(term, expected, rtol=RTOL)
     density = D.vlb_term(s, x0, xt, 0, mean, log_var, levels=None)
     expected = -np.sum(scipy_norm.logpdf(x0, mean, np.exp(-1.5)), axis=1)
@@ -1257,7 +1258,7 @@ def test_vlb_term_at_the_first_step_is_the_decoder_nll(key):
 )
 def test_discretized_gaussian_decoder_is_normalised_and_matches_scipy(mean, log_var, levels):
     grid = np.linspace(-1.0, 1.0, levels)[:, None]  # [L, 1]: every value once
-    log_p = D.discretized_gaussian_log_likelihood(
+    log_p = discretized_gaussian_log_likelihood(
         jnp.asarray(grid, jnp.float32),
         jnp.full((levels, 1), mean, jnp.float32),
         jnp.full((levels, 1), log_var, jnp.float32),
@@ -1271,6 +1272,23 @@ def test_discretized_gaussian_decoder_is_normalised_and_matches_scipy(mean, log_
     np.testing.assert_allclose(np.sum(np.exp(np.asarray(log_p, np.float64))), 1.0, atol=1e-4)
     big = probs > 1e-6  # where float64 differences of the cdf are accurate
     np.testing.assert_allclose(np.exp(np.asarray(log_p))[big], probs[big], rtol=2e-3, atol=1e-6)
+
+
+def test_discretized_gaussian_decoder_follows_the_log_likelihood_contract():
+    """Data first, NumPy broadcasting over a leading sample axis, event axes summed (the
+    contract of docs/api.md, as genjax.likelihoods' discretised logistic)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 17, (3, 5)) / 8.0 - 1.0, jnp.float32)  # [B, D] on the grid
+    mean = jnp.asarray(rng.normal(size=(4, 3, 5)), jnp.float32)  # [K, B, D]
+    log_var = jnp.asarray(rng.normal(size=(4, 3, 5)) - 2.0, jnp.float32)
+    got = discretized_gaussian_log_likelihood(x, mean, log_var, levels=17)
+    assert got.shape == (4, 3)
+    rows = [
+        discretized_gaussian_log_likelihood(x, mean[k], log_var[k], levels=17) for k in range(4)
+    ]
+    np.testing.assert_allclose(got, jnp.stack(rows), rtol=1e-6, atol=1e-5)
+    per_dim = discretized_gaussian_log_likelihood(x, mean, log_var, levels=17, event_ndims=0)
+    np.testing.assert_allclose(np.sum(per_dim, axis=-1), got, rtol=1e-6, atol=1e-5)
 
 
 def _mixture_log_density(x):

@@ -77,7 +77,6 @@ from genjax.diffusion._training import (
 from genjax.diffusion._variances import (
     HYBRID_VLB_WEIGHT,
     VARIANCES,
-    discretized_gaussian_log_likelihood,
     hybrid_loss,
     learned_log_variance,
     p_mean_variance,
@@ -101,7 +100,6 @@ __all__ = [
     "ddim_timesteps",
     "ddpm_loss",
     "ddpm_step",
-    "discretized_gaussian_log_likelihood",
     "dpm_solver_2m_coefficients",
     "drop_labels",
     "from_x0_eps",

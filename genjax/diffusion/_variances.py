@@ -32,11 +32,18 @@ def split_learned(output: Float[Array, "batch *event two_c"]) -> tuple[_Batch, _
     (ε, :math:`x_0` or v, the first ``C`` channels) and the interpolation logit v (the last
     ``C``).
 
+    .. math:: f_\theta(x_t, t) = \big[\hat y \,\|\, v\big],\qquad
+       \hat y = f_{:, \ldots, :C},\quad v = f_{:, \ldots, C:}
+
     Args:
       output: ``[batch, ..., 2 C]`` the network's output.
 
     Returns:
       ``(prediction, v)``, each ``[batch, ..., C]``.
+
+    References:
+      Nichol & Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, 2021, Sec. 3.1,
+      https://arxiv.org/abs/2102.09672
 
     Derivation: derivations/26-improved-diffusion.md
     """
@@ -136,13 +143,13 @@ def p_mean_variance(
 
 
 def discretized_gaussian_log_likelihood(
-    x: Float[Array, "*batch"],
-    mean: Float[Array, "*batch"],
-    log_var: Float[Array, "*batch"],
+    x: Float[Array, "*x_shape"],
+    mean: Float[Array, "*mean_shape"],
+    log_var: Float[Array, "*var_shape"],
     *,
     levels: int = 256,
     event_ndims: int = 1,
-) -> Float[Array, "*lead"]:
+) -> Float[Array, "*batch"]:
     r"""Log-probability of data on ``levels`` evenly spaced values in [-1, 1] under a Gaussian
     integrated over each value's bin (Ho et al.'s decoder :math:`p_\theta(x_0 \mid x_1)`).
 
@@ -156,15 +163,20 @@ def discretized_gaussian_log_likelihood(
     zero where :math:`\Phi` is not saturated (by symmetry, :math:`\Phi(a)-\Phi(b) =
     \Phi(-b)-\Phi(-a)`), so it stays finite far in the tails.
 
+    It follows the log-likelihood contract of ``docs/api.md`` (data first, NumPy
+    broadcasting of data and parameters, the trailing ``event_ndims`` axes summed), like
+    :func:`genjax.likelihoods.discretized_logistic_log_likelihood`, whose grid is [0, 1].
+
     Args:
       x: ``[*batch, *event]`` data in [-1, 1] on the grid (off-grid values are rounded to it).
-      mean: same shape: :math:`\mu`.
-      log_var: same shape: :math:`\log\sigma^2`.
+      mean: broadcastable against ``x``: :math:`\mu`.
+      log_var: broadcastable against ``x``: :math:`\log\sigma^2`.
       levels: :math:`L` (256 for 8-bit images, 17 for the digits).
       event_ndims: trailing axes summed over.
 
     Returns:
-      ``[*batch]`` log-probabilities in nats, normalised over the :math:`L` values.
+      Log-probabilities in nats (normalised over the :math:`L` values) with the broadcast batch
+      shape.
 
     References:
       Ho et al., *Denoising Diffusion Probabilistic Models*, 2020, eq. (13),
@@ -173,10 +185,9 @@ def discretized_gaussian_log_likelihood(
     Derivation: derivations/26-improved-diffusion.md
     """
     _checks.int_at_least("levels", levels, 2)
-    x, mean, log_var = jnp.asarray(x), jnp.asarray(mean), jnp.asarray(log_var)
-    _checks.same_shape(x=x, mean=mean, log_var=log_var)
-    if not 0 <= event_ndims <= x.ndim:
-        raise ValueError(f"event_ndims must lie in 0..{x.ndim}, got {event_ndims}")
+    _checks.event_ndims(x, event_ndims)
+    shape = _checks.broadcast_shape(x=x, mean=mean, log_var=log_var)
+    x, mean, log_var = (jnp.broadcast_to(jnp.asarray(a), shape) for a in (x, mean, log_var))
     k = jnp.clip(jnp.round((x + 1.0) * (levels - 1) / 2.0), 0, levels - 1)
     centre = -1.0 + 2.0 * k / (levels - 1)
     half = 1.0 / (levels - 1)
@@ -187,7 +198,7 @@ def discretized_gaussian_log_likelihood(
     hi, lo = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
     log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
     log_p = log_hi + jnp.log(-jnp.expm1(jnp.minimum(log_lo - log_hi, -1e-30)))
-    return jnp.sum(log_p, axis=tuple(range(x.ndim - event_ndims, x.ndim)))
+    return _checks.sum_event(log_p, event_ndims)
 
 
 def _gaussian_log_likelihood(x, mean, log_var):
@@ -263,6 +274,10 @@ def prior_kl(schedule: Schedule, x0: _Batch) -> Float[Array, " batch"]:
 
     Returns:
       ``[batch]`` nats.
+
+    References:
+      Ho et al., *Denoising Diffusion Probabilistic Models*, 2020, eq. (5),
+      https://arxiv.org/abs/2006.11239
 
     Derivation: derivations/26-improved-diffusion.md
     """
