@@ -291,7 +291,8 @@ def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -
         )
         schedule = D.cosine_schedule(num_steps)
         sample_steps = None
-    gamma = options.get("min_snr_gamma")
+    # Images default to the digits recipes' training and sampler; vectors to plain DDPM.
+    gamma = options.get("min_snr_gamma", MIN_SNR_GAMMA if images else None)
     return Setup(
         model,
         schedule,
@@ -299,10 +300,10 @@ def _setup(dataset: Dataset, options: Mapping[str, Any], *, conditional: bool) -
         num_classes,
         images,
         sample_steps,
-        parameterization=str(options.get("parameterization", "eps")),
+        parameterization=str(options.get("parameterization", "v" if images else "eps")),
         variance=variance,
         min_snr_gamma=None if gamma is None else float(gamma),
-        method=options.get("sample_method"),
+        method=options.get("sample_method", IMAGE_SAMPLER if images else None),
         levels=dataset.levels if images else None,
         tour_scales=tuple(options.get("tour_scales", ())),
     )
