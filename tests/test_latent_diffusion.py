@@ -257,3 +257,23 @@ def test_quick_recipe_trains_and_evaluates(digits):
         assert np.isfinite(report.extra[name]), name
     images = result.task.sample(params, jax.random.key(1), 4)
     assert images.shape == (4, 8, 8, 1)
+
+
+def test_distractors_add_one_random_word_before_or_after_the_caption():
+    """Every caption keeps its words in order with one extra word of 2-8 letters at one end;
+    the lengths count it and its space; ``prob = 0`` changes nothing."""
+    from genjax.recipes.latent_diffusion import add_distractors
+
+    tokens, lengths = C.draw_captions(jax.random.key(0), jnp.arange(40) % 10)
+    new, new_lengths = add_distractors(jax.random.key(1), tokens, lengths, 1.0)
+    for old_text, text, n, m in zip(
+        C.detokenize(tokens), C.detokenize(new), lengths, new_lengths, strict=True
+    ):
+        words, old = text.split(" "), old_text.split(" ")
+        assert words[1:] == old or words[:-1] == old, (old_text, text)
+        extra = words[0] if words[1:] == old else words[-1]
+        assert 2 <= len(extra) <= 8 and extra.isalpha()
+        assert int(m) == int(n) + len(extra) + 1
+    same, same_lengths = add_distractors(jax.random.key(1), tokens, lengths, 0.0)
+    np.testing.assert_array_equal(same, tokens)
+    np.testing.assert_array_equal(same_lengths, lengths)
