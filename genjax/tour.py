@@ -1,12 +1,13 @@
 """The tour: train, evaluate and draw every selected recipe, then write ``report.md``.
 
 Each recipe's result (``<out>/<recipe>/result.json``) and image samples
-(``<out>/<recipe>/samples.npy``) are kept, and the report covers every recipe with a result in
-``out`` from a tour of the same budget (quick, tour or full: :data:`genjax.recipes.BUDGETS`): a
-tour of a few recipes updates their rows in an earlier tour's report, and the FID table ranks them
-all with the same kept classifier. The image families on ``digits`` are ranked by FID/KID in the
-digits CNN's features, beside a floor (training images) and a baseline (a Gaussian mixture's
-samples).
+(``<out>/<recipe>/samples.npy``, or one ``samples@<label>.npy`` per labelled set, e.g. per
+guidance scale, each a row of the FID table) are kept, and the report covers every recipe with
+a result in ``out`` from a tour of the same budget (quick, tour or full:
+:data:`genjax.recipes.BUDGETS`): a tour of a few recipes updates their rows in an earlier tour's
+report, and the FID table ranks them all with the same kept classifier. The image families on
+``digits`` are ranked by FID/KID in the digits CNN's features, beside a floor (training images)
+and a baseline (a Gaussian mixture's samples).
 """
 
 from __future__ import annotations
