@@ -575,6 +575,7 @@ for _recipe in (
             dataset, {"variant": "sngan", **options}, conditional=True
         ),
         evaluate=_evaluate_conditional,
+        tour_steps=5000,
         **_DIGITS,
     ),
 ):
