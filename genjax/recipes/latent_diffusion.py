@@ -86,7 +86,51 @@ class Setup:
     """
 
     model: LD.LatentDiffusion
+    images: np.ndarray  # the training images of the autoencoder stage
+    autoencoder_steps: int = AUTOENCODER_STEPS
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def init(self, key, batch):
+        """``Task.init``: the autoencoder stage (trained once per key), the latent scale,
+        and the denoiser's initial parameters."""
+        model, images, ae_steps = self.model, self.images, self.autoencoder_steps
+        k_ae, k_den = jax.random.split(key)
+        memo = ("autoencoder", np.asarray(jax.random.key_data(k_ae)).tobytes(), ae_steps)
+        if memo not in self._cache:  # a restore re-runs init: train the stage once
+            self._cache[memo] = _train_autoencoder(k_ae, model.autoencoder, images, ae_steps)
+        ae_params = jax.tree.map(jnp.copy, self._cache[memo])  # fit donates its params
+        mean, _ = jax.jit(model.autoencoder.apply, static_argnames="method")(
+            ae_params, jnp.asarray(images), method="encode"
+        )
+        params = {"autoencoder": ae_params, "scale": LD.latent_scale(mean)}
+        b = batch["x"].shape[0]
+        z = model.encode(params, jnp.asarray(batch["x"]))
+        tokens, lengths = C.draw_captions(k_den, jnp.zeros((b,), jnp.int32))
+        t = jnp.zeros((b,), jnp.int32)
+        params["denoiser"] = jax.jit(model.denoiser.init)(
+            fast_init_key(k_den), z, t, tokens, lengths
+        )
+        return params
+
+    def loss(self, params, key, batch):
+        """``Task.loss``: the diffusion stage on the frozen autoencoder's scaled latents."""
+        model = self.model
+        k_cap, k_drop, k_loss = jax.random.split(key, 3)
+        z0 = jax.lax.stop_gradient(model.encode(params, batch["x"]))  # [B, h, w, C_z]
+        labels = jnp.asarray(batch["y"], jnp.int32).reshape(-1)
+        tokens, lengths = C.draw_captions(k_cap, labels, "train")
+        tokens, lengths = add_distractors(jax.random.fold_in(k_cap, 1), tokens, lengths)
+        tokens, lengths = LD.drop_prompts(k_drop, tokens, lengths, PROMPT_DROP)
+        model_fn = lambda zt, t: model.denoiser.apply(params["denoiser"], zt, t, tokens, lengths)
+        per_example = D.ddpm_loss(
+            k_loss,
+            model.schedule,
+            model_fn,
+            z0,
+            parameterization=PARAMETERIZATION,
+            min_snr_gamma=pixel.MIN_SNR_GAMMA,
+        )
+        return jnp.mean(per_example), {}
 
     def draw(self, params, key, tokens, lengths, guidance_scale=GUIDANCE_SCALE):
         """Images ``[n, H, W, C]`` for prompts ``tokens [n, L]``, ``lengths [n]``: one
@@ -236,48 +280,10 @@ def make_task(dataset: Dataset, options: Mapping[str, Any]) -> Task:
         image_shape=tuple(dataset.shape),
         parameterization=PARAMETERIZATION,
     )
-    setup = Setup(model)
     images = np.asarray(dataset.train["x"], np.float32)
-    ae_steps = int(options.get("autoencoder_steps", AUTOENCODER_STEPS))
+    setup = Setup(model, images, int(options.get("autoencoder_steps", AUTOENCODER_STEPS)))
 
-    def init(key, batch):
-        k_ae, k_den = jax.random.split(key)
-        memo = ("autoencoder", np.asarray(jax.random.key_data(k_ae)).tobytes(), ae_steps)
-        if memo not in setup._cache:  # a restore re-runs init: train the stage once
-            setup._cache[memo] = _train_autoencoder(k_ae, model.autoencoder, images, ae_steps)
-        ae_params = jax.tree.map(jnp.copy, setup._cache[memo])  # fit donates its params
-        mean, _ = jax.jit(model.autoencoder.apply, static_argnames="method")(
-            ae_params, jnp.asarray(images), method="encode"
-        )
-        params = {"autoencoder": ae_params, "scale": LD.latent_scale(mean)}
-        b = batch["x"].shape[0]
-        z = model.encode(params, jnp.asarray(batch["x"]))
-        tokens, lengths = C.draw_captions(k_den, jnp.zeros((b,), jnp.int32))
-        t = jnp.zeros((b,), jnp.int32)
-        params["denoiser"] = jax.jit(model.denoiser.init)(
-            fast_init_key(k_den), z, t, tokens, lengths
-        )
-        return params
-
-    def loss(params, key, batch):
-        k_cap, k_drop, k_loss = jax.random.split(key, 3)
-        z0 = jax.lax.stop_gradient(model.encode(params, batch["x"]))  # [B, h, w, C_z]
-        labels = jnp.asarray(batch["y"], jnp.int32).reshape(-1)
-        tokens, lengths = C.draw_captions(k_cap, labels, "train")
-        tokens, lengths = add_distractors(jax.random.fold_in(k_cap, 1), tokens, lengths)
-        tokens, lengths = LD.drop_prompts(k_drop, tokens, lengths, PROMPT_DROP)
-        model_fn = lambda zt, t: model.denoiser.apply(params["denoiser"], zt, t, tokens, lengths)
-        per_example = D.ddpm_loss(
-            k_loss,
-            model.schedule,
-            model_fn,
-            z0,
-            parameterization=PARAMETERIZATION,
-            min_snr_gamma=pixel.MIN_SNR_GAMMA,
-        )
-        return jnp.mean(per_example), {}
-
-    return Task(init=init, loss=loss, sample=setup.sample, model=setup)
+    return Task(init=setup.init, loss=setup.loss, sample=setup.sample, model=setup)
 
 
 # ----------------------------------------------------------------------------- evaluation
