@@ -74,7 +74,7 @@ DISTRACTOR_LENGTHS = (2, 8)  # letters of a random word, inclusive
 GUIDANCE_SCALE = 2.0  #: w of the task's sampler and of the headline metric
 DRAW = 100  # images per compiled sampler call (evaluation, figures, timing)
 STEPS = {True: 100, False: 6000}  # diffusion updates, by ``quick``
-TOUR_STEPS = 3000
+TOUR_STEPS = 6000  # the full budget: at 3000 the held-out prompt accuracy was 0.94 (goal 0.95)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
