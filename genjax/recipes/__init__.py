@@ -10,7 +10,7 @@ this package builds one or more :class:`Recipe` objects and hands them to :func:
   or with ``quick`` a smoke budget of about ten seconds (``genjax tour --quick``);
 * ``tour_steps``: the number of updates of the full config that the default ``genjax tour``
   trains (``None``: the recipe is not in it). One or two recipes per family carry it, chosen so
-  that each still beats its baseline and the whole tour ends within ten minutes on 2 cores;
+  that each still beats its baseline and the whole tour ends in about 13 minutes on 2 cores;
 * ``evaluate(task, params, dataset, key) -> Report``: the headline test metric beside its
   baseline computed on the same split (e.g. PCA for the autoencoder);
 * ``figures(task, params, dataset, key, out_dir) -> [paths]``: PNGs for the report;
