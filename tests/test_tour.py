@@ -62,19 +62,21 @@ def test_tour_report_only_rebuilds_the_report_from_kept_results(tmp_path, capsys
     assert "| 0.0125 |" in row and "| yes |" in row
 
 
-def test_quality_table_ranks_by_fid_below_the_floor():
-    def figures(fid):
-        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
-        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
+def _figures(fid):
+    """A row of the FID table with FID ``fid`` and 0.5 for every other figure."""
+    keys = ("kid", "kid_std", "precision", "recall", "inception_score")
+    return {"fid": fid, **dict.fromkeys(keys, 0.5)}
 
+
+def test_quality_table_ranks_by_fid_below_the_floor():
     quality = {
         "figures": {
-            "floor": figures(1.0),
-            "baseline": figures(20.0),
-            "a": figures(30.0),
-            "b": figures(2.0),
+            "floor": _figures(1.0),
+            "baseline": _figures(20.0),
+            "a": _figures(30.0),
+            "b": _figures(2.0),
             "c": None,
-            "d": figures(9.0),
+            "d": _figures(9.0),
         },
         "classifier": "digits_cnn",
         "steps": 1500,
@@ -201,17 +203,13 @@ def test_labelled_sample_sets_are_kept_and_ranked_as_rows_of_their_recipe(tmp_pa
     keep_result(tmp_path / "diffusion_digits_cfg", "tour", report, 4.0, [], images)  # one set
     assert list(kept_results(tmp_path, "tour")[1]) == ["diffusion_digits_cfg"]
 
-    def figures(fid):
-        keys = ("kid", "kid_std", "precision", "recall", "inception_score")
-        return {"fid": fid, **dict.fromkeys(keys, 0.5)}
-
     quality = {
         "figures": {
-            "floor": figures(1.0),
-            "baseline": figures(20.0),
-            "dcgan_digits": figures(6.0),
-            "diffusion_digits_cfg @ w=0": figures(30.0),
-            "diffusion_digits_cfg @ w=1.5": figures(3.0),
+            "floor": _figures(1.0),
+            "baseline": _figures(20.0),
+            "dcgan_digits": _figures(6.0),
+            "diffusion_digits_cfg @ w=0": _figures(30.0),
+            "diffusion_digits_cfg @ w=1.5": _figures(3.0),
         },
         "classifier": "digits_cnn",
         "steps": 1500,
