@@ -20,16 +20,15 @@ benchmark needs no download.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.harness import flops_of
+from benchmarks.harness import flops_of, torch_rows
 from genjax import train
 from genjax import vae as V
 from genjax.likelihoods import Likelihood
@@ -146,22 +145,12 @@ def _jax_rows(h, data: np.ndarray) -> None:
         unit="examples",
         flops=flops,
     )
-    _torch_row(h, group, data, items, flops)
+    torch_rows(h, group, lambda: _torch_loop(data), items=items, unit="examples", flops=flops)
 
 
-def _torch_row(h, group: str, data: np.ndarray, items: int, flops: float | None) -> None:
-    if importlib.util.find_spec("torch") is None:
-        print(f"[{group}] PyTorch row skipped: torch is not importable (pip install -e '.[bench]')")
-        return
-    for threads in sorted({1, os.cpu_count() or 1}):
-        _torch_threads(h, group, data, items, flops, threads)
-
-
-def _torch_threads(h, group, data, items, flops, threads: int) -> None:
+def _torch_loop(data: np.ndarray) -> Callable:
     import torch
 
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
     d = math.prod(IMAGE)
     nn = torch.nn
     enc = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * LATENT))
@@ -184,12 +173,7 @@ def _torch_threads(h, group, data, items, flops, threads: int) -> None:
             opt.step()
         return loss.detach().item()
 
-    name = f"PyTorch {torch.__version__} eager, {threads} thread{'s' if threads > 1 else ''}"
-    # several intra-op threads on a busy machine spin for seconds per step: time them once
-    repeats = 1 if threads > 1 and h.quick else None
-    h.measure(
-        group, name, torch_loop, None, items=items, unit="examples", flops=flops, repeats=repeats
-    )
+    return torch_loop
 
 
 def _nll_rows(h, data: np.ndarray, num_samples: int) -> None:

@@ -124,6 +124,40 @@ def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None
     return flops, {LOOP: scanned, PYTHON_LOOP: python_loop}
 
 
+def torch_rows(
+    h: Harness,
+    group: str,
+    make_loop: Callable[[], Callable],
+    *,
+    items: float,
+    unit: str,
+    flops: float | None,
+) -> None:
+    """PyTorch eager reference rows of ``group``: one per intra-op thread count (1 and all cores).
+
+    ``make_loop()`` is called after ``torch.manual_seed(0)`` and ``torch.set_num_threads(n)``
+    and returns the function to time (one argument, ignored), which builds nothing itself: the
+    modules, optimisers and data are made once by ``make_loop``. The rows are skipped, with a
+    note, when torch is not importable (it lives in the ``bench`` extra).
+    """
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("torch") is None:
+        print(f"[{group}] PyTorch rows skipped: torch is not importable (pip install '.[bench]')")
+        return
+    import torch
+
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.manual_seed(0)
+        torch.set_num_threads(threads)
+        loop = make_loop()
+        name = f"PyTorch {torch.__version__} eager, {threads} thread{'s' if threads > 1 else ''}"
+        # several intra-op threads on a busy machine spin for seconds per step: time them once
+        repeats = 1 if threads > 1 and h.quick else None
+        h.measure(group, name, loop, None, items=items, unit=unit, flops=flops, repeats=repeats)
+
+
 class Harness:
     """Collects rows for one suite; see the module docstring."""
 
