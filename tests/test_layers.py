@@ -1,4 +1,5 @@
-"""Layers: the patch convolutions and their im2col patches against lax/flax, and spectral
+"""Layers: the convolutions (both formulations, forward, gradients and second derivatives)
+and their im2col patches against lax/flax, and spectral
 normalisation against the SVD (power-iteration convergence, the gradient u v^T, the mutable u
 collection, the conv bound of derivations/09-wgan.md)."""
 
@@ -19,6 +20,7 @@ from genjax.nn.layers import (
     ConvTranspose,
     SpectralConv,
     SpectralDense,
+    conv_formulation,
     conv_patches,
     conv_transpose,
     kernel_matrix,
@@ -116,6 +118,74 @@ def test_conv_double_gradient_matches_lax(key):
     ours = jax.jit(jax.grad(lambda k: penalty(k, strided_conv)))(kernel)
     ref = jax.jit(jax.grad(lambda k: penalty(k, _lax_conv)))(kernel)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=CONV_ATOL)
+
+
+CONFIGS = [(8, 4, 2, 1), (7, 4, 2, 1), (7, 3, 2, 0), (8, 3, 1, 1), (6, 1, 1, 0), (5, 5, 1, 2)]
+
+
+def _lax_conv_transpose(x, kernel, stride, padding):
+    edge = kernel.shape[0] - 1 - padding
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), [(edge, edge)] * 2, lhs_dilation=(stride, stride), dimension_numbers=DN
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_gradients_match_lax_autodiff(config, transposed):
+    # first and second derivatives of the "adjoint" formulation (custom VJP) against autodiff
+    # of lax's convolution, at odd sizes too (where the stride drops the last rows)
+    size, k, stride, padding = config
+    if transposed and padding > k - 1:
+        pytest.skip("a transposed convolution needs P <= k - 1")
+    rng = np.random.default_rng(size * 100 + k * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    kernel = jnp.asarray(0.3 * rng.normal(size=(k, k, 3, 4)), jnp.float32)
+    ours, ref = (conv_transpose, _lax_conv_transpose) if transposed else (strided_conv, _lax_conv)
+    weight = jnp.asarray(rng.normal(size=ours(x, kernel, stride, padding).shape), jnp.float32)
+
+    def loss(x, kern, f):
+        return jnp.sum(weight * jnp.tanh(f(x, kern, stride, padding)))
+
+    def penalty(kern, f):  # a gradient penalty: differentiates the input gradient again
+        return jnp.sum(jax.grad(loss)(x, kern, f) ** 2)
+
+    np.testing.assert_allclose(
+        ours(x, kernel, stride, padding), ref(x, kernel, stride, padding), atol=CONV_ATOL
+    )
+    for got, want in zip(
+        jax.grad(loss, argnums=(0, 1))(x, kernel, ours),
+        jax.grad(loss, argnums=(0, 1))(x, kernel, ref),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=CONV_ATOL)
+    np.testing.assert_allclose(
+        jax.grad(penalty)(kernel, ours), jax.grad(penalty)(kernel, ref), rtol=1e-4, atol=1e-3
+    )
+
+
+def test_conv_formulation_by_backend_and_override(monkeypatch):
+    monkeypatch.delenv("GENJAX_CONV", raising=False)
+    assert conv_formulation("cpu") == "adjoint"
+    assert conv_formulation("gpu") == conv_formulation("tpu") == "xla"
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 2)), jnp.float32)
+    grads = {}
+    for name in ("adjoint", "xla"):
+        monkeypatch.setenv("GENJAX_CONV", name)
+        assert conv_formulation("cpu") == name
+        f = lambda k: jnp.sum(
+            jnp.sin(strided_conv(conv_transpose(x, k, 2, 1), k.transpose(0, 1, 3, 2), 2, 1))
+        )
+        grads[name] = jax.grad(f)(kernel)
+    np.testing.assert_allclose(grads["adjoint"], grads["xla"], rtol=1e-4, atol=CONV_ATOL)
+    # forward mode needs the xla formulation: the custom VJP is reverse-only
+    tangent = jax.jvp(lambda k: strided_conv(x, k, 2, 1), (kernel,), (kernel,))[1]
+    np.testing.assert_allclose(tangent, strided_conv(x, kernel, 2, 1), rtol=1e-5, atol=CONV_ATOL)
+    monkeypatch.setenv("GENJAX_CONV", "fast")
+    with pytest.raises(ValueError, match="GENJAX_CONV must be one of"):
+        strided_conv(x, kernel)
 
 
 def test_conv_patches_matches_slices_and_conv(key):
@@ -253,7 +323,7 @@ def test_spectral_conv_layer_bound_on_operator_norm(key):
     w_bar = variables["params"]["kernel"] / variables[SPECTRAL]["sigma"]
     np.testing.assert_allclose(float(spectral_norm_exact(w_bar)), 1.0, rtol=1e-3)
     linear = lambda z: strided_conv(z, w_bar, 2, 1)
-    transpose = jax.linear_transpose(linear, x)
+    transpose = lambda z: jax.vjp(linear, x)[1](z)  # A^T z
 
     @jax.jit
     def operator_norm(z):  # power iteration on the conv's normal operator A^T A

@@ -1,12 +1,12 @@
 r"""Layers shared by the families: strided and transposed convolutions, spectral normalisation.
 
-* :func:`strided_conv` and :func:`conv_transpose` compute convolutions as shifted, strided
-  slices times a matrix (an explicit im2col, the one in genjax; :func:`conv_patches` exposes its
-  "same"-padded patches). Their gradients, and the gradients of those gradients (a WGAN-GP
-  penalty differentiates twice), are pads, slices and matrix products, never convolutions, which
-  XLA on CPU runs much faster inside ``jax.lax.scan`` than autodiff of
-  ``lax.conv_general_dilated`` (jax-ml/jax issue 12868). :class:`Conv` and
-  :class:`ConvTranspose` wrap them.
+* :func:`strided_conv` and :func:`conv_transpose`: the one convolution of genjax, wrapped by
+  :class:`Conv` and :class:`ConvTranspose` and used by every family. How they are computed is
+  chosen by backend in one place, :func:`conv_formulation`: on CPU a canonical XLA convolution
+  forward with a custom VJP (adjoint convolution for the input gradient, one im2col matrix
+  product for the kernel gradient; both differentiate again, as a WGAN-GP penalty needs), on
+  accelerators XLA's convolution and its autodiff. :func:`conv_patches` exposes the im2col
+  patches themselves.
 * Spectral normalisation: :func:`power_iteration` estimates the largest singular value
   :math:`\sigma(W)` of a weight matrix from a persistent vector :math:`u`,
   :func:`spectral_normalize` divides the kernel by it, :func:`spectral_norm_exact` is the SVD
@@ -19,7 +19,9 @@ r"""Layers shared by the families: strided and transposed convolutions, spectral
 Derivation: derivations/09-wgan.md (section 2, spectral norm as a Lipschitz bound)
 """
 
+import functools
 import math
+import os
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -38,6 +40,7 @@ __all__ = [
     "SpectralConv",
     "SpectralDense",
     "TimeEmbedding",
+    "conv_formulation",
     "conv_patches",
     "conv_transpose",
     "group_count",
@@ -84,11 +87,129 @@ def _im2col(x: Array, kh: int, kw: int, stride: int) -> Array:
     return jnp.stack(slices, axis=3)  # [b, out_h, out_w, kh*kw, C]
 
 
-def _patch_matmul(x: Array, kernel: Array, stride: int) -> Array:
-    # x already padded: y[b, i, j, o] = sum_{p, q, c} x[b, s i + p, s j + q, c] K[p, q, c, o]
-    kh, kw, c, o = kernel.shape
-    patches = _im2col(x, kh, kw, stride)  # [b, out_h, out_w, kh*kw, C]
-    return jnp.einsum("bhwkc,kco->bhwo", patches, kernel.reshape(kh * kw, c, o))  # [b, h, w, O]
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+# The private convolutions take ``pads = ((lo_h, hi_h), (lo_w, hi_w))``: for ``_conv`` the zeros
+# added before/after each spatial axis, for ``_conv_t`` the rows/columns cropped from the full
+# transposed output of side ``(H - 1) s + k`` (negative values pad). With the adjoint kernel
+# they are each other's adjoints (``_adjoint_pads`` gives the crops of a ``_conv``'s adjoint).
+
+
+def _xla_conv(x: Array, kernel: Array, stride: int, pads) -> Array:
+    # the strided convolution in XLA's canonical layout (NHWC input, HWIO kernel)
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DIMS)
+
+
+def _xla_conv_transpose(x: Array, kernel: Array, stride: int, pads) -> Array:
+    # dilate by the stride, pad by k - 1 - crop, convolve: one canonical XLA convolution
+    edges = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], pads, strict=True)]
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), edges, lhs_dilation=(stride, stride), dimension_numbers=_DIMS
+    )
+
+
+def _adjoint_kernel(kernel: Array) -> Array:
+    """``K'[p, q, o, c] = K[k-1-p, k-1-q, c, o]``: the kernel of the adjoint convolution."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def _adjoint_pads(x: Array, y: Array, kernel: Array, stride: int, pads):
+    """For ``y = _conv(x, kernel, stride, pads)``: the ``(lo, hi)`` of each spatial axis such
+    that the full transposed output (padded rows ``0 .. (H' - 1) s + k``) cropped by them is
+    ``x``'s rows ``lo .. lo + H`` (rows past the last window: ``hi < 0``, zero gradient)."""
+    sizes = zip(pads, y.shape[1:3], x.shape[1:3], kernel.shape[:2], strict=True)
+    return tuple((lo, (m - 1) * stride + k - lo - n) for (lo, _), m, n, k in sizes)
+
+
+def _correlate(source: Array, other: Array, kernel_shape, stride: int, pads) -> Array:
+    """``sum_{b,i,j} src[b, s i + p, s j + q, c] other[b, i, j, o]`` as ``[kh, kw, C, O]``, with
+    ``src`` = ``source`` padded by ``pads`` (negative crops): the kernel gradient of a
+    convolution, one matrix product of im2col patches."""
+    kh, kw = kernel_shape
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    source = jax.lax.pad(source, jnp.zeros((), source.dtype), config)
+    patches = _im2col(source, kh, kw, stride)  # [b, h, w, kh*kw, C]
+    grad = jnp.einsum("bhwkc,bhwo->kco", patches, other)  # [kh*kw, C, O]
+    return grad.reshape(kh, kw, source.shape[-1], other.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: Array, kernel: Array, stride: int, pads) -> Array:
+    return _xla_conv(x, kernel, stride, pads)
+
+
+def _conv_fwd(x, kernel, stride, pads):
+    return _conv(x, kernel, stride, pads), (x, kernel)
+
+
+def _conv_bwd(stride, pads, residuals, dy):
+    x, kernel = residuals
+    crops = _adjoint_pads(x, dy, kernel, stride, pads)
+    # the input gradient: the transposed convolution of dy with the adjoint kernel
+    dx = _conv_t(dy, _adjoint_kernel(kernel), stride, crops)
+    # the kernel gradient reads x padded as the windows cover it: the same (lo, hi)
+    return dx, _correlate(x, dy, kernel.shape[:2], stride, crops)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_t(x: Array, kernel: Array, stride: int, pads) -> Array:
+    return _xla_conv_transpose(x, kernel, stride, pads)
+
+
+def _conv_t_fwd(x, kernel, stride, pads):
+    return _conv_t(x, kernel, stride, pads), (x, kernel)
+
+
+def _conv_t_bwd(stride, pads, residuals, dy):
+    x, kernel = residuals
+    # the adjoint of a transposed convolution is the strided convolution with the adjoint kernel
+    dx = _conv(dy, _adjoint_kernel(kernel), stride, pads)
+    flipped = _correlate(dy, x, kernel.shape[:2], stride, pads)  # [k, k, O, C], flipped
+    return dx, _adjoint_kernel(flipped)
+
+
+_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
+
+
+_FORMULATIONS = {"adjoint": (_conv, _conv_t), "xla": (_xla_conv, _xla_conv_transpose)}
+
+
+def conv_formulation(backend: str | None = None) -> str:
+    r"""How :func:`strided_conv` and :func:`conv_transpose` are computed on ``backend``.
+
+    * ``"adjoint"`` (CPU): the forward pass is one XLA convolution in its canonical layout;
+      a custom VJP writes the input gradient as the adjoint convolution (a transposed
+      convolution for a strided one and vice versa, again canonical) and the kernel gradient as
+      one matrix product of im2col patches,
+      :math:`\partial L/\partial K_{p,q,c,o} = \sum_{b,i,j} 	ilde x_{b, si+p, sj+q, c}\,
+      \partial L/\partial y_{b,i,j,o}`. Autodiff of an XLA convolution instead emits kernel
+      gradients as convolutions in non-canonical layouts, which XLA's CPU backend runs through a
+      slow generic loop (tens of times slower inside a ``lax.scan``; jax-ml/jax issue 12868).
+      Reverse mode only: ``jax.jvp`` / ``jax.jacfwd`` through it raise.
+    * ``"xla"`` (GPU, TPU): ``jax.lax.conv_general_dilated`` and its autodiff (cuDNN's kernels).
+
+    The environment variable ``GENJAX_CONV`` (``"adjoint"`` or ``"xla"``), read when a function
+    is traced, overrides the choice, e.g. ``GENJAX_CONV=xla`` for forward-mode derivatives on
+    CPU. Both give the same numbers to float rounding (``tests/test_layers.py``).
+
+    Args:
+      backend: a JAX platform name; ``None`` for ``jax.default_backend()``.
+
+    Returns:
+      ``"adjoint"`` or ``"xla"``.
+
+    Derivation: derivations/09-wgan.md
+    """
+    choice = os.environ.get("GENJAX_CONV")
+    if choice is not None:
+        if choice not in _FORMULATIONS:
+            raise ValueError(f"GENJAX_CONV must be one of {sorted(_FORMULATIONS)}, got {choice!r}")
+        return choice
+    return "adjoint" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 def conv_patches(x: Float[Array, "*batch H W C"], size: int = 3) -> Float[Array, "*batch H W P"]:
@@ -146,18 +267,20 @@ def strided_conv(
 
     Note:
       Same numbers as ``jax.lax.conv_general_dilated(x, kernel, (s, s), [(P, P), (P, P)],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))``. It is written as :math:`k_h k_w` strided
-      slices and one ``einsum`` because XLA on CPU runs the convolutions that autodiff emits for
-      a gradient much slower inside a ``while`` loop (jax-ml/jax issue 12868), and a GAN's
-      training step is a scan whose gradient penalty differentiates twice; slices differentiate
-      to pads and the ``einsum`` to matrix products.
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))``, computed as :func:`conv_formulation` says
+      (on CPU, a custom VJP whose gradients stay fast inside ``lax.scan``).
 
     Derivation: derivations/09-wgan.md
     """
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     _check_conv(x, kernel, stride, padding)
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # [b, H+2P, W+2P, C]
-    return _patch_matmul(x, kernel, stride)
+    if kernel.shape[0] > x.shape[1] + 2 * padding or kernel.shape[1] > x.shape[2] + 2 * padding:
+        raise ValueError(
+            f"kernel {kernel.shape[:2]} is larger than the padded input "
+            f"{(x.shape[1] + 2 * padding, x.shape[2] + 2 * padding)}"
+        )
+    pads = ((padding, padding), (padding, padding))
+    return _FORMULATIONS[conv_formulation()][0](x, kernel, stride, pads)
 
 
 def conv_transpose(
@@ -199,10 +322,8 @@ def conv_transpose(
         raise ValueError(f"kernel must be square, got {kernel.shape[:2]}")
     if padding > k - 1:
         raise ValueError(f"padding must be <= kh - 1 = {k - 1}, got {padding}")
-    edge = k - 1 - padding
-    config = [(0, 0, 0), (edge, edge, stride - 1), (edge, edge, stride - 1), (0, 0, 0)]
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype), config)  # [b, (H-1)s + 1 + 2 edge, ..., C]
-    return _patch_matmul(x, kernel, 1)
+    pads = ((padding, padding), (padding, padding))
+    return _FORMULATIONS[conv_formulation()][1](x, kernel, stride, pads)
 
 
 def _conv_kernel(module: nn.Module, x: Array) -> Array:
