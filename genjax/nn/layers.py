@@ -125,13 +125,17 @@ def _adjoint_pads(x: Array, y: Array, kernel: Array, stride: int, pads):
 def _correlate(source: Array, other: Array, kernel_shape, stride: int, pads) -> Array:
     """``sum_{b,i,j} src[b, s i + p, s j + q, c] other[b, i, j, o]`` as ``[kh, kw, C, O]``, with
     ``src`` = ``source`` padded by ``pads`` (negative crops): the kernel gradient of a
-    convolution, one matrix product of im2col patches."""
+    convolution. It is itself a convolution in XLA's canonical layout, with the channels ``C`` as
+    its batch, the batch ``b`` as the contracted features and ``other`` as a kernel dilated by
+    ``s``; only two transposes of size 1x are copied, where an im2col would copy ``k_h k_w`` x."""
     kh, kw = kernel_shape
-    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    source = jax.lax.pad(source, jnp.zeros((), source.dtype), config)
-    patches = _im2col(source, kh, kw, stride)  # [b, h, w, kh*kw, C]
-    grad = jnp.einsum("bhwkc,bhwo->kco", patches, other)  # [kh*kw, C, O]
-    return grad.reshape(kh, kw, source.shape[-1], other.shape[-1])
+    lhs = source.transpose(3, 1, 2, 0)  # [C, H, W, b]
+    rhs = other.transpose(1, 2, 0, 3)  # [h, w, b, O]
+    dilation = (stride, stride)
+    out = jax.lax.conv_general_dilated(
+        lhs, rhs, (1, 1), pads, rhs_dilation=dilation, dimension_numbers=_DIMS
+    )  # [C, >= kh, >= kw, O]
+    return out[:, :kh, :kw].transpose(1, 2, 0, 3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
