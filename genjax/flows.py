@@ -70,7 +70,7 @@ from genjax._bijectors import (
     tanh_log_scale,
     unsqueeze,
 )
-from genjax.nn.layers import conv_patches
+from genjax.nn.layers import Conv
 
 __all__ = [
     "LOG_2PI",
@@ -164,11 +164,9 @@ class ResNetConditioner(nn.Module):
        h_{k} = h_{k-1} + \mathrm{Conv}_{3\times3}(\mathrm{ReLU}(\mathrm{Conv}_{3\times3}(
        \mathrm{ReLU}(h_{k-1})))), \quad \mathrm{out} = \mathrm{Conv}_{3\times3}(\mathrm{ReLU}(h_K))
 
-    Each :math:`3\times3` convolution is a dense layer on
-    :func:`genjax.nn.layers.conv_patches` (same padding; the initialisation of ``nn.Conv``: LeCun
-    normal over the ``9 C`` inputs), whose gradient is pads, slices and matrix products, never
-    the ``lax.conv`` kernel gradient that XLA on CPU runs slowly inside the training scan. The
-    output convolution is zero-initialised and has ``2 C`` channels (shift, raw log-scale).
+    Each :math:`3\times3` convolution is a :class:`genjax.nn.layers.Conv` (same padding; LeCun
+    normal initialisation over the ``9 C`` inputs, as ``nn.Conv``). The output convolution is
+    zero-initialised and has ``2 C`` channels (shift, raw log-scale).
 
     Attributes:
       features: hidden channels.
@@ -189,11 +187,14 @@ class ResNetConditioner(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[Array, "*batch H W C"]) -> Float[Array, "*batch H W C2"]:
-        conv = lambda h, n, **kw: nn.Dense(n, **kw)(conv_patches(h))  # [*batch, H, W, n]
-        h = conv(x, self.features)
+        if x.ndim < 4:
+            raise ValueError(f"x must be [*batch, H, W, C] with a batch axis, got {x.shape}")
+        conv = lambda h, n, **kw: Conv(n, 3, 1, 1, **kw)(h)  # [b, H, W, n]
+        h = conv(x.reshape(-1, *x.shape[-3:]), self.features)  # [b, H, W, features]
         for _ in range(self.num_blocks):
             h = h + conv(nn.relu(conv(nn.relu(h), self.features)), self.features)
-        return conv(nn.relu(h), 2 * x.shape[-1], kernel_init=nn.initializers.zeros)
+        out = conv(nn.relu(h), 2 * x.shape[-1], kernel_init=nn.initializers.zeros)
+        return out.reshape(*x.shape[:-1], out.shape[-1])  # [*batch, H, W, 2 C]
 
 
 # ----------------------------------------------------------------------------- RealNVP

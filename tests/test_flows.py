@@ -2,7 +2,7 @@
 derivations/10-realnvp.md.
 
 Every layer type is checked for invertibility in both directions, for ``logdet_fwd ==
--logdet_inv``, and for its log-det against ``slogdet(jax.jacfwd(f)(x))`` on small inputs. The
+-logdet_inv``, and for its log-det against ``slogdet(jax.jacrev(f)(x))`` on small inputs. The
 couplings' conditioners are given random (not zero-initialised) weights first, so the maps are
 far from the identity and a wrong log-det cannot pass. The full model's density is checked to
 integrate to one by quadrature, and an affine flow trained on Gaussian data to reach the closed
@@ -57,7 +57,7 @@ def _jacobian_logdet(f, x):
 
     def one(v):  # v [D]
         g = lambda u: jnp.reshape(f(jnp.reshape(u, (1, *shape)))[0], (d,))  # [D]
-        return jnp.linalg.slogdet(jax.jacfwd(g)(v))  # sign, log|det| of [D, D]
+        return jnp.linalg.slogdet(jax.jacrev(g)(v))  # sign, log|det| of [D, D]
 
     sign, logdet = jax.vmap(one)(jnp.reshape(x, (-1, d)))
     assert np.all(np.asarray(sign) != 0.0)

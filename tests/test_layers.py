@@ -1,5 +1,5 @@
 """Layers: the convolutions (both formulations, forward, gradients and second derivatives)
-and their im2col patches against lax/flax, and spectral
+against lax/flax, and spectral
 normalisation against the SVD (power-iteration convergence, the gradient u v^T, the mutable u
 collection, the conv bound of derivations/09-wgan.md)."""
 
@@ -21,7 +21,6 @@ from genjax.nn.layers import (
     SpectralConv,
     SpectralDense,
     conv_formulation,
-    conv_patches,
     conv_transpose,
     kernel_matrix,
     power_iteration,
@@ -186,29 +185,6 @@ def test_conv_formulation_by_backend_and_override(monkeypatch):
     monkeypatch.setenv("GENJAX_CONV", "fast")
     with pytest.raises(ValueError, match="GENJAX_CONV must be one of"):
         strided_conv(x, kernel)
-
-
-def test_conv_patches_matches_slices_and_conv(key):
-    x = jax.random.normal(key, (2, 5, 6, 3))
-    p = conv_patches(x)
-    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    slices = [padded[:, i : i + 5, j : j + 6] for i in range(3) for j in range(3)]
-    np.testing.assert_array_equal(p, jnp.concatenate(slices, -1))  # [2, 5, 6, 27]
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))  # [kh, kw, in, out]
-
-    def via_patches(v):
-        return jnp.einsum("bhwp,po->bhwo", conv_patches(v), kernel.reshape(27, 4))
-
-    def via_conv(v):
-        return jax.lax.conv_general_dilated(v, kernel, (1, 1), "SAME", dimension_numbers=DN)
-
-    np.testing.assert_allclose(via_patches(x), via_conv(x), rtol=1e-4, atol=1e-4)
-    g1 = jax.grad(lambda v: jnp.sum(jnp.sin(via_patches(v))))(x)
-    g2 = jax.grad(lambda v: jnp.sum(jnp.sin(via_conv(v))))(x)
-    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(via_patches(x), strided_conv(x, kernel, 1, 1), rtol=RTOL, atol=ATOL)
-    with pytest.raises(ValueError, match="size must be a positive odd int"):
-        conv_patches(x, 2)
 
 
 def test_conv_modules_shapes_and_errors(key):

@@ -3,10 +3,9 @@ r"""Layers shared by the families: strided and transposed convolutions, spectral
 * :func:`strided_conv` and :func:`conv_transpose`: the one convolution of genjax, wrapped by
   :class:`Conv` and :class:`ConvTranspose` and used by every family. How they are computed is
   chosen by backend in one place, :func:`conv_formulation`: on CPU a canonical XLA convolution
-  forward with a custom VJP (adjoint convolution for the input gradient, one im2col matrix
-  product for the kernel gradient; both differentiate again, as a WGAN-GP penalty needs), on
-  accelerators XLA's convolution and its autodiff. :func:`conv_patches` exposes the im2col
-  patches themselves.
+  forward with a custom VJP whose gradients are canonical XLA convolutions too (both
+  differentiate again, as a WGAN-GP penalty needs), on accelerators XLA's convolution and its
+  autodiff.
 * Spectral normalisation: :func:`power_iteration` estimates the largest singular value
   :math:`\sigma(W)` of a weight matrix from a persistent vector :math:`u`,
   :func:`spectral_normalize` divides the kernel by it, :func:`spectral_norm_exact` is the SVD
@@ -41,7 +40,6 @@ __all__ = [
     "SpectralDense",
     "TimeEmbedding",
     "conv_formulation",
-    "conv_patches",
     "conv_transpose",
     "group_count",
     "kernel_matrix",
@@ -70,21 +68,6 @@ def _check_conv(x, kernel, stride: int, padding: int) -> None:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     if not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be a non-negative int, got {padding!r}")
-
-
-def _im2col(x: Array, kh: int, kw: int, stride: int) -> Array:
-    """The ``kh`` x ``kw`` patches of an already padded ``x [b, H, W, C]`` at stride ``stride``:
-    ``[b, out_h, out_w, kh kw, C]``, slot ``p kw + q`` holding ``x[b, s i + p, s j + q]``."""
-    out_h = (x.shape[1] - kh) // stride + 1
-    out_w = (x.shape[2] - kw) // stride + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"kernel {(kh, kw)} is larger than the padded input {x.shape[1:3]}")
-    slices = [
-        x[:, p : p + stride * (out_h - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
-        for p in range(kh)
-        for q in range(kw)
-    ]
-    return jnp.stack(slices, axis=3)  # [b, out_h, out_w, kh*kw, C]
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -127,7 +110,7 @@ def _correlate(source: Array, other: Array, kernel_shape, stride: int, pads) -> 
     ``src`` = ``source`` padded by ``pads`` (negative crops): the kernel gradient of a
     convolution. It is itself a convolution in XLA's canonical layout, with the channels ``C`` as
     its batch, the batch ``b`` as the contracted features and ``other`` as a kernel dilated by
-    ``s``; only two transposes of size 1x are copied, where an im2col would copy ``k_h k_w`` x."""
+    ``s``. Only two transposes of size 1x are copied (an im2col would copy ``k_h k_w`` x)."""
     kh, kw = kernel_shape
     lhs = source.transpose(3, 1, 2, 0)  # [C, H, W, b]
     rhs = other.transpose(1, 2, 0, 3)  # [h, w, b, O]
@@ -187,10 +170,11 @@ def conv_formulation(backend: str | None = None) -> str:
 
     * ``"adjoint"`` (CPU): the forward pass is one XLA convolution in its canonical layout;
       a custom VJP writes the input gradient as the adjoint convolution (a transposed
-      convolution for a strided one and vice versa, again canonical) and the kernel gradient as
-      one matrix product of im2col patches,
-      :math:`\partial L/\partial K_{p,q,c,o} = \sum_{b,i,j} 	ilde x_{b, si+p, sj+q, c}\,
-      \partial L/\partial y_{b,i,j,o}`. Autodiff of an XLA convolution instead emits kernel
+      convolution for a strided one and vice versa, again canonical) and the kernel gradient,
+      :math:`\partial L/\partial K_{p,q,c,o} = \sum_{b,i,j} \tilde x_{b, si+p, sj+q, c}\,
+      \partial L/\partial y_{b,i,j,o}`, as one canonical convolution too (the channels
+      :math:`c` as its batch, the batch :math:`b` as its features, :math:`\partial L/\partial y`
+      as its kernel dilated by :math:`s`). Autodiff of an XLA convolution instead emits kernel
       gradients as convolutions in non-canonical layouts, which XLA's CPU backend runs through a
       slow generic loop (tens of times slower inside a ``lax.scan``; jax-ml/jax issue 12868).
       Reverse mode only: ``jax.jvp`` / ``jax.jacfwd`` through it raise.
@@ -214,36 +198,6 @@ def conv_formulation(backend: str | None = None) -> str:
             raise ValueError(f"GENJAX_CONV must be one of {sorted(_FORMULATIONS)}, got {choice!r}")
         return choice
     return "adjoint" if (backend or jax.default_backend()) == "cpu" else "xla"
-
-
-def conv_patches(x: Float[Array, "*batch H W C"], size: int = 3) -> Float[Array, "*batch H W P"]:
-    r"""The ``size`` x ``size`` neighbourhood of every pixel, zero-padded, stacked on channels.
-
-    .. math:: P_{h, w, (i k + j) C + c} = x_{h + i - r,\; w + j - r,\; c}, \qquad
-       r = \lfloor k/2 \rfloor
-
-    with :math:`k` = ``size`` (zero outside the image): the patches of :func:`strided_conv` at
-    stride 1 with "same" padding, so a dense layer on them is that convolution (im2col).
-
-    Args:
-      x: ``[*batch, H, W, C]``.
-      size: odd kernel side :math:`k`.
-
-    Returns:
-      ``[*batch, H, W, size * size * C]``.
-
-    Derivation: derivations/10-realnvp.md
-    """
-    if jnp.ndim(x) < 3:
-        raise ValueError(f"x must be [*batch, H, W, C], got shape {jnp.shape(x)}")
-    if not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(f"size must be a positive odd int, got {size!r}")
-    *batch, h, w, c = jnp.shape(x)
-    r = size // 2
-    flat = jnp.reshape(x, (-1, h, w, c))  # [prod(batch), H, W, C]
-    flat = jnp.pad(flat, [(0, 0), (r, r), (r, r), (0, 0)])  # [prod(batch), H+2r, W+2r, C]
-    patches = _im2col(flat, size, size, 1)  # [prod(batch), H, W, k², C]
-    return jnp.reshape(patches, (*batch, h, w, size * size * c))  # [*batch, H, W, k² C]
 
 
 def strided_conv(
