@@ -1,6 +1,11 @@
-"""``python -m benchmarks [suite ...] [--quick]``: run benchmark suites and write their tables.
+"""``python -m benchmarks [suite ...] [--quick] [--device [PLATFORM]]``: run benchmark suites
+and write their tables.
 
-Every ``benchmarks/bench_<name>.py`` is a suite named ``<name>``; with no names, all run.
+Every ``benchmarks/bench_<name>.py`` is a suite named ``<name>``; with no names, all run. Every
+table and JSON record names the device its JAX rows ran on (``jax.devices()[0]``'s platform
+and kind; PyTorch rows run on the CPU). ``--device PLATFORM`` (``cpu``, ``gpu``, ``cuda``,
+``rocm``, ``tpu``) runs the JAX rows on that platform; ``--device`` alone prints the device
+the suites would run on and exits.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from benchmarks.harness import RESULTS, Harness
+from benchmarks.harness import RESULTS, Harness, device
 
 INDEX = Path(__file__).parent / "README.md"
+PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")  # values of jax's ``jax_platforms``
 INDEX_HEAD = """# Benchmarks
 
 `python -m benchmarks [suite ...] [--quick]` (or `genjax bench`) runs the suites below and
@@ -22,8 +28,11 @@ waits with `block_until_ready`, and reports the median of repeated calls, the th
 achieved GFLOP/s (FLOPs counted by XLA's cost analysis where it knows them) and the fraction of
 the machine's float32 matmul peak, which the harness measures itself with a large jitted matmul
 at the start of each suite. Rows in one group do the same work; "vs best" compares them with the
-fastest. Each table names the machine and library versions it ran on; figures from a shared or
-busy machine are noisy, and the peak is measured under the same conditions as the rows.
+fastest. Each table names the machine, the library versions and the device its JAX rows ran on
+(PyTorch reference rows run on the CPU); figures from a shared or busy machine are noisy, and
+the peak is measured under the same conditions as the rows. `--device PLATFORM` (`cpu`, `gpu`,
+`tpu`) runs the JAX rows on that platform, so that the same tables come from an accelerator;
+`--device` alone prints the device a run would use and exits.
 """
 
 
@@ -41,11 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("suites", nargs="*", help=f"suites to run (default all): {suites()}")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    p.add_argument(
+        "--device",
+        nargs="?",
+        const="",
+        choices=("", *PLATFORMS),
+        metavar="PLATFORM",
+        help=f"run the JAX rows on this platform {PLATFORMS}; alone: print the device and exit",
+    )
     args = p.parse_args(argv)
     names = args.suites or suites()
     unknown = set(names) - set(suites())
     if unknown:
         p.error(f"unknown suites {sorted(unknown)}; known: {suites()}")
+    if args.device is not None:
+        try:
+            dev = select_device(args.device or None)
+        except RuntimeError as err:
+            p.error(f"--device {args.device}: {err}")
+        print(f"device: {dev['platform']} ({dev['device_kind']}); PyTorch rows on {dev['torch']}")
+        if not args.device:
+            return 0
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         h = Harness(name, quick=args.quick)
@@ -54,6 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {h.write()}")
     print(f"wrote {write_index()}")
     return 0
+
+
+def select_device(name: str | None) -> dict[str, str]:
+    """Make ``name`` (one of :data:`PLATFORMS`; ``None``: JAX's default) the platform of the
+    JAX rows, before any of them runs; returns :func:`benchmarks.harness.device`.
+
+    Raises ``RuntimeError`` when the platform is not available or JAX's backends were already
+    initialised on another one."""
+    import jax
+
+    if name is not None:
+        jax.config.update("jax_platforms", name)
+    dev = device()
+    want = {"cuda": "gpu", "rocm": "gpu"}.get(name, name)
+    if want is not None and dev["platform"] != want:
+        raise RuntimeError(f"JAX runs on {dev['platform']}, not {want}")
+    return dev
 
 
 def write_index(results: Path = RESULTS, path: Path = INDEX) -> Path:

@@ -11,6 +11,14 @@ per timed call), three ways doing the same arithmetic:
   ``pip install -e ".[bench]"``), with one intra-op thread and with one per core. The rows are
   skipped, with a note, when torch is not importable.
 
+Conv VAE train step: :class:`genjax.vae.ConvVAE` as the ``convvae_mnist`` recipe builds it (28x28,
+random 8-bit images) and as ``convvae_digits`` does (8x8 digits): Bernoulli decoder on
+dynamically binarised images, the recipe's own loop configuration (batch 128, Adam with
+warm-up and cosine decay, gradient clipping at norm 1, EMA 0.999), timed as the loop's scanned
+chunk (:func:`genjax.train.make_train_chunk`) beside the replica of :mod:`benchmarks.torch_vae`
+(same shapes and parameter count, same optimiser, clipping, schedule and EMA) at 1 and 2
+intra-op threads.
+
 Evaluation: :func:`genjax.vae.importance_sampled_nll` on a batch of test images with ``k``
 importance samples, in samples (decoder passes) per second.
 
@@ -20,6 +28,7 @@ benchmark needs no download.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -28,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.harness import flops_of, torch_rows
-from genjax import train
+from benchmarks.bench_flows import _dataset
+from benchmarks.harness import LOOP, flops_of, torch_rows, train_loop_candidates
+from genjax import recipes, train
 from genjax import vae as V
 from genjax.likelihoods import Likelihood
 
@@ -41,6 +51,7 @@ LATENT = 20
 LR = 1e-3
 NLL_BATCH = 64
 NLL_CHUNK = 500
+CONV_STEPS = {28: 5, 8: 50}  # conv VAE steps per timed call: about 1 s each on one core
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -176,6 +187,35 @@ def _torch_loop(data: np.ndarray) -> Callable:
     return torch_loop
 
 
+def _conv_rows(h, size: int) -> None:
+    """The conv VAE recipe's train step at ``size`` x ``size``: genjax's loop chunk, then
+    PyTorch's replica."""
+    recipe = recipes.get("convvae_mnist" if size == 28 else "convvae_digits")
+    dataset = _dataset((size, size, 1))
+    steps = CONV_STEPS[size]
+    config = dataclasses.replace(recipe.config(False), log_every=steps)
+    task = recipe.make_task(dataset, {})
+    model = task.model.model
+    state, tx = train.init_state(task, config, dataset.train)
+    flops, loops = train_loop_candidates(task, config, tx, state, dataset.train)
+    group = f"ConvVAE {size}x{size} train ({recipe.name}), batch {config.batch_size}, {steps} steps"
+    items = steps * config.batch_size
+    h.measure(group, LOOP, loops[LOOP], state, items=items, unit="examples", flops=flops)
+
+    def make_loop():
+        from benchmarks import torch_vae
+
+        return torch_vae.make_loop(
+            dataset.train["x"],
+            config,
+            latent_dim=model.latent_dim,
+            features=model.features,
+            hidden=model.hidden,
+        )
+
+    torch_rows(h, group, make_loop, items=items, unit="examples", flops=flops)
+
+
 def _nll_rows(h, data: np.ndarray, num_samples: int) -> None:
     model = _model()
     x = jnp.asarray(data[:NLL_BATCH])
@@ -212,4 +252,6 @@ def _nll_rows(h, data: np.ndarray, num_samples: int) -> None:
 def run(h, quick: bool) -> None:
     data = _images(STEPS * BATCH)
     _jax_rows(h, data)
+    for size in (28, 8):
+        _conv_rows(h, size)
     _nll_rows(h, data, 1000 if quick else 5000)

@@ -227,6 +227,7 @@ class Harness:
         record = {
             "suite": self.suite,
             "machine": machine(),
+            "device": device(),
             "quick": self.quick,
             "peak_gflops": self.peak_gflops,
             "rows": [
@@ -245,11 +246,21 @@ class Harness:
         return md
 
 
+def device() -> dict[str, str]:
+    """The device the JAX rows run on: ``jax.devices()[0]``'s ``platform`` and ``device_kind``.
+
+    PyTorch reference rows (:func:`torch_rows`) always run on the CPU."""
+    first = jax.devices()[0]
+    return {"platform": first.platform, "device_kind": first.device_kind, "torch": "cpu"}
+
+
 def machine() -> str:
-    """A one-line description of the machine and the JAX backend."""
+    """A one-line description of the machine, the JAX version and the device the rows ran on."""
     import os
 
+    dev = device()
     return (
         f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}"
+        f"jax {jax.__version__} on {dev['platform']} ({dev['device_kind']}); "
+        f"PyTorch rows on {dev['torch']}"
     ).replace("  ", " ")
