@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from genjax._checks import one_of
+from genjax.nn.layers import Conv, ConvTranspose
 
 __all__ = [
     "NOISE_KINDS",
@@ -129,7 +130,8 @@ class Autoencoder(nn.Module):
       shape: one example's shape ``(H, W, C)``.
       code_dim: size of the code :math:`z`.
       hidden: width of the MLP's hidden layers / channels of the first conv layer.
-      arch: ``"mlp"`` or ``"conv"`` (conv needs H and W divisible by 4).
+      arch: ``"mlp"`` or ``"conv"`` (4x4 convolutions of stride 2, :class:`~genjax.nn.layers.Conv`
+        and :class:`~genjax.nn.layers.ConvTranspose`; H and W divisible by 4).
 
     Derivation: derivations/01-autoencoders.md
     """
@@ -152,15 +154,11 @@ class Autoencoder(nn.Module):
             self.dec = [dense(self.hidden), dense(self.hidden), dense(h * w * c)]
         else:
             ch = self.hidden // 4
-            self.enc = [
-                nn.Conv(ch, (3, 3), strides=2),
-                nn.Conv(2 * ch, (3, 3), strides=2),
-                dense(self.code_dim),
-            ]
+            self.enc = [Conv(ch, 4, 2, 1), Conv(2 * ch, 4, 2, 1), dense(self.code_dim)]
             self.dec = [
                 dense((h // 4) * (w // 4) * 2 * ch),
-                nn.ConvTranspose(ch, (3, 3), strides=(2, 2)),
-                nn.ConvTranspose(c, (3, 3), strides=(2, 2)),
+                ConvTranspose(ch, 4, 2, 1),
+                ConvTranspose(c, 4, 2, 1),
             ]
 
     def encode(self, x):
