@@ -272,7 +272,7 @@ def random_features(
     :math:`k f_l` pixels: with :math:`k = 5`, receptive fields of 5 to 40 pixels. Ustyuzhaninov
     et al. reach the large scales with large kernels (up to :math:`55\times 55`) at full
     resolution; the pyramid gives the same spread of receptive fields with :math:`5\times5`
-    kernels. The convolution is :func:`genjax.nn.layers.strided_conv` (slices and one einsum).
+    kernels. The convolution is :func:`genjax.nn.layers.strided_conv`.
 
     Args:
       kernels: from :func:`random_feature_kernels`, one per factor.

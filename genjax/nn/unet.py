@@ -11,7 +11,7 @@ the same network is the segmentation and image-translation U-Net of
 * :class:`genjax.nn.layers.ResBlock`: GroupNorm → SiLU → 3x3 conv, plus a projection of the
   time embedding, → GroupNorm → SiLU → dropout → 3x3 conv (zero-initialised), with a 1x1 skip
   when the width changes, so every block starts as the identity; convolutions are
-  :class:`genjax.nn.layers.Conv` (slices and a matmul, fast to differentiate inside a scan);
+  :class:`genjax.nn.layers.Conv` (fast to differentiate inside a scan on CPU);
 * :class:`AttentionBlock`: GroupNorm, then multi-head self-attention over the :math:`H W`
   positions (:func:`genjax.nn.attention.scaled_dot_product_attention`), residual;
 * :class:`CrossAttentionBlock`: GroupNorm, then multi-head attention whose queries come from
