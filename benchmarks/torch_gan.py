@@ -27,6 +27,11 @@ What differs, none of which changes the arithmetic per step: PyTorch's default i
 tensor already in [-1, 1] (genjax gathers a shuffled batch and maps [0, 1] to [-1, 1] inside
 the step); the critic's generator pass updates G's running batch statistics (genjax discards
 them there); genjax's optimiser also carries G's batch statistics with zero gradients.
+
+Checked: with genjax's weights copied in, G's samples, D's logits and the gradient penalty
+agree to float rounding (``tests/test_benchmarks.py``); with each library's own
+initialisation, the hinge loss of one 28x28 batch at the start is in the same range (2.07
+genjax, 2.01 PyTorch).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ What differs, none of which changes the arithmetic per step: PyTorch's default i
 (Kaiming-uniform) vs flax's LeCun normal; NCHW vs NHWC; the batches are consecutive slices of
 a tensor already on the device (genjax gathers a shuffled batch inside the step); the
 schedule's rate is set by ``LambdaLR`` between steps (genjax evaluates it inside the step).
+
+Checked: with genjax's parameters copied in, the encoder's and decoder's outputs and the
+negative ELBO of one batch for the same noise agree to float rounding, and the schedules
+agree (``tests/test_benchmarks.py``; 28x28: 545.64 nats in both).
 """
 
 from __future__ import annotations
