@@ -24,6 +24,9 @@ from genjax import runfolder, train
 import orbax.checkpoint._src.path.atomicity as atomicity
 
 run_dir, spec = sys.argv[1], json.loads(sys.argv[2])
+# a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: restore
+# the default handler (KeyboardInterrupt) so that the injected SIGINT behaves as a Ctrl-C
+signal.signal(signal.SIGINT, signal.default_int_handler)
 fault, at = spec.get("fault"), spec.get("at")
 config = train.TrainConfig(
     steps=spec.get("steps", 100), batch_size=spec.get("batch_size", 32), lr=0.05, log_every=20,
