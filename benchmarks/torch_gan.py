@@ -42,9 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from genjax.gan import dcgan_plan
+from genjax.gan import GP_EPS, dcgan_plan
 
-GP_EPS = 1e-12
+__all__ = [
+    "copy_conv",
+    "copy_dense",
+    "dcgan_players",
+    "load_genjax_weights",
+    "make_loop",
+    "num_params",
+]
 
 
 def dcgan_players(

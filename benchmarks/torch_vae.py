@@ -42,6 +42,8 @@ from torch import nn
 from benchmarks.torch_gan import copy_conv, copy_dense
 from genjax.train import TrainConfig
 
+__all__ = ["conv_vae", "load_genjax_weights", "make_loop", "negative_elbo"]
+
 
 def conv_vae(
     image_shape: tuple[int, int, int], latent_dim: int, features: Sequence[int], hidden: int

@@ -79,7 +79,7 @@ def test_dcgan_replica_matches_genjax_players():
     e = torch.from_numpy(eps)[:, None, None, None]
     mixed = (e * _nchw(x) + (1 - e) * _nchw(fake)).requires_grad_()
     (grad,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
-    norm = (grad.flatten(1).square().sum(1) + T.GP_EPS).sqrt()
+    norm = (grad.flatten(1).square().sum(1) + G.GP_EPS).sqrt()
     np.testing.assert_allclose(((norm - 1) ** 2).detach().numpy(), gp, rtol=1e-4, atol=ATOL)
 
 
