@@ -36,7 +36,7 @@ from genjax.recipes import gan as recipe
 STEPS = 50
 BATCH = 64  # real images per discriminator update, samples per generator update
 DCGAN = {"width": 64, "latent_dim": 100, "normalization": "none"}  # Radford et al.'s sizes
-DCGAN_STEPS = {  # loop steps per timed call: about 1-2 s each on one core
+DCGAN_STEPS = {  # loop steps per timed call: about 0.5-1 s of genjax on one core
     (28, "sngan"): 4,
     (28, "wgan_gp"): 1,
     (8, "sngan"): 10,
