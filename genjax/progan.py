@@ -49,6 +49,7 @@ __all__ = [
     "ProGANDiscriminator",
     "ProGANGenerator",
     "downsample",
+    "drift_critic_loss",
     "fade_in",
     "growth_schedule",
     "he_constant",
@@ -222,6 +223,45 @@ def minibatch_stddev(
     s = jnp.mean(jnp.sqrt(var + NORM_EPS), axis=(1, 2, 3))  # [B/G]
     feature = jnp.broadcast_to(jnp.repeat(s, g)[:, None, None, None], (b, h, w, 1))  # [B, H, W, 1]
     return jnp.concatenate([x, feature.astype(x.dtype)], axis=-1)
+
+
+def drift_critic_loss(
+    real_scores: Float[Array, " batch"],
+    fake_scores: Float[Array, " batch"],
+    drift: float = 1e-3,
+) -> Float[Array, " batch"]:
+    r"""The WGAN critic loss with ProGAN's drift penalty on the data's scores.
+
+    .. math:: L_D = f(\tilde x) - f(x) + \epsilon_{\mathrm{drift}}\, f(x)^2
+
+    with :math:`f(x)` = ``real_scores``, :math:`f(\tilde x)` = ``fake_scores`` and
+    :math:`\epsilon_{\mathrm{drift}}` = ``drift`` (0.001 in the paper). The WGAN loss only sees
+    score differences, so the scores' common offset is a free direction that can drift without
+    bound; the quadratic term pins it near 0 and leaves the gradient of the difference unchanged
+    to first order.
+
+    Args:
+      real_scores: ``[batch]`` critic scores on data.
+      fake_scores: ``[batch]`` critic scores on samples.
+      drift: :math:`\epsilon_{\mathrm{drift}} \ge 0`.
+
+    Returns:
+      ``[batch]`` losses (add the gradient penalty as for :func:`genjax.gan.critic_loss`).
+
+    References:
+      Karras et al., 2018, appendix A.1 (:math:`\epsilon_{\mathrm{drift}} = 0.001`).
+
+    Derivation: derivations/22-style-based-gans.md
+    """
+    if not drift >= 0:
+        raise ValueError(f"drift must be non-negative, got {drift}")
+    real_scores, fake_scores = jnp.asarray(real_scores), jnp.asarray(fake_scores)
+    if real_scores.ndim != 1 or real_scores.shape != fake_scores.shape:
+        raise ValueError(
+            f"real_scores and fake_scores must both have shape [batch]; got "
+            f"{real_scores.shape} and {fake_scores.shape}"
+        )
+    return fake_scores - real_scores + drift * real_scores**2
 
 
 def growth_schedule(

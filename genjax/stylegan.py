@@ -192,15 +192,16 @@ class MappingNetwork(nn.Module):
 
 
 class _StyleLayer(nn.Module):
-    """(3x3 conv) → noise × learned per-channel scale → leaky ReLU → AdaIN from ``w``."""
+    """(kxk conv) → noise × learned per-channel scale → leaky ReLU → AdaIN from ``w``."""
 
     features: int
     conv: bool = True
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, h, w):
         if self.conv:
-            h = EqualConv(self.features)(h)
+            h = EqualConv(self.features, self.kernel_size)(h)
         else:
             h = h + self.param("bias", nn.initializers.zeros, (1, 1, 1, self.features))
         noise = jax.random.normal(self.make_rng("noise"), (*h.shape[:3], 1), h.dtype)
@@ -214,13 +215,16 @@ class SynthesisNetwork(nn.Module):
     r"""The synthesis network: learned constant → :math:`L` style layers → 1x1 to pixels.
 
     Layer :math:`2r` and :math:`2r + 1` work at resolution :math:`s_0 2^r`; layer 0 has no conv
-    (it styles the constant), every other has a 3x3 :class:`~genjax.progan.EqualConv`; between
-    resolutions a bilinear 2x upsampling. Noise maps ``[batch, H, W, 1]`` come from the
-    ``"noise"`` RNG stream.
+    (it styles the constant), every other has a 3x3 :class:`~genjax.progan.EqualConv` (at the
+    full resolution a ``fine_kernel`` :math:`\times` ``fine_kernel`` one); between resolutions a
+    bilinear 2x upsampling. Noise maps ``[batch, H, W, 1]`` come from the ``"noise"`` RNG stream.
 
     Attributes:
       image_shape: ``(H, W, C)``.
       features: :math:`F`, channels at every resolution.
+      fine_kernel: odd kernel size of the full-resolution layers' convs: 1 makes them
+        per-pixel maps of the upsampled coarse features (colour and stroke weight, no new
+        shapes), so that the coarse layers must decide the image's geometry.
 
     Returns (``__call__(ws)``):
       ``[batch, H, W, C]`` (linear output) for ``ws [batch, L, d]``.
@@ -230,10 +234,13 @@ class SynthesisNetwork(nn.Module):
 
     image_shape: tuple[int, int, int] = (8, 8, 1)
     features: int = 64
+    fine_kernel: int = 3
 
     @nn.compact
     def __call__(self, ws: Float[Array, "batch L d"]) -> Float[Array, "batch H W C"]:
         base, num_up = dcgan_plan(self.image_shape)
+        if self.fine_kernel < 1 or self.fine_kernel % 2 == 0:
+            raise ValueError(f"fine_kernel must be a positive odd int, got {self.fine_kernel}")
         if ws.ndim != 3 or ws.shape[1] != num_styles(self.image_shape):
             raise ValueError(
                 f"ws must have shape [batch, {num_styles(self.image_shape)}, d], got {ws.shape}"
@@ -244,8 +251,9 @@ class SynthesisNetwork(nn.Module):
             if r > 0:
                 b, s = h.shape[0], h.shape[1]
                 h = jax.image.resize(h, (b, 2 * s, 2 * s, self.features), "bilinear")
-            h = _StyleLayer(self.features, conv=r > 0)(h, ws[:, 2 * r])
-            h = _StyleLayer(self.features)(h, ws[:, 2 * r + 1])
+            k = self.fine_kernel if r == num_up else 3
+            h = _StyleLayer(self.features, conv=r > 0, kernel_size=k)(h, ws[:, 2 * r])
+            h = _StyleLayer(self.features, kernel_size=k)(h, ws[:, 2 * r + 1])
         return EqualConv(self.image_shape[2], 1, gain=1.0)(h)  # [b, H, W, C]
 
 
@@ -264,6 +272,7 @@ class StyleGANGenerator(nn.Module):
       image_shape: ``(H, W, C)``.
       features: :math:`F` of the synthesis network.
       latent_dim: width of :math:`z` and of :math:`w`.
+      fine_kernel: ``SynthesisNetwork.fine_kernel``.
       mapping_depth: layers of the mapping network.
       mixing_prob: share of training examples generated from two codes (0.9 in the paper).
       psi: :math:`\psi` of the truncation at evaluation.
@@ -284,10 +293,11 @@ class StyleGANGenerator(nn.Module):
     mixing_prob: float = 0.9
     psi: float = 1.0
     w_avg_decay: float = 0.995
+    fine_kernel: int = 3
 
     def setup(self):
         self.mapping = MappingNetwork(self.latent_dim, self.mapping_depth)
-        self.synthesis = SynthesisNetwork(self.image_shape, self.features)
+        self.synthesis = SynthesisNetwork(self.image_shape, self.features, self.fine_kernel)
         self.w_avg = self.variable("batch_stats", "w_avg", jnp.zeros, (self.latent_dim,))
 
     def map(self, z: Float[Array, "batch n"]) -> Float[Array, "batch n"]:

@@ -153,3 +153,62 @@ def test_stylegan_digits_coarse_styles_keep_the_digit():
     state = fit(task, dataset.train, recipe.config(False), progress=False)
     report = recipe.evaluate(task, state.ema_params, dataset, jax.random.key(0))
     assert report.value >= 3 * report.baseline_value, report
+
+
+# ----------------------------------------------------------------------------- BigGAN's tricks
+
+
+def test_orthogonal_penalty_matches_the_off_diagonal_sum_and_its_closed_form_gradient(key):
+    kernel = jax.random.normal(key, (3, 3, 2, 5))  # a conv kernel: W is [18, 5]
+    w = np.asarray(kernel, np.float64).reshape(18, 5)
+    by_hand = sum((w[:, i] @ w[:, j]) ** 2 for i in range(5) for j in range(5) if i != j)
+    np.testing.assert_allclose(G.orthogonal_penalty(kernel, 0.5), 0.5 * by_hand, rtol=RTOL)
+    gram = w.T @ w
+    closed = 4 * 0.5 * w @ (gram * (1 - np.eye(5)))  # 4 beta W (W^T W * (1 - I))
+    grad = jax.grad(lambda k: G.orthogonal_penalty(k, 0.5))(kernel)
+    np.testing.assert_allclose(np.asarray(grad).reshape(18, 5), closed, rtol=RTOL, atol=ATOL)
+
+
+def test_orthogonal_penalty_is_zero_on_orthogonal_columns_of_any_norm():
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 4)))[0]  # orthonormal columns
+    scaled = jnp.asarray(q * np.array([0.1, 1.0, 3.0, 7.0]), jnp.float32)
+    np.testing.assert_allclose(G.orthogonal_penalty(scaled, 1.0), 0.0, atol=1e-4)
+    assert float(G.orthogonal_penalty(jnp.ones((3, 2)), 1.0)) == pytest.approx(18.0)  # 2 * 3^2
+    with pytest.raises(ValueError, match="kernel must have shape"):
+        G.orthogonal_penalty(jnp.ones(3))
+    with pytest.raises(ValueError, match="beta"):
+        G.orthogonal_penalty(jnp.ones((3, 2)), -1.0)
+
+
+def test_orthogonal_regularization_adds_the_penalty_gradient_to_params_only(key):
+    import optax
+
+    params = {
+        "params": {"kernel": jax.random.normal(key, (4, 3)), "bias": jnp.ones(3)},
+        "batch_stats": {"mean": jnp.ones((2, 3))},
+    }
+    grads = jax.tree.map(jnp.zeros_like, params)
+    tx = G.with_orthogonal_regularization(optax.sgd(1.0), beta=0.1)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected = -jax.grad(lambda k: G.orthogonal_penalty(k, 0.1))(params["params"]["kernel"])
+    np.testing.assert_allclose(updates["params"]["kernel"], expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(updates["params"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["batch_stats"]["mean"], 0.0)  # not in "params"
+
+
+def test_fine_kernel_1_makes_the_full_resolution_layers_per_pixel(key):
+    """With ``fine_kernel=1`` the two 8x8 layers' convolutions are 1x1 (per-pixel maps of the
+    upsampled 4x4 features), those at 2x2 and 4x4 stay 3x3; an even size is refused."""
+    net = S.SynthesisNetwork((8, 8, 1), features=4, fine_kernel=1)
+    ws = jax.random.normal(key, (2, S.num_styles((8, 8, 1)), 4))
+    params = net.init({"params": key, G.NOISE: key}, ws)["params"]
+    shapes = {
+        name: p["EqualConv_0"]["kernel"].shape
+        for name, p in params.items()
+        if isinstance(p, dict) and "EqualConv_0" in p
+    }
+    assert [shapes[f"_StyleLayer_{i}"][:2] for i in (1, 2, 3, 4, 5)] == [(3, 3)] * 3 + [(1, 1)] * 2
+    with pytest.raises(ValueError, match="fine_kernel"):
+        S.SynthesisNetwork((8, 8, 1), features=4, fine_kernel=2).init(
+            {"params": key, G.NOISE: key}, ws
+        )

@@ -52,9 +52,13 @@ from genjax.train import Task, TrainConfig, TrainState
 
 __all__ = [
     "COARSE_LAYERS",
+    "PROGAN_D_LR",
+    "PROGAN_STAGE_STEPS",
+    "PROGAN_TRAIN",
     "STEPS",
     "TRUNCATION",
     "GrowingGAN",
+    "OrthogonalGAN",
     "StyleGAN",
     "make_biggan",
     "make_progan",
@@ -67,6 +71,13 @@ STEPS = {"stylegan": 2500, "progan": 1600, "biggan": 5000}  #: full budgets (equ
 COARSE_LAYERS = 4  #: style layers from the coarse source in the mixing grid (2x2 and 4x4)
 TRUNCATION = 1.0  #: BigGAN's truncation threshold reported beside the untruncated accuracy
 MIX_SOURCES = 200  #: codes on each side of the style-mixing measure (pairs: this many)
+#: ProGAN's generator: Adam(2e-3, 0, 0.99) and a short EMA (0.99: about 100 steps, within the
+#: last stage); equalised LR moves weights at lr times the He constant, so the rates are larger
+#: than DCGAN's (docs/style-based-gans.md measures each change)
+PROGAN_TRAIN = {"lr": 2e-3, "b2": 0.99, "ema_decay": 0.99}
+PROGAN_D_LR = 1e-2  #: ProGAN's critic: Adam(1e-2, 0, 0.99), five times the generator's rate
+#: ProGAN's growth stage length T: 2x2 and 4x4 take T steps each, 8x8 the rest of the budget
+PROGAN_STAGE_STEPS = 100
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,6 +141,26 @@ class GrowingGAN(GAN):
         return super().sample(P.with_growth(params, stage, 1.0), key, n, labels)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class OrthogonalGAN(GAN):
+    """A :class:`genjax.recipes.gan.GAN` whose generator's optimiser adds BigGAN's orthogonal
+    regularisation (:func:`genjax.gan.with_orthogonal_regularization`) to its gradient.
+
+    Attributes:
+      ortho: :math:`\\beta` (0: none).
+
+    Derivation: derivations/22-style-based-gans.md
+    """
+
+    ortho: float = 0.0
+
+    def update(self, state: TrainState, key, batch, tx, ema_decay):
+        """:meth:`GAN.update` with ``tx`` regularised when ``ortho`` > 0."""
+        if self.ortho > 0:
+            tx = G.with_orthogonal_regularization(tx, self.ortho)
+        return super().update(state, key, batch, tx, ema_decay)
+
+
 def _d_tx(options: Mapping[str, Any], lr: float, b2: float):
     return discriminator_optimizer(
         "adam", float(options.get("d_lr", lr)), 0.0, float(options.get("d_b2", b2))
@@ -147,6 +178,7 @@ def make_stylegan(dataset: Dataset, options: Mapping[str, Any]) -> StyleGAN:
         features=width,
         latent_dim=int(options.get("latent_dim", 32)),
         mixing_prob=float(options.get("mixing_prob", 0.9)),
+        fine_kernel=int(options.get("fine_kernel", 3)),
     )
     discriminator = G.DCGANDiscriminator(features=32, normalization="spectral")
     return StyleGAN(
@@ -161,29 +193,33 @@ def make_stylegan(dataset: Dataset, options: Mapping[str, Any]) -> StyleGAN:
 
 
 def make_progan(dataset: Dataset, options: Mapping[str, Any]) -> GrowingGAN:
-    """ProGAN's growing players under WGAN-GP (:math:`\\lambda = 10`), Adam(2e-4, 0, 0.9) for
-    both as in ``dcgan_digits`` (the paper's Adam(1e-3, 0, 0.99) collapsed onto one digit here,
-    FID 607 in the digits CNN's features), :math:`T` = ``stage_steps``.
+    """ProGAN's growing players under WGAN-GP (:math:`\\lambda = 10`) with the drift penalty
+    (:func:`genjax.progan.drift_critic_loss`, ``drift``), :math:`T` = ``stage_steps``.
 
     Derivation: derivations/22-style-based-gans.md
     """
     width = int(options.get("width", 16))
     stages = G.dcgan_plan(dataset.shape)[1] + 1
+    drift = float(options.get("drift", 1e-3))
+    variant = dataclasses.replace(
+        VARIANTS["wgan_gp"], d_loss=lambda real, fake: P.drift_critic_loss(real, fake, drift)
+    )
     return GrowingGAN(
         P.ProGANGenerator(dataset.shape, width, int(options.get("latent_dim", 32))),
         P.ProGANDiscriminator(width),
-        VARIANTS["wgan_gp"],
-        _d_tx(options, 2e-4, 0.9),
+        variant,
+        _d_tx(options, PROGAN_D_LR, 0.99),
         n_critic=1,
         event_shape=dataset.shape,
         images=True,
-        stage_steps=int(options.get("stage_steps", STEPS["progan"] // (stages + 1))),
+        stage_steps=int(options.get("stage_steps", PROGAN_STAGE_STEPS)),
         num_stages=stages,
     )
 
 
-def make_biggan(dataset: Dataset, options: Mapping[str, Any]) -> GAN:
-    """The conditional DCGAN with class-conditional batch norm, hinge loss and spectral norm.
+def make_biggan(dataset: Dataset, options: Mapping[str, Any]) -> OrthogonalGAN:
+    """The conditional DCGAN with class-conditional batch norm, hinge loss and spectral norm;
+    ``ortho`` > 0 adds orthogonal regularisation of the generator with that :math:`\\beta`.
 
     Derivation: derivations/22-style-based-gans.md
     """
@@ -198,7 +234,7 @@ def make_biggan(dataset: Dataset, options: Mapping[str, Any]) -> GAN:
     discriminator = G.DCGANDiscriminator(
         features=width, normalization="spectral", num_classes=dataset.num_classes
     )
-    return GAN(
+    return OrthogonalGAN(
         generator,
         discriminator,
         VARIANTS["sngan"],
@@ -207,6 +243,7 @@ def make_biggan(dataset: Dataset, options: Mapping[str, Any]) -> GAN:
         event_shape=dataset.shape,
         num_classes=dataset.num_classes,
         images=True,
+        ortho=float(options.get("ortho", 0.0)),
     )
 
 
@@ -217,13 +254,16 @@ def _task(gan: GAN) -> Task:
 def style_config(name: str):
     """The budget of recipe ``name`` (``"stylegan"``, ``"progan"``, ``"biggan"``): the DCGAN
     digits config (:func:`genjax.recipes.gan.digits_config`) with :data:`STEPS` updates, 100
-    in the quick budget.
+    in the quick budget; ProGAN's with :data:`PROGAN_TRAIN` (the generator's Adam and EMA).
 
     Derivation: derivations/22-style-based-gans.md
     """
 
     def config(quick: bool) -> TrainConfig:
-        return dataclasses.replace(digits_config(quick), steps=100 if quick else STEPS[name])
+        over = PROGAN_TRAIN if name == "progan" else {}
+        return dataclasses.replace(
+            digits_config(quick), steps=100 if quick else STEPS[name], **over
+        )
 
     return config
 
@@ -366,7 +406,10 @@ for _recipe in (
         options={
             **_COMMON,
             "width": 16,
-            "stage_steps": STEPS["progan"] // 4,
+            "d_lr": PROGAN_D_LR,
+            "d_b2": Option(0.99, high=1.0),
+            "drift": 1e-3,
+            "stage_steps": PROGAN_STAGE_STEPS,
         },
     ),
     Recipe(
@@ -376,7 +419,7 @@ for _recipe in (
         config=style_config("biggan"),
         evaluate=_evaluate_biggan,
         figures=_biggan_figures,
-        options={**_COMMON, "width": 32},
+        options={**_COMMON, "width": 32, "ortho": 0.0},
     ),
 ):
     register(_recipe)

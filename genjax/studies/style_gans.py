@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in MODELS:
         stops = ()
         if name == "progan_digits":
-            t = RS.STEPS["progan"] // 4  # the stage length of make_progan
+            t = RS.PROGAN_STAGE_STEPS  # the stage length of make_progan
             stops = (t, 2 * t)
         task, state, seconds, snapshots = _train(name, dataset, args.out, stops)
         steps = int(state.step)
