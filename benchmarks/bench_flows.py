@@ -10,25 +10,30 @@ the values). Per size:
 * ``sample``: :func:`genjax.flows.sample` (a normal draw + the inverse pass), in
   images/s. A flow samples in one network pass, unlike a diffusion chain.
 * train step: the loop's scanned chunk (:func:`genjax.train.make_train_chunk`) running the
-  recipe's update (dequantise, bits/dim loss, gradient, Adam, EMA), beside its reference, one
-  jitted step per Python iteration (:func:`benchmarks.harness.train_loop_candidates`), with
-  FLOPs from XLA's cost analysis of one step giving the fraction of the measured matmul peak.
+  recipe's update (dequantise, bits/dim loss, gradient, clipping, Adam on the recipe's full
+  budget's rates, EMA), beside its reference, one jitted step per Python iteration
+  (:func:`benchmarks.harness.train_loop_candidates`), with FLOPs from XLA's cost analysis of one
+  step giving the fraction of the measured matmul peak; and beside the same flow, loss and
+  update in PyTorch eager (:mod:`benchmarks.torch_flows`, a layer-for-layer replica with the
+  same parameter count, checked when it is built) at 1 and 2 intra-op threads
+  (:func:`benchmarks.harness.torch_rows`), whose rows use genjax's FLOPs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
-from benchmarks.harness import train_loop_candidates
+from benchmarks.harness import torch_rows, train_loop_candidates
 from genjax import flows as F
-from genjax import train
+from genjax import recipes, train
 from genjax.data import Dataset, dequantize, load_dataset
-from genjax.recipes import flows as recipe
 
 EVAL_BATCH = 256
-TRAIN_BATCH = 64
-TRAIN_STEPS = 20
+TRAIN_STEPS = {8: 20, 28: 6}  # updates per timed call (halved by --quick)
+RECIPES = {8: "flow_digits", 28: "flow_mnist"}
 
 
 def _dataset(shape) -> Dataset:
@@ -42,10 +47,11 @@ def _dataset(shape) -> Dataset:
 
 def _bench(h, shape, quick: bool) -> None:
     data = _dataset(shape)
+    recipe = recipes.get(RECIPES[shape[0]])
     task = recipe.make_task(data, {})
     model = task.model.model
-    steps = TRAIN_STEPS // 2 if quick else TRAIN_STEPS
-    config = train.TrainConfig(steps=steps, batch_size=TRAIN_BATCH, log_every=steps)
+    steps = max(TRAIN_STEPS[shape[0]] // (2 if quick else 1), 1)
+    config = dataclasses.replace(recipe.config(False), log_every=steps)
     state, tx = train.init_state(task, config, data.train)
     params = state.params
     size = f"{shape[0]}x{shape[1]}"
@@ -74,9 +80,22 @@ def _bench(h, shape, quick: bool) -> None:
     )
 
     flops, candidates = train_loop_candidates(task, config, tx, state, data.train)
-    group = f"RealNVP train step {size}, batch {TRAIN_BATCH}, {steps} steps"
+    batch = config.batch_size
+    group = f"RealNVP train step {size}, batch {batch}, {steps} steps"
     for name, fn in candidates.items():  # the loop's chunk and its Python-loop reference
-        h.measure(group, name, fn, state, items=steps * TRAIN_BATCH, unit="images", flops=flops)
+        h.measure(group, name, fn, state, items=steps * batch, unit="images", flops=flops)
+
+    def make_loop():
+        from benchmarks import torch_flows, torch_unet
+
+        replica = torch_unet.check_parameter_count(torch_flows.RealNVP(model), params)
+        opt = torch_unet.Optimiser.of(config, steps)
+        images = data.train["x"]
+        return torch_flows.train_loop(
+            replica, images, data.levels, steps=steps, batch=batch, opt=opt
+        )
+
+    torch_rows(h, group, make_loop, items=steps * batch, unit="images", flops=flops)
 
 
 def run(h, quick: bool) -> None:
