@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmark suites (python -m benchmarks)")
     b.add_argument("suites", nargs="*")
     b.add_argument("--quick", action="store_true")
+    device_help = "run the JAX rows on this platform (cpu, gpu, tpu); alone: print the device"
+    b.add_argument("--device", nargs="?", const="", metavar="PLATFORM", help=device_help)
 
     sub.add_parser("list", help="list the registered recipes")
 
@@ -170,6 +172,8 @@ def _cmd_bench(args) -> int:
     if not Path("benchmarks/harness.py").is_file():
         raise FileNotFoundError("genjax bench runs from the repository root (no benchmarks/)")
     cmd = [sys.executable, "-m", "benchmarks", *args.suites, *(["--quick"] if args.quick else [])]
+    if args.device is not None:
+        cmd += ["--device", args.device] if args.device else ["--device"]
     return subprocess.call(cmd)
 
 
