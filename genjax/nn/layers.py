@@ -18,7 +18,6 @@ r"""Layers shared by the families: strided and transposed convolutions, spectral
 Derivation: derivations/09-wgan.md (section 2, spectral norm as a Lipschitz bound)
 """
 
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -121,15 +120,6 @@ def _correlate(source: Array, other: Array, kernel_shape, stride: int, pads) -> 
     return out[:, :kh, :kw].transpose(1, 2, 0, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: Array, kernel: Array, stride: int, pads) -> Array:
-    return _xla_conv(x, kernel, stride, pads)
-
-
-def _conv_fwd(x, kernel, stride, pads):
-    return _conv(x, kernel, stride, pads), (x, kernel)
-
-
 def _conv_bwd(stride, pads, residuals, dy):
     x, kernel = residuals
     crops = _adjoint_pads(x, dy, kernel, stride, pads)
@@ -137,18 +127,6 @@ def _conv_bwd(stride, pads, residuals, dy):
     dx = _conv_t(dy, _adjoint_kernel(kernel), stride, crops)
     # the kernel gradient reads x padded as the windows cover it: the same (lo, hi)
     return dx, _correlate(x, dy, kernel.shape[:2], stride, crops)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_t(x: Array, kernel: Array, stride: int, pads) -> Array:
-    return _xla_conv_transpose(x, kernel, stride, pads)
-
-
-def _conv_t_fwd(x, kernel, stride, pads):
-    return _conv_t(x, kernel, stride, pads), (x, kernel)
 
 
 def _conv_t_bwd(stride, pads, residuals, dy):
@@ -159,7 +137,16 @@ def _conv_t_bwd(stride, pads, residuals, dy):
     return dx, _adjoint_kernel(flipped)
 
 
-_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
+def _with_vjp(forward: Callable, backward: Callable) -> Callable:
+    """``forward(x, kernel, stride, pads)`` with ``backward`` as its VJP (residuals ``(x,
+    kernel)``); the backward passes call the wrapped ops again, so they differentiate again."""
+    op = jax.custom_vjp(forward, nondiff_argnums=(2, 3))
+    op.defvjp(lambda x, kernel, stride, pads: (op(x, kernel, stride, pads), (x, kernel)), backward)
+    return op
+
+
+_conv = _with_vjp(_xla_conv, _conv_bwd)
+_conv_t = _with_vjp(_xla_conv_transpose, _conv_t_bwd)
 
 
 _FORMULATIONS = {"adjoint": (_conv, _conv_t), "xla": (_xla_conv, _xla_conv_transpose)}
