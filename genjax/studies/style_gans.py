@@ -2,7 +2,8 @@ r"""The progressive and style-based GAN study on digits: DCGAN, ProGAN, StyleGAN
 BigGAN-style conditional GAN, each at its recipe's full budget (about the training time of
 ``dcgan_digits``), scored by FID, KID, precision and recall in the digits CNN's features
 against the test split; StyleGAN's style-mixing agreement and the truncation curve of the
-conditional GAN (precision and recall over the threshold :math:`\psi`) beside them.
+conditional GAN (precision and recall over the threshold :math:`\psi`), with and without
+orthogonal regularisation (:data:`ORTHO`), beside them.
 
 Run it as ``python -m genjax.studies.style_gans --out runs/style_gans --figures docs/figures``;
 it writes ``study.json`` and ``table.md`` in ``--out`` and the figures (``progan_stages.png``,
@@ -34,10 +35,11 @@ from genjax.train import fit
 
 matplotlib.use("Agg")
 
-__all__ = ["MODELS", "THRESHOLDS", "main", "quality", "study_table", "truncation_curve"]
+__all__ = ["MODELS", "ORTHO", "THRESHOLDS", "main", "quality", "study_table", "truncation_curve"]
 
 MODELS = ("dcgan_digits", "progan_digits", "stylegan_digits", "biggan_digits")
 THRESHOLDS = (2.0, 1.5, 1.0, 0.75, 0.5, 0.25)  #: truncation thresholds psi of the curve
+ORTHO = (1e-4, 1e-2)  #: orthogonal-regularisation strengths beta of the extra truncation curves
 TABLE_PSI = (1.0, 0.5)  #: the two thresholds of the conditional GAN in the table
 KID_SUBSETS = 50
 
@@ -75,11 +77,11 @@ def truncation_curve(key, net, test, gan, params) -> list[dict[str, float]]:
     return rows
 
 
-def _train(name: str, dataset, out: Path, stops: tuple[int, ...] = ()):
-    """Train recipe ``name`` at its full budget; returns (task, state, seconds, states at
-    ``stops``). With ``stops`` the run goes to a run folder and pauses at each stop."""
+def _train(name: str, dataset, out: Path, stops: tuple[int, ...] = (), options=None):
+    """Train recipe ``name`` at its full budget with ``options``; returns (task, state, seconds,
+    states at ``stops``). With ``stops`` the run goes to a run folder and pauses at each stop."""
     recipe = recipes.get(name)
-    task = recipe.make_task(dataset, {})
+    task = recipe.make_task(dataset, options or {})
     config = recipe.config(False)
     snapshots, seconds = [], 0.0
     run_dir = out / name
@@ -113,16 +115,21 @@ def _stage_figure(task, snapshots, key, path: Path) -> Path:
     return viz.image_grid(np.concatenate(rows), path, ncols=10)
 
 
-def _curve_figure(curve: list[dict], path: Path) -> Path:
+def _curve_figure(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Precision (solid) and recall (dashed) over the thresholds, one colour per curve."""
     import matplotlib.pyplot as plt
 
-    labels = ["none" if r["psi"] is None else f"{r['psi']:g}" for r in curve]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(labels, [r["precision"] for r in curve], "o-", label="precision")
-    ax.plot(labels, [r["recall"] for r in curve], "s-", label="recall")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for i, (name, curve) in enumerate(curves.items()):
+        labels = ["none" if r["psi"] is None else f"{r['psi']:g}" for r in curve]
+        color = f"C{i}"
+        ax.plot(
+            labels, [r["precision"] for r in curve], "o-", color=color, label=f"precision, {name}"
+        )
+        ax.plot(labels, [r["recall"] for r in curve], "s--", color=color, label=f"recall, {name}")
     ax.set_xlabel(r"truncation threshold $\psi$ on z")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.set_title("BigGAN-style cGAN on digits: truncation")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +190,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "biggan_digits":
             curve = truncation_curve(key, net, test, task.model, params)
             record["truncation_curve"] = curve
-            _curve_figure(curve, args.figures / "biggan_truncation_curve.png")
+            curves = {"beta = 0": curve}
+            for beta in ORTHO:  # the same recipe with orthogonal regularisation
+                ortho = _train(name, dataset, args.out, options={"ortho": beta})
+                curves[f"beta = {beta:g}"] = truncation_curve(
+                    key, net, test, ortho[0].model, ortho[1].ema_params
+                )
+            record["truncation_curve_ortho"] = {k: v for k, v in curves.items() if k != "beta = 0"}
+            _curve_figure(curves, args.figures / "biggan_truncation_curve.png")
             for row in curve:
                 if row["psi"] is None or row["psi"] in TABLE_PSI:
                     label = "none" if row["psi"] is None else f"{row['psi']:g}"
