@@ -41,7 +41,8 @@ DDIM_STEPS = 50
 # per side: (recipe, train steps per timed call, sampling batch); a T = 1000 chain is 1000 U-Net
 # calls, so its batch stays small enough for a chain of a few seconds
 SIZES = {8: ("diffusion_digits_cfg", 25, 8), 28: ("diffusion_mnist", 2, 2)}
-SAMPLE_REPEATS = 3  # each call is a whole chain of U-Net evaluations
+SAMPLE_REPEATS = 2  # each call is a whole chain of U-Net evaluations
+LARGE_TRAIN_REPEATS = 5  # a 28x28 train call takes seconds: at most this many timed calls
 UNIT = "image-steps"  # a sampler's throughput: images times network calls per image
 
 
@@ -91,27 +92,35 @@ def _bench_train(h, side: int, dataset: Dataset) -> None:
     batch = config.batch_size
     group = f"U-Net train step {side}x{side} + labels, batch {batch}, {steps} steps"
     items = steps * batch
-    for name, fn in candidates.items():
-        h.measure(group, name, fn, state, items=items, unit="images", flops=flops)
+    repeats = h.repeats if side == 8 else min(h.repeats, LARGE_TRAIN_REPEATS)
+    with _repeats(h, repeats):
+        for name, fn in candidates.items():
+            h.measure(group, name, fn, state, items=items, unit="images", flops=flops)
+        make_loop = _torch_train(task, config, dataset, state.params, steps)
+        torch_rows(h, group, make_loop, items=items, unit="images", flops=flops)
 
+
+def _torch_train(task, config, dataset: Dataset, params, steps: int):
+    """``make_loop`` of :func:`benchmarks.harness.torch_rows`: the PyTorch replica's ``steps``
+    updates of the recipe's loss and optimiser."""
     setup = task.model
 
     def make_loop():
         from benchmarks import torch_unet
 
         return torch_unet.train_loop(
-            _replica(setup, dataset, state.params),
+            _replica(setup, dataset, params),
             torch_unet.Schedule(setup.schedule),
             dataset.train["x"],
             dataset.train["y"],
             steps=steps,
-            batch=batch,
+            batch=config.batch_size,
             opt=torch_unet.Optimiser.of(config, steps),
             label_drop=setup.label_drop,
             min_snr_gamma=setup.min_snr_gamma,
         )
 
-    torch_rows(h, group, make_loop, items=items, unit="images", flops=flops)
+    return make_loop
 
 
 def _bench_sampling(h, side: int, dataset: Dataset, quick: bool) -> None:
