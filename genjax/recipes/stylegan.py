@@ -394,7 +394,7 @@ for _recipe in (
         figures=_stylegan_figures,
         quick_tour=True,
         tour_steps=STEPS["stylegan"],
-        options={**_COMMON, "mixing_prob": Option(0.9, high=1.0)},
+        options={**_COMMON, "mixing_prob": Option(0.9, high=1.0), "fine_kernel": 3},
     ),
     Recipe(
         "progan_digits",
