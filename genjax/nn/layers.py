@@ -145,8 +145,21 @@ def _with_vjp(forward: Callable, backward: Callable) -> Callable:
     return op
 
 
+def _cpu_conv_transpose(x: Array, kernel: Array, stride: int, pads) -> Array:
+    if stride == 1 or max(x.shape[1:3]) > 2:
+        return _xla_conv_transpose(x, kernel, stride, pads)
+    # XLA's CPU convolution with an input dilation is slow on a 2x2 input (4x4 kernel, 128 -> 64
+    # channels, batch 64: 13.9 ms, against 2.3 ms this way): dilate and pad first, behind a
+    # barrier that keeps XLA from folding the dilation back into the convolution
+    edges = zip(kernel.shape[:2], pads, strict=True)
+    config = [(0, 0, 0), *((k - 1 - lo, k - 1 - hi, stride - 1) for k, (lo, hi) in edges)]
+    dilated = jax.lax.pad(x, jnp.zeros((), x.dtype), [*config, (0, 0, 0)])
+    dilated = jax.lax.optimization_barrier(dilated)
+    return jax.lax.conv_general_dilated(dilated, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)
+
+
 _conv = _with_vjp(_xla_conv, _conv_bwd)
-_conv_t = _with_vjp(_xla_conv_transpose, _conv_t_bwd)
+_conv_t = _with_vjp(_cpu_conv_transpose, _conv_t_bwd)
 
 
 _FORMULATIONS = {"adjoint": (_conv, _conv_t), "xla": (_xla_conv, _xla_conv_transpose)}
