@@ -243,23 +243,23 @@ def load_flax_params(model: UNet, params) -> UNet:
         model.label.weight.data.copy_(_t(p["Embed_0"]["embedding"]))
     convs = iter(f"Conv_{i}" for i in range(len(p)))
     blocks = iter(f"ResBlock_{i}" for i in range(len(p)))
+
+    def path(layers) -> None:  # ResBlocks and convolutions in flax's order of creation
+        for layer in layers:
+            if isinstance(layer, ResBlock):
+                _res_block(layer, p[next(blocks)])
+            else:
+                _conv(layer, p[next(convs)])
+
     _conv(model.conv_in, p[next(convs)])
-    for layer in model.down:
-        if isinstance(layer, ResBlock):
-            _res_block(layer, p[next(blocks)])
-        else:
-            _conv(layer, p[next(convs)])
+    path(model.down)
     _res_block(model.mid1, p[next(blocks)])
     attn = p["AttentionBlock_0"]
     _group_norm(model.attn.norm, attn["GroupNorm_0"])
     _dense(model.attn.qkv, attn["DenseGeneral_0"])
     _dense(model.attn.out, attn["DenseGeneral_1"])
     _res_block(model.mid2, p[next(blocks)])
-    for layer in model.up:
-        if isinstance(layer, ResBlock):
-            _res_block(layer, p[next(blocks)])
-        else:
-            _conv(layer, p[next(convs)])
+    path(model.up)
     _group_norm(model.norm_out, p["GroupNorm_0"])
     _conv(model.conv_out, p[next(convs)])
     return model

@@ -88,18 +88,8 @@ def test_dcgan_replica_loop_steps(loss):
     from benchmarks import torch_gan as T
 
     torch.manual_seed(0)
-    loop = T.make_loop(
-        _images(),
-        loss=loss,
-        steps=1,
-        batch=16,
-        n_critic=2,
-        features=8,
-        latent_dim=4,
-        lr=2e-4,
-        b1=0.0,
-        b2=0.9,
-    )
+    small = {"steps": 1, "batch": 16, "features": 8, "latent_dim": 4, "b1": 0.0, "b2": 0.9}
+    loop = T.make_loop(_images(), loss=loss, n_critic=2, lr=2e-4, **small)
     value = loop(None)
     assert np.isfinite(value)
     if loss == "hinge":
@@ -107,18 +97,7 @@ def test_dcgan_replica_loop_steps(loss):
     else:
         assert value > -10.0  # W1 estimate of near-initial players plus a penalty >= 0
     with pytest.raises(ValueError, match="loss"):
-        T.make_loop(
-            _images(),
-            loss="x",
-            steps=1,
-            batch=16,
-            n_critic=1,
-            features=8,
-            latent_dim=4,
-            lr=1e-3,
-            b1=0.0,
-            b2=0.9,
-        )
+        T.make_loop(_images(), loss="x", n_critic=1, lr=1e-3, **small)
 
 
 def test_conv_vae_replica_matches_genjax_model():
