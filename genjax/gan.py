@@ -64,7 +64,7 @@ from genjax._gan_players import (
     MLPGenerator,
     dcgan_plan,
 )
-from genjax.nn.layers import SPECTRAL
+from genjax.nn.layers import SPECTRAL, kernel_matrix
 
 __all__ = [
     "GP_EPS",
@@ -459,8 +459,8 @@ def orthogonal_penalty(kernel: Float[Array, "*fan_in out"], beta: float = 1e-4) 
         raise ValueError(f"kernel must have shape [*fan_in, out] (>= 2 axes), got {kernel.shape}")
     if not beta >= 0:
         raise ValueError(f"beta must be non-negative, got {beta}")
-    w = kernel.reshape(-1, kernel.shape[-1])  # [fan_in, out]
-    gram = w.T @ w  # [out, out]
+    w = kernel_matrix(kernel)  # [out, fan_in], as spectral normalisation sees it
+    gram = w @ w.T  # [out, out]
     off = gram * (1.0 - jnp.eye(gram.shape[0], dtype=gram.dtype))
     return beta * jnp.sum(off**2)
 
