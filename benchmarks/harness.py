@@ -84,6 +84,22 @@ def flops_of(fn: Callable, *args) -> float | None:
 
 
 LOOP = "genjax loop (lax.scan chunk)"
+
+
+def chained(chunk: Callable, state) -> Callable:
+    """A training chunk (:func:`genjax.train.make_train_chunk`) timed as ``genjax train`` runs it:
+    each call carries on from the state the previous call returned, so no call pays for copying
+    the state (the chunk donates its input; only ``state`` itself is copied, once, here).
+    Returns ``run(_) -> losses``, its argument ignored."""
+    latest = [jax.tree.map(lambda a: a.copy(), state)]
+
+    def run(_):
+        latest[0], metrics = chunk(latest[0])
+        return metrics["loss"]
+
+    return run
+
+
 PYTHON_LOOP = "python loop of jitted steps"
 
 
@@ -93,7 +109,8 @@ def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None
     ``LOOP`` runs :func:`genjax.train.make_train_chunk` as ``genjax train`` does; ``PYTHON_LOOP``
     dispatches the same update (gather the step's batch, :func:`genjax.train.standard_update`)
     as one jitted step per Python iteration, the way a loop without ``lax.scan`` would. Both take
-    a :class:`genjax.train.TrainState` (the chunk gets a copy, since it donates its input).
+    a :class:`genjax.train.TrainState`; the chunk carries on from its own last state
+    (:func:`chained`).
 
     Returns:
       ``(flops, {name: fn})``: XLA's FLOP count for the whole chunk (``None`` if unknown) and
@@ -111,9 +128,6 @@ def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None
         b = {k: v[idx] for k, v in device_data.items()}
         return train.standard_update(jax.random.key(0), task.loss, s, b, tx, config.ema_decay)[0]
 
-    def scanned(s):
-        return chunk(jax.tree.map(lambda a: a.copy(), s))[1]["loss"]
-
     def python_loop(s):
         for _ in range(config.log_every):
             s = one(s)
@@ -121,7 +135,7 @@ def train_loop_candidates(task, config, tx, state, arrays) -> tuple[float | None
 
     step_flops = flops_of(one, state)
     flops = None if step_flops is None else step_flops * config.log_every
-    return flops, {LOOP: scanned, PYTHON_LOOP: python_loop}
+    return flops, {LOOP: chained(chunk, state), PYTHON_LOOP: python_loop}
 
 
 def torch_rows(
