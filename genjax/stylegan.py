@@ -39,12 +39,13 @@ from genjax import _checks
 from genjax import gan as G
 from genjax._gan_players import dcgan_plan
 from genjax.nn.norm import adain, pixel_norm
-from genjax.progan import LEAK, EqualConv, EqualDense
+from genjax.progan import LEAK, EqualConv, EqualDense, downsample, upsample
 
 __all__ = [
     "MappingNetwork",
     "StyleGANGenerator",
     "SynthesisNetwork",
+    "band_pass",
     "broadcast_styles",
     "mix_styles",
     "num_styles",
@@ -156,6 +157,30 @@ def mix_styles(
     return jnp.where(coarse[..., None], ws1, ws2)
 
 
+def band_pass(x: Float[Array, "batch H W C"]) -> Float[Array, "batch H W C"]:
+    r"""What a 2x2 average pooling removes: :math:`x - U D x`, with :math:`D` the 2x2 block mean
+    (:func:`~genjax.progan.downsample`) and :math:`U` nearest-neighbour upsampling
+    (:func:`~genjax.progan.upsample`).
+
+    Since :math:`D U = I`, :math:`D(x - U D x) = 0`: the result has zero mean over every 2x2
+    block, so adding it to an image leaves that image's half-resolution version unchanged. It
+    is a projection (:math:`P^2 = P`) and vanishes on upsampled images (:math:`P U = 0`).
+
+    Args:
+      x: ``[batch, H, W, C]`` with even :math:`H, W`.
+
+    Returns:
+      ``[batch, H, W, C]``.
+
+    References:
+      Denton et al., *Deep Generative Image Models using a Laplacian Pyramid of Adversarial
+      Networks*, 2015, https://arxiv.org/abs/1506.05751
+
+    Derivation: derivations/22-style-based-gans.md
+    """
+    return x - upsample(downsample(x))
+
+
 # ----------------------------------------------------------------------------- networks
 
 
@@ -219,12 +244,24 @@ class SynthesisNetwork(nn.Module):
     full resolution a ``fine_kernel`` :math:`\times` ``fine_kernel`` one); between resolutions a
     bilinear 2x upsampling. Noise maps ``[batch, H, W, 1]`` come from the ``"noise"`` RNG stream.
 
+    With ``pyramid``, every resolution has its own 1x1 output :math:`\mathrm{rgb}_r(h_r)` and the
+    image is a Laplacian pyramid of them, each level but the first band-passed
+    (:func:`band_pass`, :math:`P`) and upsampled (nearest, :math:`U`) to the full size:
+
+    .. math:: x = U^{n}\,\mathrm{rgb}_0 + \sum_{r=1}^{n} U^{n-r} P\,\mathrm{rgb}_r,
+              \qquad D^{n-r} x = U^{r}\,\mathrm{rgb}_0 + \sum_{r' = 1}^{r} U^{r-r'} P\,
+              \mathrm{rgb}_{r'}
+
+    so the image pooled to :math:`s_0 2^r` depends on the layers up to resolution :math:`r`
+    alone: the fine styles add detail and cannot move the coarse image.
+
     Attributes:
       image_shape: ``(H, W, C)``.
       features: :math:`F`, channels at every resolution.
       fine_kernel: odd kernel size of the full-resolution layers' convs: 1 makes them
         per-pixel maps of the upsampled coarse features (colour and stroke weight, no new
         shapes), so that the coarse layers must decide the image's geometry.
+      pyramid: the Laplacian-pyramid output above instead of one 1x1 output at the end.
 
     Returns (``__call__(ws)``):
       ``[batch, H, W, C]`` (linear output) for ``ws [batch, L, d]``.
@@ -235,6 +272,7 @@ class SynthesisNetwork(nn.Module):
     image_shape: tuple[int, int, int] = (8, 8, 1)
     features: int = 64
     fine_kernel: int = 3
+    pyramid: bool = False
 
     @nn.compact
     def __call__(self, ws: Float[Array, "batch L d"]) -> Float[Array, "batch H W C"]:
@@ -247,6 +285,7 @@ class SynthesisNetwork(nn.Module):
             )
         const = self.param("const", nn.initializers.ones, (1, base, base, self.features))
         h = jnp.broadcast_to(const, (ws.shape[0], base, base, self.features))  # [b, s0, s0, F]
+        image = None  # the pyramid's sum so far, at the current resolution
         for r in range(num_up + 1):
             if r > 0:
                 b, s = h.shape[0], h.shape[1]
@@ -254,6 +293,11 @@ class SynthesisNetwork(nn.Module):
             k = self.fine_kernel if r == num_up else 3
             h = _StyleLayer(self.features, conv=r > 0, kernel_size=k)(h, ws[:, 2 * r])
             h = _StyleLayer(self.features, kernel_size=k)(h, ws[:, 2 * r + 1])
+            if self.pyramid:
+                rgb = EqualConv(self.image_shape[2], 1, gain=1.0)(h)  # [b, s0 2^r, ., C]
+                image = rgb if image is None else upsample(image) + band_pass(rgb)
+        if self.pyramid:
+            return image
         return EqualConv(self.image_shape[2], 1, gain=1.0)(h)  # [b, H, W, C]
 
 
@@ -273,6 +317,7 @@ class StyleGANGenerator(nn.Module):
       features: :math:`F` of the synthesis network.
       latent_dim: width of :math:`z` and of :math:`w`.
       fine_kernel: ``SynthesisNetwork.fine_kernel``.
+      pyramid: ``SynthesisNetwork.pyramid``.
       mapping_depth: layers of the mapping network.
       mixing_prob: share of training examples generated from two codes (0.9 in the paper).
       psi: :math:`\psi` of the truncation at evaluation.
@@ -294,10 +339,13 @@ class StyleGANGenerator(nn.Module):
     psi: float = 1.0
     w_avg_decay: float = 0.995
     fine_kernel: int = 3
+    pyramid: bool = False
 
     def setup(self):
         self.mapping = MappingNetwork(self.latent_dim, self.mapping_depth)
-        self.synthesis = SynthesisNetwork(self.image_shape, self.features, self.fine_kernel)
+        self.synthesis = SynthesisNetwork(
+            self.image_shape, self.features, self.fine_kernel, self.pyramid
+        )
         self.w_avg = self.variable("batch_stats", "w_avg", jnp.zeros, (self.latent_dim,))
 
     def map(self, z: Float[Array, "batch n"]) -> Float[Array, "batch n"]:

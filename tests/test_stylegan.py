@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from genjax import gan as G
+from genjax import progan as P
 from genjax import stylegan as S
 from genjax.nn.norm import adain, instance_norm
 from genjax.style import gram_matrix
@@ -142,10 +143,10 @@ def test_mixing_at_the_last_layer_is_the_coarse_source(key):
 
 @pytest.mark.slow
 def test_stylegan_digits_coarse_styles_keep_the_digit():
-    """At the full budget the coarse styles (2x2 and 4x4) decide the digit far more often than
-    the fine ones: mixed samples take the coarse source's class at least three times as often as
-    the fine source's (docs/style-based-gans.md: 40 % against 11 %; the issue's 90 % is not
-    reached at this budget)."""
+    """At the full budget, with the pyramid output, the coarse styles (2x2 and 4x4) decide the
+    digit in most mixed samples and at least five times as often as the fine ones
+    (docs/style-based-gans.md: 65 % against 6 %; the single output gave 28 % against 15 %; the
+    issue's 90 % is not reached at this budget)."""
     from genjax import recipes
     from genjax.data import load_dataset
     from genjax.train import fit
@@ -154,7 +155,7 @@ def test_stylegan_digits_coarse_styles_keep_the_digit():
     task = recipe.make_task(dataset, {})
     state = fit(task, dataset.train, recipe.config(False), progress=False)
     report = recipe.evaluate(task, state.ema_params, dataset, jax.random.key(0))
-    assert report.value >= 3 * report.baseline_value, report
+    assert report.value >= 0.5 and report.value >= 5 * report.baseline_value, report
 
 
 # ----------------------------------------------------------------------------- BigGAN's tricks
@@ -214,6 +215,46 @@ def test_fine_kernel_1_makes_the_full_resolution_layers_per_pixel(key):
         S.SynthesisNetwork((8, 8, 1), features=4, fine_kernel=2).init(
             {"params": key, G.NOISE: key}, ws
         )
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from([(2, 2), (4, 6), (8, 8)]))
+def test_band_pass_has_zero_block_means_is_a_projection_and_kills_upsampled_images(seed, hw):
+    """``D P x = 0``, ``P P x = P x`` and ``P U y = 0``, against a numpy block mean."""
+    x = jax.random.normal(jax.random.key(seed), (2, *hw, 3))
+    p = np.asarray(S.band_pass(x))
+    blocks = p.reshape(2, hw[0] // 2, 2, hw[1] // 2, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(blocks, 0.0, atol=ATOL)
+    np.testing.assert_allclose(S.band_pass(p), p, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(S.band_pass(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)), 0.0, atol=ATOL)
+    assert np.abs(p).max() > 0.1  # not zero everywhere
+
+
+def test_pyramid_keeps_the_pooled_image_of_the_coarse_styles(key):
+    """With ``pyramid``, the image pooled to 4x4 depends on the 2x2 and 4x4 styles alone (layers
+    < 4) and the one pooled to 2x2 on the 2x2 styles (layers < 2): mixing in another code's finer
+    styles changes the full image but not those. Without it, the pooled image changes too."""
+    num = S.num_styles((8, 8, 1))
+    k_init, k1, k2 = jax.random.split(key, 3)
+    ws1 = jax.random.normal(k1, (3, num, 8))
+    ws2 = jax.random.normal(k2, (3, num, 8))
+    for pyramid in (True, False):
+        net = S.SynthesisNetwork((8, 8, 1), features=8, pyramid=pyramid)
+        variables = net.init({"params": k_init, G.NOISE: k_init}, ws1)
+        params = jax.tree.map(lambda p: p + 0.3, variables)  # non-zero noise scales and biases
+
+        def image(crossover, net=net, params=params):
+            ws = S.mix_styles(ws1, ws2, jnp.full((3,), crossover))
+            return net.apply(params, ws, rngs={G.NOISE: key})
+
+        full = image(num)
+        for crossover, factor in ((4, 2), (2, 4)):
+            mixed = image(crossover)
+            assert np.abs(mixed - full).max() > 1e-2
+            pooled = [np.asarray(P.downsample(x, factor)) for x in (mixed, full)]
+            if pyramid:
+                np.testing.assert_allclose(*pooled, rtol=RTOL, atol=ATOL)
+            else:
+                assert np.abs(pooled[0] - pooled[1]).max() > 1e-2
 
 
 @pytest.mark.slow

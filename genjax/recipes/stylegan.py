@@ -179,6 +179,7 @@ def make_stylegan(dataset: Dataset, options: Mapping[str, Any]) -> StyleGAN:
         latent_dim=int(options.get("latent_dim", 32)),
         mixing_prob=float(options.get("mixing_prob", 0.9)),
         fine_kernel=int(options.get("fine_kernel", 3)),
+        pyramid=bool(options.get("pyramid", 1)),
     )
     discriminator = G.DCGANDiscriminator(features=32, normalization="spectral")
     return StyleGAN(
@@ -394,7 +395,12 @@ for _recipe in (
         figures=_stylegan_figures,
         quick_tour=True,
         tour_steps=STEPS["stylegan"],
-        options={**_COMMON, "mixing_prob": Option(0.9, high=1.0), "fine_kernel": 3},
+        options={
+            **_COMMON,
+            "mixing_prob": Option(0.9, high=1.0),
+            "fine_kernel": 3,
+            "pyramid": Option(1, low=0, high=1),
+        },
     ),
     Recipe(
         "progan_digits",
