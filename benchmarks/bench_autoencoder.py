@@ -8,27 +8,15 @@ same step at MNIST size.
 
 from __future__ import annotations
 
-import numpy as np
-
-from benchmarks.harness import train_loop_candidates
+from benchmarks.harness import image_dataset, train_loop_candidates
 from genjax import train
-from genjax.data import Dataset, load_dataset
 from genjax.recipes import autoencoder as recipe
 
 STEPS = 100
 
 
-def _dataset(shape) -> Dataset:
-    if shape == (8, 8, 1):
-        return load_dataset("digits")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(4096, *shape)).astype(np.float32)
-    y = np.zeros(len(x), np.int32)
-    return Dataset("uniform", {"x": x, "y": y}, {"x": x[:256], "y": y[:256]}, 1, None)
-
-
 def _bench(h, shape, batch: int) -> None:
-    data = _dataset(shape)
+    data = image_dataset(shape)
     task = recipe.make_task(data, {})
     config = train.TrainConfig(steps=STEPS, batch_size=batch, log_every=STEPS)
     state, tx = train.init_state(task, config, data.train)

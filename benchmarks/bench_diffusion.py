@@ -25,17 +25,16 @@ class-conditional, v-predicting, Min-SNR-weighted, with the cosine schedule of T
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import LOOP, flops_of, torch_rows, train_loop_candidates
+from benchmarks.harness import LOOP, flops_of, image_dataset, torch_rows, train_loop_candidates
 from genjax import diffusion as D
 from genjax import recipes, train
-from genjax.data import Dataset, load_dataset
+from genjax.data import Dataset
 
 DDIM_STEPS = 50
 # per side: (recipe, train steps per timed call, sampling batch); a T = 1000 chain is 1000 U-Net
@@ -44,15 +43,6 @@ SIZES = {8: ("diffusion_digits_cfg", 25, 8), 28: ("diffusion_mnist", 2, 2)}
 SAMPLE_REPEATS = 2  # each call is a whole chain of U-Net evaluations
 LARGE_TRAIN_REPEATS = 5  # a 28x28 train call takes seconds: at most this many timed calls
 UNIT = "image-steps"  # a sampler's throughput: images times network calls per image
-
-
-def _dataset(side: int) -> Dataset:
-    if side == 8:
-        return load_dataset("digits")
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 256, size=(1024, side, side, 1)) / 255.0).astype(np.float32)
-    y = rng.integers(0, 10, size=len(x)).astype(np.int32)
-    return Dataset("uniform8bit", {"x": x, "y": y}, {"x": x[:256], "y": y[:256]}, 10, 256)
 
 
 def _task_and_params(side: int, dataset: Dataset, steps: int):
@@ -73,16 +63,6 @@ def _replica(setup, dataset: Dataset, params):
     return torch_unet.check_parameter_count(model, params)
 
 
-@contextlib.contextmanager
-def _repeats(h, n: int):
-    """Time the rows measured inside with ``n`` calls (a whole sampling chain per call)."""
-    saved, h.repeats = h.repeats, n
-    try:
-        yield
-    finally:
-        h.repeats = saved
-
-
 def _bench_train(h, side: int, dataset: Dataset) -> None:
     steps = SIZES[side][1]
     task, config, state, tx = _task_and_params(side, dataset, steps)
@@ -93,11 +73,10 @@ def _bench_train(h, side: int, dataset: Dataset) -> None:
     group = f"U-Net train step {side}x{side} + labels, batch {batch}, {steps} steps"
     items = steps * batch
     repeats = h.repeats if side == 8 else min(h.repeats, LARGE_TRAIN_REPEATS)
-    with _repeats(h, repeats):
-        for name, fn in candidates.items():
-            h.measure(group, name, fn, state, items=items, unit="images", flops=flops)
-        make_loop = _torch_train(task, config, dataset, state.params, steps)
-        torch_rows(h, group, make_loop, items=items, unit="images", flops=flops)
+    row = dict(items=items, unit="images", flops=flops, repeats=repeats)
+    for name, fn in candidates.items():
+        h.measure(group, name, fn, state, **row)
+    torch_rows(h, group, _torch_train(task, config, dataset, state.params, steps), **row)
 
 
 def _torch_train(task, config, dataset: Dataset, params, steps: int):
@@ -215,10 +194,10 @@ def _bench_sampling(h, side: int, dataset: Dataset, quick: bool) -> None:
     ):
         if side != 8:  # the Python-loop reference is shown once, at 8x8
             rows = rows[:1]
-        with _repeats(h, 1 if quick else SAMPLE_REPEATS):
-            for name, fn in rows:
-                h.measure(group, name, fn, params, key, items=n * length, unit=UNIT, flops=flops)
-            torch_rows(h, group, torch_sampler(kind), items=n * length, unit=UNIT, flops=flops)
+        row = dict(items=n * length, unit=UNIT, flops=flops, repeats=1 if quick else SAMPLE_REPEATS)
+        for name, fn in rows:
+            h.measure(group, name, fn, params, key, **row)
+        torch_rows(h, group, torch_sampler(kind), **row)
 
 
 def _times(flops: float | None, n: int) -> float | None:
@@ -227,6 +206,6 @@ def _times(flops: float | None, n: int) -> float | None:
 
 def run(h, quick: bool) -> None:
     for side in SIZES:
-        dataset = _dataset(side)
+        dataset = image_dataset((side, side, 1), num_classes=10)
         _bench_train(h, side, dataset)
         _bench_sampling(h, side, dataset, quick)

@@ -26,27 +26,18 @@ import dataclasses
 import jax
 import numpy as np
 
-from benchmarks.harness import torch_rows, train_loop_candidates
+from benchmarks.harness import image_dataset, torch_rows, train_loop_candidates
 from genjax import flows as F
 from genjax import recipes, train
-from genjax.data import Dataset, dequantize, load_dataset
+from genjax.data import dequantize
 
 EVAL_BATCH = 256
 TRAIN_STEPS = {8: 20, 28: 6}  # updates per timed call (halved by --quick)
 RECIPES = {8: "flow_digits", 28: "flow_mnist"}
 
 
-def _dataset(shape) -> Dataset:
-    if shape == (8, 8, 1):
-        return load_dataset("digits")
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 256, size=(1024, *shape)) / 255.0).astype(np.float32)
-    y = np.zeros(len(x), np.int32)
-    return Dataset("uniform8bit", {"x": x, "y": y}, {"x": x[:256], "y": y[:256]}, 1, 256)
-
-
 def _bench(h, shape, quick: bool) -> None:
-    data = _dataset(shape)
+    data = image_dataset(shape)
     recipe = recipes.get(RECIPES[shape[0]])
     task = recipe.make_task(data, {})
     model = task.model.model

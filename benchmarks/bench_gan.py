@@ -27,8 +27,7 @@ import dataclasses
 
 import jax
 
-from benchmarks.bench_flows import _dataset
-from benchmarks.harness import LOOP, chained, flops_of, torch_rows
+from benchmarks.harness import LOOP, chained, flops_of, image_dataset, torch_rows
 from genjax import train
 from genjax.data import Dataset, load_dataset
 from genjax.recipes import gan as recipe
@@ -80,7 +79,7 @@ def _bench(
 def _dcgan_vs_torch(h, size: int, variant: str) -> None:
     """The DCGAN step of ``variant`` (``"sngan"`` options without spectral norm: the hinge
     game; ``"wgan_gp"``) at ``size`` x ``size``, genjax's loop chunk then PyTorch's replica."""
-    dataset = _dataset((size, size, 1))
+    dataset = image_dataset((size, size, 1))
     steps = DCGAN_STEPS[size, variant]
     n_critic = 5 if variant == "wgan_gp" else 1
     config = dataclasses.replace(

@@ -37,8 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.bench_flows import _dataset
-from benchmarks.harness import LOOP, chained, flops_of, torch_rows, train_loop_candidates
+from benchmarks.harness import (
+    LOOP,
+    chained,
+    flops_of,
+    image_dataset,
+    torch_rows,
+    train_loop_candidates,
+)
 from genjax import recipes, train
 from genjax import vae as V
 from genjax.likelihoods import Likelihood
@@ -188,7 +194,7 @@ def _conv_rows(h, size: int) -> None:
     """The conv VAE recipe's train step at ``size`` x ``size``: genjax's loop chunk, then
     PyTorch's replica."""
     recipe = recipes.get("convvae_mnist" if size == 28 else "convvae_digits")
-    dataset = _dataset((size, size, 1))
+    dataset = image_dataset((size, size, 1))
     steps = CONV_STEPS[size]
     config = dataclasses.replace(recipe.config(False), log_every=steps)
     task = recipe.make_task(dataset, {})

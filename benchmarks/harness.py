@@ -38,6 +38,7 @@ class Row:
     unit: str
     flops: float | None
     peak_gflops: float
+    calls: int | None = None  # timed calls behind the median, when not the suite's default
 
     @property
     def throughput(self) -> float | None:
@@ -81,6 +82,22 @@ def flops_of(fn: Callable, *args) -> float | None:
         cost = cost[0] if cost else {}
     value = (cost or {}).get("flops")
     return float(value) if value else None
+
+
+def image_dataset(shape, num_classes: int = 1):
+    """The benchmarks' images of ``shape``: scikit-learn's digits at 8x8, otherwise 1024 random
+    8-bit images with random labels in ``[0, num_classes)`` (timing does not depend on the
+    pixels, and the benchmarks need no download)."""
+    import numpy as np
+
+    from genjax.data import Dataset, load_dataset
+
+    if tuple(shape) == (8, 8, 1):
+        return load_dataset("digits")
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, size=(1024, *shape)) / 255.0).astype(np.float32)
+    y = rng.integers(0, num_classes, size=len(x)).astype(np.int32)
+    return Dataset("uniform8bit", {"x": x, "y": y}, {"x": x[:256], "y": y[:256]}, num_classes, 256)
 
 
 LOOP = "genjax loop (lax.scan chunk)"
@@ -146,8 +163,11 @@ def torch_rows(
     items: float,
     unit: str,
     flops: float | None,
+    repeats: int | None = None,
 ) -> None:
-    """PyTorch eager reference rows of ``group``: one per intra-op thread count (1 and all cores).
+    """PyTorch eager reference rows of ``group``: one per intra-op thread count (1 and all cores),
+    each the median of ``repeats`` calls (default: the harness's; quick runs time several
+    threads once).
 
     ``make_loop()`` is called after ``torch.manual_seed(0)`` and ``torch.set_num_threads(n)``
     and returns the function to time (one argument, ignored), which builds nothing itself: the
@@ -168,8 +188,8 @@ def torch_rows(
         loop = make_loop()
         name = f"PyTorch {torch.__version__} eager, {threads} thread{'s' if threads > 1 else ''}"
         # several intra-op threads on a busy machine spin for seconds per step: time them once
-        repeats = 1 if threads > 1 and h.quick else None
-        h.measure(group, name, loop, None, items=items, unit=unit, flops=flops, repeats=repeats)
+        calls = 1 if threads > 1 and h.quick else repeats
+        h.measure(group, name, loop, None, items=items, unit=unit, flops=flops, repeats=calls)
 
 
 class Harness:
@@ -206,8 +226,11 @@ class Harness:
         """
         if flops is None:
             flops = flops_of(fn, *args)
-        times = time_call(fn, *args, repeats=repeats or self.repeats)
-        row = Row(group, name, statistics.median(times), items, unit, flops, self.peak_gflops)
+        calls = repeats or self.repeats
+        times = time_call(fn, *args, repeats=calls)
+        median = statistics.median(times)
+        own = None if calls == self.repeats else calls
+        row = Row(group, name, median, items, unit, flops, self.peak_gflops, own)
         self.rows.append(row)
         return row
 
@@ -220,7 +243,8 @@ class Harness:
             f"### {self.suite}",
             "",
             f"Machine: {machine()}; measured matmul peak {self.peak_gflops:.1f} GFLOP/s "
-            f"(float32). Median of {self.repeats} timed calls after warm-up.",
+            f"(float32). Median of {self.repeats} timed calls after warm-up, unless a row says "
+            "otherwise.",
             "",
             "| group | implementation | median ms | vs best | throughput | GFLOP/s | of peak |",
             "|---|---|---|---|---|---|---|",
@@ -229,8 +253,9 @@ class Harness:
             thr = "" if r.throughput is None else f"{r.throughput:,.0f} {r.unit}/s"
             gf = "" if r.gflops is None else f"{r.gflops:.1f}"
             pk = "" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f} %"
+            name = r.name if r.calls is None else f"{r.name} (median of {r.calls})"
             lines.append(
-                f"| {r.group} | {r.name} | {1e3 * r.median_s:.3f} | "
+                f"| {r.group} | {name} | {1e3 * r.median_s:.3f} | "
                 f"{r.median_s / best[r.group]:.2f}x | {thr} | {gf} | {pk} |"
             )
         return "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ from jaxtyping import Array, Float
 
 from genjax import _checks
 from genjax._gan_players import dcgan_plan
+from genjax.gan import critic_loss
 from genjax.nn.layers import strided_conv
 from genjax.nn.norm import NORM_EPS, pixel_norm
 
@@ -255,13 +256,7 @@ def drift_critic_loss(
     """
     if not drift >= 0:
         raise ValueError(f"drift must be non-negative, got {drift}")
-    real_scores, fake_scores = jnp.asarray(real_scores), jnp.asarray(fake_scores)
-    if real_scores.ndim != 1 or real_scores.shape != fake_scores.shape:
-        raise ValueError(
-            f"real_scores and fake_scores must both have shape [batch]; got "
-            f"{real_scores.shape} and {fake_scores.shape}"
-        )
-    return fake_scores - real_scores + drift * real_scores**2
+    return critic_loss(real_scores, fake_scores) + drift * jnp.asarray(real_scores) ** 2
 
 
 def growth_schedule(

@@ -171,7 +171,7 @@ def test_drift_critic_loss_is_the_wgan_loss_plus_eps_times_the_squared_data_scor
     np.testing.assert_allclose(grad, -1.0 + 0.2 * real, rtol=RTOL)
     with pytest.raises(ValueError, match="drift"):
         P.drift_critic_loss(real, fake, -1.0)
-    with pytest.raises(ValueError, match="real_scores and fake_scores"):
+    with pytest.raises(ValueError, match="real_scores"):
         P.drift_critic_loss(real, fake[:2])
 
 
