@@ -211,9 +211,10 @@ class DCGANGenerator(nn.Module):
       num_classes: set for a conditional generator (label embedding concatenated to :math:`z`).
       embed_dim: width of the label embedding.
       latent_dim: width of :math:`z`.
-      conditional_bn: with ``num_classes``, the label enters through
-        :class:`ConditionalBatchNorm` in place of every batch norm instead of the embedding
-        concatenated to :math:`z` (BigGAN).
+      conditional_bn: with ``num_classes``, the label also enters through
+        :class:`ConditionalBatchNorm` in place of every batch norm (BigGAN); the embedding
+        stays concatenated to :math:`z`, as in BigGAN-deep's first layer, so that the
+        truncated code :math:`z = 0` still maps to a class-specific layout.
 
     Returns (``__call__(z, labels=None, train=True)``):
       ``[batch, H, W, C]`` images in :math:`[-1, 1]` for ``z [batch, latent_dim]``.
@@ -243,8 +244,7 @@ class DCGANGenerator(nn.Module):
         if self.num_classes is not None:
             if labels is None:
                 raise ValueError("a conditional DCGANGenerator needs labels [batch]")
-            if not self.conditional_bn:
-                h = jnp.concatenate([h, nn.Embed(self.num_classes, self.embed_dim)(labels)], -1)
+            h = jnp.concatenate([h, nn.Embed(self.num_classes, self.embed_dim)(labels)], -1)
         else:
             _check_unconditional(labels, "DCGANGenerator(num_classes=None)")
             if self.conditional_bn:

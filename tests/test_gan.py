@@ -682,12 +682,18 @@ def test_conditional_batch_norm_is_batch_norm_with_a_class_affine_map(key):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
 
 
-def test_conditional_bn_generator_uses_labels_only_through_its_norms(key):
+def test_conditional_bn_generator_feeds_the_label_to_the_first_layer_and_every_norm(key):
+    """BigGAN-deep's input: at z = 0 the first layer's output still depends on the class (with
+    the label in the norms alone it would be the dense bias, the same for every class)."""
     gen = G.DCGANGenerator((8, 8, 1), features=4, num_classes=10, conditional_bn=True)
-    z, labels = jax.random.normal(key, (4, 32)), jnp.array([0, 1, 2, 3])
+    z, labels = jnp.zeros((4, 32)), jnp.array([0, 1, 2, 3])
     variables = jax.jit(lambda k: gen.init(k, z, labels, train=False))(key)
-    assert "Embed_0" not in variables["params"]  # no label embedding concatenated to z
-    assert {"ConditionalBatchNorm_0", "ConditionalBatchNorm_1"} <= set(variables["params"])
+    assert {"Embed_0", "ConditionalBatchNorm_0", "ConditionalBatchNorm_1"} <= set(
+        variables["params"]
+    )
+    _, inter = gen.apply(variables, z, labels, train=False, capture_intermediates=True)
+    first = np.asarray(inter["intermediates"]["Dense_0"]["__call__"][0])  # [4, s0 s0 2F]
+    assert np.abs(first[1:] - first[:1]).max(axis=1).min() > 1e-3
     with pytest.raises(ValueError, match="conditional_bn needs num_classes"):
         G.DCGANGenerator((8, 8, 1), conditional_bn=True).init(key, z, train=False)
 

@@ -143,10 +143,9 @@ def test_mixing_at_the_last_layer_is_the_coarse_source(key):
 
 @pytest.mark.slow
 def test_stylegan_digits_coarse_styles_keep_the_digit():
-    """At the full budget, with the pyramid output, the coarse styles (2x2 and 4x4) decide the
-    digit in most mixed samples and at least five times as often as the fine ones
-    (docs/style-based-gans.md: 65 % against 6 %; the single output gave 28 % against 15 %; the
-    issue's 90 % is not reached at this budget)."""
+    """At the full budget (about dcgan_digits' training time) the coarse styles (2x2 and 4x4)
+    decide the digit in at least 90 % of mixed samples, the fine ones in at most 5 %
+    (docs/style-based-gans.md: 96 % against 0 % with 500 pairs; 91-96 % over three seeds)."""
     from genjax import recipes
     from genjax.data import load_dataset
     from genjax.train import fit
@@ -155,7 +154,7 @@ def test_stylegan_digits_coarse_styles_keep_the_digit():
     task = recipe.make_task(dataset, {})
     state = fit(task, dataset.train, recipe.config(False), progress=False)
     report = recipe.evaluate(task, state.ema_params, dataset, jax.random.key(0))
-    assert report.value >= 0.5 and report.value >= 5 * report.baseline_value, report
+    assert report.value >= 0.9 and report.baseline_value <= 0.05, report
 
 
 # ----------------------------------------------------------------------------- BigGAN's tricks
@@ -258,10 +257,12 @@ def test_pyramid_keeps_the_pooled_image_of_the_coarse_styles(key):
 
 
 @pytest.mark.slow
-def test_orthogonal_regularization_keeps_precision_under_strong_truncation():
-    """``biggan_digits`` at its full budget, untruncated and with beta = 1e-2: at psi = 0.5 the
-    regularised generator's k-NN precision is clearly higher (docs/style-based-gans.md: 0.889
-    against 0.722), and recall falls as psi decreases in both."""
+def test_biggan_digits_truncation_raises_precision_and_lowers_recall():
+    """``biggan_digits`` at its full budget: as psi decreases recall falls and precision rises
+    (neither moves the wrong way by more than 0.01, a binomial standard error at 360 samples
+    and precision 0.95), and every threshold up
+    to psi = 1 is clearly more precise than no truncation (docs/style-based-gans.md: 0.925
+    untruncated, 0.969 at 1, 0.98 from 0.75 down)."""
     from genjax import recipes
     from genjax.classifier import digits_cnn
     from genjax.data import load_dataset
@@ -269,13 +270,12 @@ def test_orthogonal_regularization_keeps_precision_under_strong_truncation():
     from genjax.train import fit
 
     recipe, dataset = recipes.get("biggan_digits"), load_dataset("digits")
-    net = digits_cnn(dataset)
-    precision = {}
-    for beta in (0.0, 1e-2):
-        task = recipe.make_task(dataset, {"ortho": beta})
-        params = fit(task, dataset.train, recipe.config(False), progress=False).ema_params
-        curve = truncation_curve(jax.random.key(0), net, dataset.test["x"], task.model, params)
-        recalls = [row["recall"] for row in curve]
-        assert all(a >= b - 0.02 for a, b in itertools.pairwise(recalls)), curve
-        precision[beta] = next(row["precision"] for row in curve if row["psi"] == 0.5)
-    assert precision[1e-2] > precision[0.0] + 0.05, precision
+    task = recipe.make_task(dataset, {})
+    params = fit(task, dataset.train, recipe.config(False), progress=False).ema_params
+    net, test = digits_cnn(dataset), dataset.test["x"]
+    curve = truncation_curve(jax.random.key(0), net, test, task.model, params)
+    recalls, precisions = [r["recall"] for r in curve], [r["precision"] for r in curve]
+    assert all(a >= b - 0.01 for a, b in itertools.pairwise(recalls)), curve
+    assert all(b >= a - 0.01 for a, b in itertools.pairwise(precisions)), curve
+    truncated = [r["precision"] for r in curve if r["psi"] is not None and r["psi"] <= 1]
+    assert min(truncated) > precisions[0] + 0.03, curve
