@@ -260,9 +260,8 @@ def test_pyramid_keeps_the_pooled_image_of_the_coarse_styles(key):
 def test_biggan_digits_truncation_raises_precision_and_lowers_recall():
     """``biggan_digits`` at its full budget: as psi decreases recall falls and precision rises
     (neither moves the wrong way by more than 0.01, a binomial standard error at 360 samples
-    and precision 0.95), and every threshold up
-    to psi = 1 is clearly more precise than no truncation (docs/style-based-gans.md: 0.925
-    untruncated, 0.969 at 1, 0.98 from 0.75 down)."""
+    and precision 0.95), and every threshold up to psi = 1 is clearly more precise than no
+    truncation (docs/style-based-gans.md: 0.925 untruncated, 0.969 at 1, 0.98 from 0.75 on)."""
     from genjax import recipes
     from genjax.classifier import digits_cnn
     from genjax.data import load_dataset

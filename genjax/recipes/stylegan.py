@@ -81,8 +81,8 @@ PROGAN_D_LR = 1e-2  #: ProGAN's critic: Adam(1e-2, 0, 0.99), five times the gene
 #: ProGAN's growth stage length T: 2x2 and 4x4 take T steps each, 8x8 the rest of the budget
 PROGAN_STAGE_STEPS = 100
 #: StyleGAN's generator: Adam(1e-2, 0, 0.99) and EMA 0.99. Its layers are equalised too, so at
-#: DCGAN's 2e-4 it learnt about 40 times slower than DCGAN's generator (FID 38, mixing agreement
-#: 65 %; docs/style-based-gans.md measures the change)
+#: DCGAN's 2e-4 its 3x3 convs moved about twelve times slower than DCGAN's (FID 38, mixing
+#: agreement 65 %; docs/style-based-gans.md measures the change)
 STYLEGAN_TRAIN = {"lr": 1e-2, "b2": 0.99, "ema_decay": 0.99}
 STYLEGAN_D_LR = 4e-4  #: StyleGAN's discriminator (dcgan_digits' SN critic): Adam(4e-4, 0, 0.9)
 
