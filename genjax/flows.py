@@ -70,7 +70,7 @@ from genjax._bijectors import (
     tanh_log_scale,
     unsqueeze,
 )
-from genjax.nn.layers import Conv
+from genjax.nn.layers import Conv, Dense
 
 __all__ = [
     "LOG_2PI",
@@ -153,8 +153,8 @@ class MLPConditioner(nn.Module):
     def __call__(self, x: Float[Array, "*batch D"]) -> Float[Array, "*batch D2"]:
         h = x
         for _ in range(self.depth):
-            h = nn.relu(nn.Dense(self.features)(h))
-        return nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+            h = nn.relu(Dense(self.features)(h))
+        return Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros)(h)
 
 
 class ResNetConditioner(nn.Module):

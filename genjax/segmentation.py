@@ -35,6 +35,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from genjax.nn.layers import Conv, ConvTranspose, group_count
+from genjax.nn.norm import GroupNorm
 from genjax.nn.unet import UNet
 
 __all__ = [
@@ -330,7 +331,7 @@ class SegNet(nn.Module):
 
     def _conv(self, width: int, h: Array) -> Array:
         h = Conv(width)(h)
-        return nn.relu(nn.GroupNorm(group_count(self.num_groups, width))(h))
+        return nn.relu(GroupNorm(group_count(self.num_groups, width))(h))
 
     @nn.compact
     def __call__(self, x: Float[Array, "b H W C"]) -> Float[Array, "b H W K"]:

@@ -484,7 +484,7 @@ class _MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i, width in enumerate(self.features):
-            x = nn.Dense(width, name=f"dense_{i}")(x)
+            x = layers.Dense(width, name=f"dense_{i}")(x)
             if i < len(self.features) - 1:
                 x = self.activation(x)
         return x
@@ -590,10 +590,10 @@ class ConvVAE(nn.Module):
             layers.Conv(f, kernel_size=4, stride=2, padding=1, name=f"conv_{i}")
             for i, f in enumerate(self.features)
         ]
-        self.enc_hidden = nn.Dense(self.hidden)
-        self.enc_out = nn.Dense(2 * self.latent_dim)
-        self.dec_hidden = nn.Dense(self.hidden)
-        self.dec_grid = nn.Dense((h // factor) * (w // factor) * self.features[-1])
+        self.enc_hidden = layers.Dense(self.hidden)
+        self.enc_out = layers.Dense(2 * self.latent_dim)
+        self.dec_hidden = layers.Dense(self.hidden)
+        self.dec_grid = layers.Dense((h // factor) * (w // factor) * self.features[-1])
         channels = [*reversed(self.features[:-1]), self.event_shape[2] * self.likelihood.num_params]
         self.deconvs = [
             layers.ConvTranspose(c, kernel_size=4, stride=2, padding=1, name=f"deconv_{i}")

@@ -489,7 +489,7 @@ def test_affine_flow_recovers_gaussian_log_likelihood(key):
             updates, opt_state = tx.update(grads, opt_state)
             return (optax.apply_updates(params, updates), opt_state), None
 
-        return jax.lax.scan(step, (params, tx.init(params)), None, length=2000)[0][0]
+        return jax.lax.scan(step, (params, tx.init(params)), None, length=3000)[0][0]
 
     fitted = float(jnp.mean(model.apply(train(params), x)))
     assert mle - GAUSSIAN_FIT_ATOL < fitted < mle + GAUSSIAN_OVERFIT

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 
 from genjax import _checks
 from genjax.diffusion._schedules import Schedule, _at, _Batch, _ModelFn, _Steps, _t
-from genjax.nn.layers import TimeEmbedding
+from genjax.nn.layers import Dense, TimeEmbedding
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 
@@ -453,7 +453,7 @@ class MLPDenoiser(nn.Module):
             if y is None:
                 raise ValueError("a conditional MLPDenoiser needs labels y [batch]")
             emb = emb + nn.Embed(self.num_classes + 1, self.features)(y)  # [b, features]
-        h = nn.Dense(self.features)(x)
+        h = Dense(self.features)(x)
         for _ in range(self.depth):
-            h = nn.silu(nn.Dense(self.features)(h) + nn.Dense(self.features)(emb))
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+            h = nn.silu(Dense(self.features)(h) + Dense(self.features)(emb))
+        return Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)

@@ -49,7 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from genjax.nn.attention import padding_mask, scaled_dot_product_attention
-from genjax.nn.layers import Conv, ResBlock, TimeEmbedding, group_count
+from genjax.nn.layers import Conv, Dense, ResBlock, TimeEmbedding, group_count
+from genjax.nn.norm import GroupNorm
 
 __all__ = ["AttentionBlock", "CrossAttentionBlock", "UNet", "unet_for"]
 
@@ -84,7 +85,7 @@ class AttentionBlock(nn.Module):
         b, height, width, c = x.shape
         if c % self.num_heads:
             raise ValueError(f"channels ({c}) must be divisible by num_heads ({self.num_heads})")
-        h = nn.GroupNorm(group_count(self.num_groups, c))(x)
+        h = GroupNorm(group_count(self.num_groups, c))(x)
         h = h.reshape(b, height * width, c)  # [b, HW, C]
         qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads))(h)  # [b, HW, 3, n, d]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [b, HW, heads, head_dim]
@@ -150,7 +151,7 @@ class CrossAttentionBlock(nn.Module):
                 )
             mask = padding_mask(context_lengths, context.shape[1])  # [b, 1, 1, L]
         heads = (self.num_heads, c // self.num_heads)
-        h = nn.GroupNorm(group_count(self.num_groups, c))(x)
+        h = GroupNorm(group_count(self.num_groups, c))(x)
         h = h.reshape(b, height * width, c)  # [b, HW, C]
         q = nn.DenseGeneral(heads, name="query")(h)  # [b, HW, heads, head_dim]
         k = nn.DenseGeneral(heads, name="key")(context)  # [b, L, heads, head_dim]
@@ -290,7 +291,7 @@ class UNet(nn.Module):
             real = padding_mask(context_lengths, context.shape[1])[:, 0, 0, :, None]  # [b, L, 1]
             count = jnp.maximum(jnp.sum(real, axis=1), 1).astype(context.dtype)  # [b, 1]
             pooled = jnp.sum(jnp.where(real, context, 0.0), axis=1) / count  # [b, D]
-            emb = emb + nn.Dense(emb_features, name="pooled_context")(pooled)  # [b, E]
+            emb = emb + Dense(emb_features, name="pooled_context")(pooled)  # [b, E]
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("a conditional UNet (num_classes set) needs labels y [batch]")
@@ -326,7 +327,7 @@ class UNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
                 # h: [b, 2H', 2W', C]
                 h = Conv(c)(h)
-        h = nn.silu(nn.GroupNorm(group_count(self.num_groups, h.shape[-1]))(h))
+        h = nn.silu(GroupNorm(group_count(self.num_groups, h.shape[-1]))(h))
         out = self.out_features or x.shape[-1]
         return Conv(out, kernel_init=nn.initializers.zeros)(h)
 
