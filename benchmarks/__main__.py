@@ -35,13 +35,18 @@ the peak is measured under the same conditions as the rows. `--device PLATFORM` 
 `--device` alone prints the device a run would use and exits.
 
 Convolutions on CPU. Every family convolves through `genjax.nn.layers.strided_conv` and
-`conv_transpose`; `conv_formulation` picks how, by backend. Autodiff of XLA's convolution emits
-kernel gradients in layouts that XLA's CPU backend runs through a generic loop, tens of times
-slower inside a training scan than outside it; on CPU genjax therefore writes both gradients by
-hand (a custom VJP), as convolutions in the canonical layout: the adjoint convolution for the
-input, and for the kernel a convolution with the channels as batch and the batch as features
-(derivations/09-wgan.md). XLA's YNNPACK fusions run on one thread inside a scan, so training
-chunks compile without them on CPU (`genjax.train.make_train_chunk`). `python -m
+`conv_transpose`, and its dense layers, biases and normalisations are genjax's too
+(`genjax.nn.layers.Dense`, `genjax.nn.norm.GroupNorm` / `BatchNorm`); `conv_formulation` picks
+how they are differentiated, by backend. Autodiff of XLA's convolution emits kernel gradients
+in layouts that XLA's CPU backend runs through a generic loop, tens of times slower inside a
+training scan than outside it; on CPU genjax therefore writes both gradients by hand (a custom
+VJP), as convolutions in the canonical layout: the adjoint convolution for the input, and for
+the kernel a convolution with the channels as batch and the batch as features, summed over
+four batch chunks (derivations/09-wgan.md). Dense layers multiply by explicitly transposed
+copies (XLA's CPU products with a transposed operand are 2-3x slower), and biases and
+normalisations sum over positions in two stages, with closed-form normalisation gradients
+(derivations/11-ddpm.md, section 7). XLA's YNNPACK fusions run on one thread inside a scan, so
+training chunks compile without them on CPU (`genjax.train.make_train_chunk`). `python -m
 benchmarks.spread RUN1` compares genjax with PyTorch's fastest thread setting over two runs
 (`results/spread.md`).
 """

@@ -15,13 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from genjax.nn.layers import (
+    KERNEL_GRADIENT_CHUNKS,
     SPECTRAL,
     Conv,
     ConvTranspose,
+    Dense,
     SpectralConv,
     SpectralDense,
     conv_formulation,
     conv_transpose,
+    dense,
     kernel_matrix,
     power_iteration,
     spectral_norm_exact,
@@ -173,6 +176,59 @@ def test_conv_gradients_match_lax_autodiff(config, transposed):
     np.testing.assert_allclose(
         jax.grad(penalty)(kernel, ours), jax.grad(penalty)(kernel, ref), rtol=1e-4, atol=1e-3
     )
+
+
+@pytest.mark.parametrize("config", [(8, 3, 1, 1), (8, 4, 2, 1)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_kernel_gradient_in_batch_chunks_matches_lax(config, transposed):
+    # a batch of 32 with 8 channels: the kernel gradient is summed over four batch chunks
+    assert KERNEL_GRADIENT_CHUNKS == 4
+    size, k, stride, padding = config
+    rng = np.random.default_rng(size + k + stride)
+    x = jnp.asarray(rng.normal(size=(32, size, size, 8)), jnp.float32)
+    kernel = jnp.asarray(0.2 * rng.normal(size=(k, k, 8, 8)), jnp.float32)
+    ours, ref = (conv_transpose, _lax_conv_transpose) if transposed else (strided_conv, _lax_conv)
+    weight = jnp.asarray(rng.normal(size=ours(x, kernel, stride, padding).shape), jnp.float32)
+
+    def loss(kern, f):
+        return jnp.sum(weight * f(x, kern, stride, padding))
+
+    np.testing.assert_allclose(
+        jax.grad(loss)(kernel, ours), jax.grad(loss)(kernel, ref), rtol=1e-4, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 4, 7)])
+def test_dense_matches_flax_dense_values_and_gradients(key, shape):
+    x = jax.random.normal(key, shape)
+    variables = nn.Dense(6).init(key, x)
+    assert jax.tree.structure(Dense(6).init(key, x)) == jax.tree.structure(variables)
+    variables = jax.tree.map(lambda a: a + 0.1, variables)  # a non-zero bias
+    weight = jax.random.normal(jax.random.key(1), (*shape[:-1], 6))
+
+    def loss(v, x, module):
+        return jnp.sum(weight * jnp.tanh(module.apply(v, x)))
+
+    def penalty(v, module):  # a gradient penalty: differentiates the input gradient again
+        return jnp.sum(jax.grad(loss, argnums=1)(v, x, module) ** 2)
+
+    np.testing.assert_allclose(
+        Dense(6).apply(variables, x), nn.Dense(6).apply(variables, x), rtol=RTOL, atol=ATOL
+    )
+    got = jax.grad(loss, argnums=(0, 1))(variables, x, Dense(6))
+    want = jax.grad(loss, argnums=(0, 1))(variables, x, nn.Dense(6))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    for g, w in zip(
+        jax.tree.leaves(jax.grad(penalty)(variables, Dense(6))),
+        jax.tree.leaves(jax.grad(penalty)(variables, nn.Dense(6))),
+        strict=True,
+    ):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"kernel must have shape \[in, out\]"):
+        dense(x, jnp.ones((3, 6)))
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        dense(x, jnp.ones((7, 6)), jnp.ones(5))
 
 
 def test_conv_formulation_by_backend_and_override(monkeypatch):

@@ -30,7 +30,7 @@ def conv_formulation(backend: str | None = None) -> str:
       Dense layers multiply by explicitly transposed copies in their backward pass (XLA's CPU
       products with a transposed operand run 2-3x slower), biases and normalisations sum their
       gradients with :func:`genjax.nn.norm.channel_sums`, and the normalisations' gradients are
-      their closed forms (derivations/11-ddpm.md, section 6). Reverse mode only: ``jax.jvp`` /
+      their closed forms (derivations/11-ddpm.md, section 7). Reverse mode only: ``jax.jvp`` /
       ``jax.jacfwd`` through these layers raise.
     * ``"xla"`` (GPU, TPU): ``jax.lax.conv_general_dilated``, plain products, sums and
       normalisations, and their autodiff (cuDNN's kernels).

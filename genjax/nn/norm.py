@@ -5,7 +5,7 @@ pixel norm.
   normalises each example over its positions and the channels of a group. Its gradient is
   written by hand (a custom VJP): two per-example channel sums of the cotangent and one
   elementwise pass, which XLA's CPU backend runs several times faster than the autodiff of the
-  statistics (derivations/11-ddpm.md, section 6).
+  statistics (derivations/11-ddpm.md, section 7).
 
 * :func:`instance_norm` removes each example's per-channel mean and standard deviation over
   the spatial axes; :func:`adain` then re-injects a *style*: a target mean and standard
@@ -95,7 +95,7 @@ def channel_sums(x: Float[Array, "*lead C"], per_example: bool = False) -> Array
     Returns:
       ``[C]``, or ``[B, C]`` with ``per_example``.
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
     x = jnp.asarray(x)
     if x.ndim < 2 + per_example:
@@ -205,7 +205,7 @@ def group_norm(
     :math:`C_g` of them), :math:`n` the positions, :math:`\gamma` = ``scale`` and
     :math:`\beta` = ``bias``. The variance is floored at zero. Same numbers as flax's
     ``nn.GroupNorm`` (to float rounding); the gradient is the closed form of
-    derivations/11-ddpm.md (section 6), written as a custom VJP:
+    derivations/11-ddpm.md (section 7), written as a custom VJP:
 
     .. math:: \frac{\partial L}{\partial x_{b,n,c}} = \frac{1}{\sigma_{b,g}}\Big(
               \gamma_c\,\delta_{b,n,c} - \overline{\gamma\delta}_{b,g}
@@ -228,7 +228,7 @@ def group_norm(
     References:
       Wu & He, *Group Normalization*, 2018, https://arxiv.org/abs/1803.08494
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
     x, scale, bias = _check_affine(x, scale, bias, eps)
     c = x.shape[-1]
@@ -245,7 +245,7 @@ class GroupNorm(nn.Module):
       num_groups: groups, dividing the input's channels.
       epsilon: :math:`\epsilon`.
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
 
     num_groups: int = 32
@@ -270,7 +270,7 @@ def batch_moments(x: Float[Array, "batch *spatial C"]) -> tuple[Array, Array]:
     Returns:
       ``(mean [C], var [C])``.
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
     x = jnp.asarray(x)
     n = x.size // x.shape[-1]
@@ -293,7 +293,7 @@ def batch_norm(
     with :math:`i` running over the batch and the positions and :math:`\mu, \sigma^2` of
     :func:`batch_moments`. It is :func:`group_norm`'s computation with one channel per group
     and the statistics pooled over the batch, with the same hand-written gradient
-    (derivations/11-ddpm.md, section 6); same numbers as flax's ``nn.BatchNorm`` in training
+    (derivations/11-ddpm.md, section 7); same numbers as flax's ``nn.BatchNorm`` in training
     mode, to float rounding.
 
     Args:
@@ -309,7 +309,7 @@ def batch_norm(
       Ioffe & Szegedy, *Batch Normalization: Accelerating Deep Network Training by Reducing
       Internal Covariate Shift*, 2015, https://arxiv.org/abs/1502.03167
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
     x, scale, bias = _check_affine(x, scale, bias, eps)
     return _normalize(x, scale, bias, x.shape[-1], float(eps), True)
@@ -329,7 +329,7 @@ class BatchNorm(nn.Module):
       use_scale: learn :math:`\gamma` (else 1).
       use_bias: learn :math:`\beta` (else 0).
 
-    Derivation: derivations/11-ddpm.md (section 6)
+    Derivation: derivations/11-ddpm.md (section 7)
     """
 
     use_running_average: bool | None = None
