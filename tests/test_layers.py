@@ -178,10 +178,11 @@ def test_conv_gradients_match_lax_autodiff(config, transposed):
     )
 
 
-@pytest.mark.parametrize("config", [(8, 3, 1, 1), (8, 4, 2, 1)])
+@pytest.mark.parametrize("config", [(16, 3, 1, 1), (16, 4, 2, 1)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_kernel_gradient_in_batch_chunks_matches_lax(config, transposed):
-    # a batch of 32 with 8 channels: the kernel gradient is summed over four batch chunks
+    # a batch of 32 with 8 channels on 16x16 maps (8 * 256 >= 1024 positions per chunk): the
+    # kernel gradient is summed over four batch chunks
     assert KERNEL_GRADIENT_CHUNKS == 4
     size, k, stride, padding = config
     rng = np.random.default_rng(size + k + stride)
