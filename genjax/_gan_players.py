@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genjax.nn.layers import Conv, ConvTranspose, Dense, SpectralConv, SpectralDense
+from genjax.nn.layers import Conv, ConvTranspose, SpectralConv, SpectralDense
 from genjax.nn.norm import BatchNorm
 
 __all__ = [
@@ -52,7 +52,7 @@ class _Linear(nn.Module):
     def __call__(self, x, update_stats: bool = False):
         if self.spectral:
             return SpectralDense(self.features, use_bias=self.use_bias)(x, update_stats)
-        return Dense(self.features, use_bias=self.use_bias)(x)
+        return nn.Dense(self.features, use_bias=self.use_bias)(x)
 
 
 class _Down(nn.Module):
@@ -95,8 +95,8 @@ class MLPGenerator(nn.Module):
         _check_latent(z, self.latent_dim, "MLPGenerator")
         h = z
         for _ in range(self.depth):
-            h = nn.relu(Dense(self.features)(h))
-        return Dense(self.out_dim)(h)
+            h = nn.relu(nn.Dense(self.features)(h))
+        return nn.Dense(self.out_dim)(h)
 
 
 class MLPDiscriminator(nn.Module):
@@ -163,7 +163,7 @@ class ConditionalBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, h, labels, train: bool = True):
         channels = h.shape[-1]
-        norm = BatchNorm(
+        norm = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, use_scale=False, use_bias=False
         )(h)
         zeros = nn.initializers.zeros
@@ -258,7 +258,7 @@ class DCGANGenerator(nn.Module):
             return BatchNorm(use_running_average=not train, momentum=0.9)(h)
 
         width = self.features * 2 ** (num_up - 1)
-        h = Dense(base * base * width)(h)
+        h = nn.Dense(base * base * width)(h)
         h = h.reshape(h.shape[0], base, base, width)  # [batch, s0, s0, 2^(n-1) F]
         h = nn.relu(norm(h))
         for i in range(num_up - 1):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from genjax import data as D
 from genjax import segmentation as S
+from genjax.nn.norm import GroupNorm
 from genjax.recipes.common import fast_init_key
 
 ATOL = 1e-6
@@ -116,7 +117,7 @@ def _measured_intervals(net, size: int, period: int, repeats: int = 8) -> list[t
     def local(next_fun, args, kwargs, context):
         """GroupNorm's statistics pool every position (a global, rank-one path): read the
         convolutions' field with the normalisation as the identity."""
-        if isinstance(context.module, nn.GroupNorm) and context.method_name == "__call__":
+        if isinstance(context.module, GroupNorm) and context.method_name == "__call__":
             return args[0]
         return next_fun(*args, **kwargs)
 

@@ -338,7 +338,7 @@ def dense(
 
     The gradients are :math:`\partial L/\partial x = \delta W^\top`, :math:`\partial
     L/\partial W = x^\top \delta` and :math:`\partial L/\partial b = \sum \delta` over the
-    leading axes (:math:`\delta = \partial L/\partial y`); under the ``"adjoint``
+    leading axes (:math:`\delta = \partial L/\partial y`); under the ``"adjoint"``
     formulation (CPU, :func:`conv_formulation`) they are computed as products of explicitly
     transposed copies and :func:`genjax.nn.norm.channel_sums`, which XLA's CPU backend runs
     2-3x faster than the products autodiff emits.

@@ -213,7 +213,8 @@ def group_norm(
 
     (:math:`\delta = \partial L/\partial y`, bars the means over a group's positions and
     channels). It differentiates again (its backward pass is made of differentiable
-    operations); forward-mode derivatives through it raise.
+    operations); under the ``"adjoint"`` formulation (CPU,
+    :func:`genjax.nn.layers.conv_formulation`) forward-mode derivatives through it raise.
 
     Args:
       x: ``[batch, ..., C]`` (channels last, any number of position axes).
