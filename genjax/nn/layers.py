@@ -304,11 +304,15 @@ _bias_add = jax.custom_vjp(_plus_bias)
 _bias_add.defvjp(lambda y, bias: (_plus_bias(y, bias), None), lambda _, dy: (dy, channel_sums(dy)))
 
 
+def _biased(y: Array, bias: Array) -> Array:
+    """``y + bias``, with the bias's gradient as :func:`conv_formulation` says."""
+    return (_bias_add if conv_formulation() == "adjoint" else _plus_bias)(y, bias)
+
+
 def _add_bias(module: nn.Module, y: Array) -> Array:
     if not module.use_bias:
         return y
-    bias = module.param("bias", nn.initializers.zeros, (module.features,))
-    return (_bias_add if conv_formulation() == "adjoint" else _plus_bias)(y, bias)
+    return _biased(y, module.param("bias", nn.initializers.zeros, (module.features,)))
 
 
 def _product(x: Array, kernel: Array) -> Array:
@@ -359,13 +363,12 @@ def dense(
             f"kernel must have shape [in, out] with in = x.shape[-1], got x {x.shape} and "
             f"kernel {kernel.shape}"
         )
-    adjoint = conv_formulation() == "adjoint"
-    y = (_product_vjp if adjoint else _product)(x, kernel)
+    y = (_product_vjp if conv_formulation() == "adjoint" else _product)(x, kernel)
     if bias is None:
         return y
     if jnp.shape(bias) != kernel.shape[1:]:
         raise ValueError(f"bias must have shape {kernel.shape[1:]}, got {jnp.shape(bias)}")
-    return (_bias_add if adjoint else _plus_bias)(y, jnp.asarray(bias, y.dtype))
+    return _biased(y, jnp.asarray(bias, y.dtype))
 
 
 class Dense(nn.Module):
